@@ -6,4 +6,8 @@ import { registerSetup } from "./setup.ts";
 export function registerCommands(program: Command): void {
   registerSetup(program);
   registerDoctor(program);
+
+  // `tessera data <sub>`: one file per sub-command (data-*.ts).
+  const data = program.command("data").description("check, fix, inspect, prepare and plan datasets");
+  void data;
 }

@@ -1,0 +1,38 @@
+/** The training sample: what one record becomes for the model. Lengths come only from here. */
+
+/** How one image (or one video frame) is cut into tiles. */
+export interface ImagePlan {
+  /** Absolute path of the image file (or of the video, with `frame` set). */
+  path: string;
+  /** Original [width, height], from image_wh. */
+  wh: [number, number];
+  /** Tile grid: `cols` × `rows` tiles of tile size, plus a thumbnail tile when `thumbnail`. */
+  cols: number;
+  rows: number;
+  thumbnail: boolean;
+  /** cols·rows (+1 with the thumbnail). */
+  tiles: number;
+  /** For a video frame: its index among the planned frames. */
+  frame?: number;
+}
+
+export interface Sample {
+  /** Token ids after the chat template, image context tokens expanded. */
+  inputIds: Int32Array;
+  /** Same length as inputIds; -100 where not learned. */
+  labels: Int32Array;
+  /** Images in order of appearance in the text. */
+  images: ImagePlan[];
+  /** Index into inputIds of each image's first `<IMG_CONTEXT>` token (same order as images). */
+  contextStarts: Int32Array;
+  /** inputIds.length */
+  length: number;
+  /** Number of labels that are not -100. */
+  learned: number;
+  /** True when the record has images or a video. */
+  multimodal: boolean;
+  /** Set when the record was cut to max_length (whole turns dropped). */
+  truncated?: { droppedTurns: number; originalLength: number };
+}
+
+export const IGNORE_INDEX = -100;
