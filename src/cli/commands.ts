@@ -1,11 +1,13 @@
 /** Every sub-command, registered in the order `tessera --help` lists them. */
 import type { Command } from "commander";
+import { registerDashboard } from "./dashboard.ts";
 import { registerDoctor } from "./doctor.ts";
 import { registerSetup } from "./setup.ts";
 
 export function registerCommands(program: Command): void {
   registerSetup(program);
   registerDoctor(program);
+  registerDashboard(program);
 
   // `tessera data <sub>`: one file per sub-command (data-*.ts).
   const data = program.command("data").description("check, fix, inspect, prepare and plan datasets");
