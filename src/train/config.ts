@@ -1,0 +1,287 @@
+/**
+ * The training configuration: one zod schema holds every setting. A YAML file, the
+ * command line's flags (one per setting) and the seed launcher's flags all resolve to it.
+ */
+import { readFileSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import type { Command } from "commander";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+import { UserError } from "../util/errors.ts";
+
+const posInt = z.number().int().positive();
+const nonNegInt = z.number().int().nonnegative();
+
+export const LORA_DEFAULT_LLM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+export const LORA_DEFAULT_VIT_TARGETS = ["q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2"];
+
+/** Every setting of a training run. Keys are snake_case in files and kebab-case as flags. */
+export const TrainConfigSchema = z
+  .object({
+    // What to train on.
+    model: z.string().min(1).describe("model folder (original InternVL2 format)"),
+    meta: z.string().min(1).describe("meta file naming the datasets"),
+    template: z.string().optional().describe("chat template override (default: the model's config.json)"),
+    work_dir: z.string().default("tessera-run").describe("where the config, metrics, checkpoints and export go"),
+    cache_dir: z.string().optional().describe("prepared cache folder (default: WORK_DIR/cache)"),
+
+    // Lengths, packing, sampling.
+    max_length: posInt.default(4096).describe("longest sample in tokens"),
+    pack_max_length: posInt.optional().describe("tokens per packed sequence (default: max_length)"),
+    packing: z.enum(["none", "soft", "concat"]).default("soft").describe("none | soft | concat"),
+    max_tiles_per_pack: posInt.optional().describe("cap on image tiles per pack"),
+    sampler: z.enum(["random", "length", "modality_length"]).default("random").describe("random | length | modality_length"),
+    max_dynamic_patch: posInt.optional().describe("tiles per image at most (default: the model's config)"),
+    truncate: z.enum(["truncate", "drop"]).default("truncate").describe("what to do with samples over max_length"),
+
+    // Batches and schedule.
+    micro_batch_size: posInt.default(1).describe("packed sequences per forward"),
+    global_batch_size: posInt.default(16).describe("packed sequences per optimizer step, over all ranks"),
+    lr: z.number().positive().default(4e-5).describe("peak learning rate"),
+    min_lr: z.number().nonnegative().default(0).describe("learning rate at the end of the cosine"),
+    weight_decay: z.number().nonnegative().default(0.05).describe("AdamW weight decay (never on norms and biases)"),
+    warmup_ratio: z.number().min(0).max(1).default(0.03).describe("fraction of steps spent warming up"),
+    max_grad_norm: z.number().nonnegative().default(1).describe("gradient clipping norm (0: off)"),
+    epochs: z.number().positive().default(1).describe("epochs over the mixture"),
+    steps: posInt.optional().describe("optimizer steps (overrides epochs)"),
+    seed: nonNegInt.default(42).describe("seed of the plan and the model's random parts"),
+    loss_reduction: z.enum(["token", "sample", "square"]).default("token").describe("token | sample | square"),
+
+    // What learns.
+    freeze_vit: z.boolean().default(true).describe("freeze the vision tower"),
+    freeze_llm: z.boolean().default(false).describe("freeze the language model"),
+    freeze_mlp: z.boolean().default(false).describe("freeze the vision-to-language projector"),
+    llm_lora_rank: nonNegInt.default(0).describe("LoRA rank on the language model (0: off)"),
+    llm_lora_alpha: z.number().positive().optional().describe("LoRA alpha on the language model (default: 2 × rank)"),
+    llm_lora_targets: z.array(z.string().min(1)).default(LORA_DEFAULT_LLM_TARGETS).describe("LLM linear layers given LoRA"),
+    vit_lora_rank: nonNegInt.default(0).describe("LoRA rank on the vision tower (0: off)"),
+    vit_lora_alpha: z.number().positive().optional().describe("LoRA alpha on the vision tower (default: 2 × rank)"),
+    vit_lora_targets: z.array(z.string().min(1)).default(LORA_DEFAULT_VIT_TARGETS).describe("vision linear layers given LoRA"),
+    lora_export: z.enum(["merged", "adapter"]).default("merged").describe("merged | adapter"),
+
+    // How it runs.
+    gradient_checkpointing: z.boolean().default(true).describe("recompute each layer's activations in backward"),
+    shard_strategy: z.enum(["zero2", "zero3", "ddp"]).default("zero2").describe("zero2 | zero3 | ddp"),
+    precision: z.enum(["auto", "bf16", "fp32"]).default("auto").describe("auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32"),
+    device: z.enum(["auto", "cpu", "cuda"]).default("auto").describe("auto | cpu | cuda"),
+    num_workers: nonNegInt.default(2).describe("data loader worker processes per rank"),
+    nproc_per_node: posInt.default(1).describe("processes (GPUs) per node"),
+    nnodes: posInt.default(1).describe("nodes"),
+    node_rank: nonNegInt.default(0).describe("this node's rank"),
+    master_addr: z.string().default("127.0.0.1").describe("address of node 0"),
+    master_port: z.number().int().min(1).max(65535).default(29500).describe("port on node 0"),
+
+    // Checkpoints, logs, export.
+    checkpoint_interval: nonNegInt.default(500).describe("steps between checkpoints (0: only at the end)"),
+    checkpoint_keep: posInt.default(2).describe("checkpoints kept (the last ones)"),
+    checkpoint_drop_optimizer: z.boolean().default(false).describe("save weights only (no exact resume)"),
+    log_interval: posInt.default(1).describe("steps between metric lines"),
+    export: z.enum(["original", "native", "none"]).default("original").describe("format of the final model"),
+  })
+  .strict();
+
+export type TrainConfig = z.infer<typeof TrainConfigSchema>;
+export type TrainConfigInput = z.input<typeof TrainConfigSchema>;
+export type ConfigKey = keyof TrainConfig;
+
+/** Settings that name files; relative ones resolve against the config file's folder. */
+const PATH_KEYS = ["model", "meta", "work_dir", "cache_dir"] as const;
+
+/** The zod type of a key with its wrappers (optional, default) removed. */
+function innerType(t: z.ZodType): z.ZodType {
+  let cur: z.ZodType = t;
+  for (;;) {
+    const def = (cur as unknown as { def: { type: string; innerType?: z.ZodType } }).def;
+    if ((def.type === "optional" || def.type === "default" || def.type === "nullable") && def.innerType) cur = def.innerType;
+    else return cur;
+  }
+}
+
+function kindOf(key: ConfigKey): "boolean" | "number" | "string" | "array" {
+  const t = innerType(TrainConfigSchema.shape[key] as unknown as z.ZodType);
+  const type = (t as unknown as { def: { type: string } }).def.type;
+  if (type === "boolean") return "boolean";
+  if (type === "number") return "number";
+  if (type === "array") return "array";
+  return "string";
+}
+
+export const CONFIG_KEYS = Object.keys(TrainConfigSchema.shape) as ConfigKey[];
+const flagOf = (key: string) => key.replaceAll("_", "-");
+const camel = (flag: string) => flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+
+/**
+ * The seed launcher's flags. Each maps onto a setting of the schema; values come through
+ * `seedFlags` below. Flags that are the schema's own (e.g. --lr, --max-length) need no entry.
+ */
+const SEED_FLAGS: { flags: string; description: string; apply: (v: unknown) => Partial<TrainConfigInput> }[] = [
+  { flags: "--mirco-batch-size <n>", description: "seed spelling of --micro-batch-size", apply: (v) => ({ micro_batch_size: num(v, "--mirco-batch-size") }) },
+  { flags: "--dset-pack", description: "seed: soft packing (packing: soft)", apply: () => ({ packing: "soft" }) },
+  { flags: "--concat-before-pack", description: "seed: concatenate then split (packing: concat)", apply: () => ({ packing: "concat" }) },
+  { flags: "--group-by-length", description: "seed: length-grouped sampler (sampler: length)", apply: () => ({ sampler: "length" }) },
+  { flags: "--group-by-modality-length", description: "seed: modality-and-length sampler (sampler: modality_length)", apply: () => ({ sampler: "modality_length" }) },
+  { flags: "--dset-cache-dir <dir>", description: "seed: prepared cache folder (cache_dir)", apply: (v) => ({ cache_dir: String(v) }) },
+];
+
+function num(v: unknown, flag: string): number {
+  const n = typeof v === "number" ? v : Number(v);
+  if (!Number.isFinite(n)) throw new UserError(`${flag}: expected a number, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+/** Add one flag per setting, the seed launcher's flags, and the refused ones, to a command. */
+export function addConfigOptions(cmd: Command): Command {
+  for (const key of CONFIG_KEYS) {
+    const flag = flagOf(key);
+    const desc = TrainConfigSchema.shape[key].description ?? key;
+    switch (kindOf(key)) {
+      case "boolean":
+        cmd.option(`--${flag}`, desc);
+        cmd.option(`--no-${flag}`, `do not: ${desc}`);
+        break;
+      case "array":
+        cmd.option(`--${flag} <list>`, `${desc} (comma-separated)`);
+        break;
+      default:
+        cmd.option(`--${flag} <value>`, desc);
+    }
+  }
+  for (const s of SEED_FLAGS) if (!cmd.options.some((o) => o.long === s.flags.split(" ")[0])) cmd.option(s.flags, s.description);
+  cmd.option("--sp-size <n>", "sequence parallel size (not supported yet)");
+  cmd.option("--ring-size <n>", "ring attention size (not supported yet)");
+  return cmd;
+}
+
+/** The settings the command line gave (only those given), from commander's parsed options. */
+export function flagsToConfig(opts: Record<string, unknown>): Partial<TrainConfigInput> {
+  for (const refused of ["spSize", "ringSize"] as const) {
+    const v = opts[refused];
+    if (v !== undefined && Number(v) !== 1) {
+      const flag = refused === "spSize" ? "--sp-size" : "--ring-size";
+      throw new UserError(
+        `${flag} ${v}: sequence parallelism is not supported by tessera yet. Remove ${flag} (or set it to 1); ` +
+          "long samples fit by lowering --pack-max-length or by --shard-strategy zero3 with gradient checkpointing.",
+      );
+    }
+  }
+  const out: Record<string, unknown> = {};
+  for (const s of SEED_FLAGS) {
+    const v = opts[camel(s.flags.split(" ")[0].slice(2))];
+    if (v !== undefined && v !== false) Object.assign(out, s.apply(v));
+  }
+  for (const key of CONFIG_KEYS) {
+    const v = opts[camel(flagOf(key))];
+    if (v === undefined) continue;
+    const flag = `--${flagOf(key)}`;
+    switch (kindOf(key)) {
+      case "boolean":
+        out[key] = Boolean(v);
+        break;
+      case "number":
+        out[key] = num(v, flag);
+        break;
+      case "array":
+        out[key] = String(v)
+          .split(",")
+          .map((s) => s.trim())
+          .filter(Boolean);
+        break;
+      default:
+        out[key] = String(v);
+    }
+  }
+  return out as Partial<TrainConfigInput>;
+}
+
+function formatIssues(err: z.ZodError, where: string): string {
+  return err.issues
+    .map((i) => {
+      if (i.code === "unrecognized_keys") {
+        const keys = (i as unknown as { keys: string[] }).keys;
+        return `${where}: unknown setting${keys.length > 1 ? "s" : ""} ${keys.map((k) => `"${k}"`).join(", ")} (known: see tessera train --help)`;
+      }
+      const field = i.path.join(".") || "(top level)";
+      return `${where}: ${field}: ${i.message}`;
+    })
+    .join("\n");
+}
+
+/** Read a YAML (or JSON) config file; relative paths in it resolve against its folder. */
+export function readConfigFile(path: string): Partial<TrainConfigInput> {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new UserError(`cannot read the config file ${path}: ${(e as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = parseYaml(text) ?? {};
+  } catch (e) {
+    throw new UserError(`${path}: not valid YAML: ${(e as Error).message}`);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new UserError(`${path}: expected a mapping of settings`);
+  const obj = { ...(raw as Record<string, unknown>) };
+  // Unknown keys and wrong types are reported against this file, before any merge.
+  const check = TrainConfigSchema.partial().strict().safeParse(obj);
+  if (!check.success) throw new UserError(formatIssues(check.error, path));
+  const base = dirname(resolve(path));
+  for (const k of PATH_KEYS) {
+    const v = obj[k];
+    if (typeof v === "string" && !isAbsolute(v)) obj[k] = resolve(base, v);
+  }
+  return obj as Partial<TrainConfigInput>;
+}
+
+/**
+ * The resolved config: file, then flags over it, then defaults; paths absolute, derived
+ * settings filled in. Errors name the file (or "command line") and the field.
+ */
+export function resolveConfig(file: string | undefined, flags: Partial<TrainConfigInput>, cwd = process.cwd()): TrainConfig {
+  const fromFile = file ? readConfigFile(file) : {};
+  const merged: Record<string, unknown> = { ...fromFile };
+  for (const [k, v] of Object.entries(flags)) {
+    if (v === undefined) continue;
+    merged[k] = (PATH_KEYS as readonly string[]).includes(k) && typeof v === "string" && !isAbsolute(v) ? resolve(cwd, v) : v;
+  }
+  if (merged.work_dir === undefined) merged.work_dir = resolve(cwd, "tessera-run");
+  const where = file ? `${file} (with command-line flags)` : "command line";
+  const parsed = TrainConfigSchema.safeParse(merged);
+  if (!parsed.success) {
+    const missing = parsed.error.issues.filter((i) => i.path.length === 1 && (i.path[0] === "model" || i.path[0] === "meta") && i.code === "invalid_type");
+    if (missing.length) {
+      throw new UserError(`${where}: ${missing.map((i) => String(i.path[0])).join(" and ")} required (--${missing.map((i) => String(i.path[0])).join(", --")} or in the config file)`);
+    }
+    throw new UserError(formatIssues(parsed.error, where));
+  }
+  const c = parsed.data;
+  c.pack_max_length ??= c.max_length;
+  c.cache_dir ??= resolve(c.work_dir, "cache");
+  if (c.llm_lora_rank > 0) c.llm_lora_alpha ??= 2 * c.llm_lora_rank;
+  if (c.vit_lora_rank > 0) c.vit_lora_alpha ??= 2 * c.vit_lora_rank;
+  validate(c, where);
+  return c;
+}
+
+function validate(c: TrainConfig, where: string): void {
+  const world = c.nproc_per_node * c.nnodes;
+  const perStep = world * c.micro_batch_size;
+  if (c.global_batch_size % perStep !== 0) {
+    throw new UserError(
+      `${where}: global_batch_size ${c.global_batch_size} must be a multiple of micro_batch_size × processes = ${c.micro_batch_size} × ${world} = ${perStep}`,
+    );
+  }
+  if (c.node_rank >= c.nnodes) throw new UserError(`${where}: node_rank ${c.node_rank} must be below nnodes ${c.nnodes}`);
+  if (c.packing !== "none" && c.pack_max_length !== undefined && c.pack_max_length < c.max_length && c.packing === "soft") {
+    throw new UserError(`${where}: pack_max_length ${c.pack_max_length} is below max_length ${c.max_length}: a sample could never fit a pack`);
+  }
+  if (c.freeze_vit && c.freeze_llm && c.freeze_mlp && c.llm_lora_rank === 0 && c.vit_lora_rank === 0) {
+    throw new UserError(`${where}: freeze_vit, freeze_llm and freeze_mlp are all on and no LoRA is set: nothing would learn`);
+  }
+  if (c.min_lr > c.lr) throw new UserError(`${where}: min_lr ${c.min_lr} is above lr ${c.lr}`);
+}
+
+/** Gradient accumulation steps implied by the batch sizes. */
+export function accumulationSteps(c: TrainConfig): number {
+  return c.global_batch_size / (c.micro_batch_size * c.nproc_per_node * c.nnodes);
+}
