@@ -1,0 +1,364 @@
+"""Zero-copy readers of the prepared cache and of the training plan (docs/cache-format.md).
+
+TypeScript writes both; this module only maps the arrays (numpy.memmap) and slices them.
+It never re-tokenizes or re-plans.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator
+
+import numpy as np
+
+IGNORE_INDEX = -100
+FLAG_MULTIMODAL = 1
+FLAG_TRUNCATED = 2
+
+
+class CacheFormatError(ValueError):
+    """The files on disk do not match what their manifest says."""
+
+
+def _map_columns(folder: str, columns: dict) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, col in columns.items():
+        path = os.path.join(folder, col["file"])
+        dtype = np.dtype(col["dtype"])
+        count = int(col["count"])
+        size = os.path.getsize(path)
+        if size != count * dtype.itemsize:
+            raise CacheFormatError(
+                f"{path}: {size} bytes, manifest says {count} × {dtype.itemsize} = {count * dtype.itemsize}"
+            )
+        # np.memmap refuses empty files; an empty column is an empty array.
+        out[name] = np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
+    return out
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image (or video frame) of a sample, as the planner tiled it."""
+
+    path: str
+    wh: tuple[int, int]
+    cols: int
+    rows: int
+    thumbnail: bool
+    tiles: int
+    frame: int | None
+    #: index in the sample's tokens of the first <IMG_CONTEXT>; tiles × tokens_per_tile follow
+    context_start: int
+
+
+@dataclass
+class Sample:
+    index: int
+    input_ids: np.ndarray  # int32 view into the cache
+    labels: np.ndarray  # int32 view into the cache
+    images: list[ImageRef]
+    context_starts: np.ndarray
+    length: int
+    learned: int
+    multimodal: bool
+    truncated: bool
+    dataset: str
+    line: int
+
+
+class _Dataset:
+    def __init__(self, root: str, entry: dict):
+        self.name: str = entry["name"]
+        self.first: int = int(entry["first_sample"])
+        self.count: int = int(entry["samples"])
+        self.folder = os.path.join(root, entry["dir"])
+        with open(os.path.join(self.folder, "dataset.json"), encoding="utf-8") as f:
+            self.info = json.load(f)
+        if self.info["fingerprint"] != entry["fingerprint"]:
+            raise CacheFormatError(f"{self.folder}: fingerprint differs from manifest.json")
+        self.cols = _map_columns(self.folder, self.info["columns"])
+        if len(self.cols["length"]) != self.count:
+            raise CacheFormatError(f"{self.folder}: {len(self.cols['length'])} samples, manifest says {self.count}")
+
+
+class PreparedCache:
+    """Random access by global sample index to what `tessera data prepare` wrote."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        with open(os.path.join(self.path, "manifest.json"), encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        if self.manifest.get("format") != "tessera-cache" or self.manifest.get("version") != 1:
+            raise CacheFormatError(f"{self.path}: not a tessera cache of version 1")
+        self.fingerprint: str = self.manifest["fingerprint"]
+        self.tokens_per_tile: int = int(self.manifest["tokens_per_tile"])
+        self.max_length: int = int(self.manifest["max_length"])
+        self.datasets = [_Dataset(self.path, d) for d in self.manifest["datasets"]]
+        self._firsts = np.array([d.first for d in self.datasets], dtype=np.int64)
+        self._total = int(self.manifest["samples"])
+
+    def __len__(self) -> int:
+        return self._total
+
+    def _locate(self, i: int) -> tuple[_Dataset, int]:
+        if not 0 <= i < self._total:
+            raise IndexError(f"sample {i} out of range [0, {self._total})")
+        k = int(np.searchsorted(self._firsts, i, side="right")) - 1
+        ds = self.datasets[k]
+        return ds, i - ds.first
+
+    def _column(self, name: str) -> np.ndarray:
+        parts = [d.cols[name] for d in self.datasets]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """Every sample's length, in global order (a copy: n × 4 bytes)."""
+        return self._column("length")
+
+    @cached_property
+    def learned(self) -> np.ndarray:
+        return self._column("learned")
+
+    @cached_property
+    def flags(self) -> np.ndarray:
+        return self._column("flags")
+
+    def tokens(self, i: int, start: int = 0, end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, labels) of sample i, tokens [start, end): zero-copy views."""
+        ds, k = self._locate(i)
+        off = ds.cols["tok_offset"]
+        lo, hi = int(off[k]), int(off[k + 1])
+        e = hi if end is None else min(hi, lo + end)
+        return ds.cols["input_ids"][lo + start : e], ds.cols["labels"][lo + start : e]
+
+    def images(self, i: int) -> list[ImageRef]:
+        ds, k = self._locate(i)
+        c = ds.cols
+        lo, hi = int(c["img_offset"][k]), int(c["img_offset"][k + 1])
+        out = []
+        paths = c["img_paths"]
+        poff = c["img_path_offset"]
+        for j in range(lo, hi):
+            frame = int(c["img_frame"][j])
+            out.append(
+                ImageRef(
+                    path=bytes(paths[int(poff[j]) : int(poff[j + 1])]).decode("utf-8"),
+                    wh=(int(c["img_w"][j]), int(c["img_h"][j])),
+                    cols=int(c["img_cols"][j]),
+                    rows=int(c["img_rows"][j]),
+                    thumbnail=bool(c["img_thumbnail"][j]),
+                    tiles=int(c["img_tiles"][j]),
+                    frame=None if frame < 0 else frame,
+                    context_start=int(c["img_context_start"][j]),
+                )
+            )
+        return out
+
+    def sample(self, i: int) -> Sample:
+        ds, k = self._locate(i)
+        c = ds.cols
+        ids, labels = self.tokens(i)
+        images = self.images(i)
+        flags = int(c["flags"][k])
+        return Sample(
+            index=i,
+            input_ids=ids,
+            labels=labels,
+            images=images,
+            context_starts=np.array([im.context_start for im in images], dtype=np.int32),
+            length=int(c["length"][k]),
+            learned=int(c["learned"][k]),
+            multimodal=bool(flags & FLAG_MULTIMODAL),
+            truncated=bool(flags & FLAG_TRUNCATED),
+            dataset=ds.name,
+            line=int(c["line"][k]),
+        )
+
+    def pack(self, mb: "MicroBatch") -> "PackedRow":
+        """Concatenate a micro-batch's pieces into one packed row (copies the tokens once)."""
+        n = mb.tokens
+        ids = np.empty(n, dtype=np.int32)
+        labels = np.empty(n, dtype=np.int32)
+        pos = np.empty(n, dtype=np.int32)
+        images: list[PackedImage] = []
+        at = 0
+        for s, start, length in zip(mb.samples.tolist(), mb.starts.tolist(), mb.lengths.tolist()):
+            a, b = self.tokens(s, start, start + length)
+            ids[at : at + length] = a
+            labels[at : at + length] = b
+            pos[at : at + length] = np.arange(length, dtype=np.int32)
+            for im in self.images(s):
+                # Context tokens of this image, clipped to the piece [start, start+length).
+                lo = max(im.context_start, start)
+                hi = min(im.context_start + im.tiles * self.tokens_per_tile, start + length)
+                if lo < hi:
+                    images.append(
+                        PackedImage(
+                            image=im,
+                            sample=s,
+                            row_start=at + lo - start,
+                            token_lo=lo - im.context_start,
+                            token_hi=hi - im.context_start,
+                        )
+                    )
+            at += length
+        return PackedRow(input_ids=ids, labels=labels, position_ids=pos, cu_seqlens=mb.cu_seqlens, images=images)
+
+
+@dataclass(frozen=True)
+class PackedImage:
+    image: ImageRef
+    sample: int
+    #: where in the packed row this image's first used context token sits
+    row_start: int
+    #: which of the image's tiles × tokens_per_tile context tokens the row uses: [token_lo, token_hi)
+    #: (all of them unless concat packing split the sample inside the image)
+    token_lo: int
+    token_hi: int
+
+
+@dataclass
+class PackedRow:
+    input_ids: np.ndarray
+    labels: np.ndarray
+    position_ids: np.ndarray
+    cu_seqlens: np.ndarray
+    images: list[PackedImage]
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch: with packing, one packed row of pieces; without, samples to pad."""
+
+    index: int
+    samples: np.ndarray  # global sample indices, in order
+    starts: np.ndarray  # token offset of each piece within its sample (0 unless split)
+    lengths: np.ndarray  # tokens of each piece
+    learned: np.ndarray  # learned tokens of each piece
+    tokens: int
+    tiles: int
+    learned_tokens: int
+
+    @property
+    def cu_seqlens(self) -> np.ndarray:
+        cu = np.zeros(len(self.lengths) + 1, dtype=np.int32)
+        np.cumsum(self.lengths, out=cu[1:])
+        return cu
+
+    @property
+    def empty(self) -> bool:
+        return len(self.samples) == 0
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """Totals over all ranks and micro-batches of one step: loss denominators."""
+
+    tokens: int
+    learned_tokens: int  # `token` reduction
+    samples: int
+    learned_samples: int  # `sample` reduction: pieces with ≥ 1 learned token
+    sqrt_learned: float  # `square` reduction: Σ √n over pieces
+
+    def square_weight(self, n_learned: int) -> float:
+        """Weight of each learned token of a piece with n learned tokens (weights sum to 1)."""
+        return 0.0 if n_learned == 0 or self.sqrt_learned == 0 else 1.0 / (math.sqrt(n_learned) * self.sqrt_learned)
+
+
+class TrainingPlan:
+    """The micro-batches of every (epoch, step, rank), as `writePlan` wrote them."""
+
+    def __init__(self, path: str, cache: PreparedCache | None = None):
+        self.path = os.path.abspath(path)
+        with open(os.path.join(self.path, "plan.json"), encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        m = self.manifest
+        if m.get("format") != "tessera-plan" or m.get("version") != 1:
+            raise CacheFormatError(f"{self.path}: not a tessera plan of version 1")
+        if cache is not None and cache.fingerprint != m["cache_fingerprint"]:
+            raise CacheFormatError(
+                f"{self.path}: planned for cache {m['cache_fingerprint'][:12]}, "
+                f"but the cache is {cache.fingerprint[:12]}: run `tessera data plan` again"
+            )
+        self.fingerprint: str = m["fingerprint"]
+        self.cache_fingerprint: str = m["cache_fingerprint"]
+        self.world_size: int = int(m["world_size"])
+        self.micro_batches_per_step: int = int(m["micro_batches_per_step"])
+        self.epochs: int = int(m["epochs"])
+        self.epoch_steps: list[int] = [int(x) for x in m["epoch_steps"]]
+        self.epoch_first_step: list[int] = [int(x) for x in m["epoch_first_step"]]
+        self.total_steps: int = int(m["total_steps"])
+        self.options: dict = m["options"]
+        self.pack_max_length: int | None = self.options.get("pack_max_length")
+        self.stats: dict = m.get("stats", {})
+        self.cols = _map_columns(self.path, m["columns"])
+        expect = self.total_steps * self.world_size * self.micro_batches_per_step + 1
+        if len(self.cols["mb_offset"]) != expect:
+            raise CacheFormatError(f"{self.path}: mb_offset has {len(self.cols['mb_offset'])} entries, expected {expect}")
+
+    @property
+    def gradient_accumulation(self) -> int:
+        return self.micro_batches_per_step
+
+    @property
+    def steps_per_epoch(self) -> list[int]:
+        return self.epoch_steps
+
+    def global_step(self, epoch: int, step: int) -> int:
+        if not 0 <= epoch < self.epochs or not 0 <= step < self.epoch_steps[epoch]:
+            raise IndexError(f"(epoch {epoch}, step {step}) is not in the plan")
+        return self.epoch_first_step[epoch] + step
+
+    def position(self, g: int) -> tuple[int, int]:
+        """(epoch, step) of global step g."""
+        if not 0 <= g < self.total_steps:
+            raise IndexError(f"global step {g} out of range [0, {self.total_steps})")
+        e = int(np.searchsorted(np.asarray(self.epoch_first_step), g, side="right")) - 1
+        return e, g - self.epoch_first_step[e]
+
+    def micro_batch(self, index: int) -> MicroBatch:
+        c = self.cols
+        lo, hi = int(c["mb_offset"][index]), int(c["mb_offset"][index + 1])
+        return MicroBatch(
+            index=index,
+            samples=np.asarray(c["piece_sample"][lo:hi]),
+            starts=np.asarray(c["piece_start"][lo:hi]),
+            lengths=np.asarray(c["piece_length"][lo:hi]),
+            learned=np.asarray(c["piece_learned"][lo:hi]),
+            tokens=int(c["mb_tokens"][index]),
+            tiles=int(c["mb_tiles"][index]),
+            learned_tokens=int(c["mb_learned"][index]),
+        )
+
+    def micro_batches(self, rank: int, epoch: int, step: int) -> list[MicroBatch]:
+        if not 0 <= rank < self.world_size:
+            raise IndexError(f"rank {rank} out of range [0, {self.world_size})")
+        g = self.global_step(epoch, step)
+        a = self.micro_batches_per_step
+        base = (g * self.world_size + rank) * a
+        return [self.micro_batch(base + k) for k in range(a)]
+
+    def step_totals(self, epoch: int, step: int) -> StepTotals:
+        g = self.global_step(epoch, step)
+        c = self.cols
+        return StepTotals(
+            tokens=int(c["step_tokens"][g]),
+            learned_tokens=int(c["step_learned"][g]),
+            samples=int(c["step_samples"][g]),
+            learned_samples=int(c["step_learned_samples"][g]),
+            sqrt_learned=float(c["step_sqrt_learned"][g]),
+        )
+
+    def iter_steps(
+        self, rank: int, start_epoch: int = 0, start_step: int = 0
+    ) -> Iterator[tuple[int, int, list[MicroBatch]]]:
+        """(epoch, step, micro-batches of `rank`) from (start_epoch, start_step) to the end."""
+        g0 = self.global_step(start_epoch, start_step) if self.total_steps else 0
+        for g in range(g0, self.total_steps):
+            e, s = self.position(g)
+            yield e, s, self.micro_batches(rank, e, s)
