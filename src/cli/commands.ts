@@ -1,6 +1,7 @@
 /** Every sub-command, registered in the order `tessera --help` lists them. */
 import type { Command } from "commander";
 import { registerDashboard } from "./dashboard.ts";
+import { registerDataCheck } from "./data-check.ts";
 import { registerDoctor } from "./doctor.ts";
 import { registerSetup } from "./setup.ts";
 
@@ -11,5 +12,6 @@ export function registerCommands(program: Command): void {
 
   // `tessera data <sub>`: one file per sub-command (data-*.ts).
   const data = program.command("data").description("check, fix, inspect, prepare and plan datasets");
+  registerDataCheck(data);
   void data;
 }

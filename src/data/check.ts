@@ -1,0 +1,276 @@
+/** `tessera data check`: every record, placeholder, image_wh and media file of a meta file. */
+import { stat } from "node:fs/promises";
+import { HeaderReader, ImageHeaderError } from "../vision/headers.ts";
+import { type DataIssue, issue } from "./issues.ts";
+import { displayPath, readRecords } from "./jsonl.ts";
+import { MediaPathError, resolveMediaPath } from "./media.ts";
+import { type DatasetSpec, loadMetaChecked, selectedRecordCount } from "./meta.ts";
+import type { DataRecord } from "./record.ts";
+
+export interface DatasetSummary {
+  name: string;
+  annotation: string;
+  repeatTime: number;
+  /** Lines in the file (empty ones included). */
+  lines: number;
+  /** Usable records (warnings allowed). */
+  records: number;
+  /** Records one epoch takes after repeat_time. */
+  selected: number;
+  /** Lines that are not usable records. */
+  invalid: number;
+  multimodal: number;
+  text: number;
+  video: number;
+  /** Image references (a multi-image record counts each). */
+  images: number;
+  /** Distinct image files whose headers were read. */
+  distinctImages: number;
+  /** Multimodal image records that have no image_wh (needed for length grouping and packing). */
+  missingImageWh: number;
+  errors: Record<string, number>;
+  warnings: Record<string, number>;
+}
+
+export interface CheckReport {
+  meta: string;
+  datasets: DatasetSummary[];
+  /** The first problems in file and line order (at most maxErrors), errors and warnings. */
+  issues: DataIssue[];
+  errorCount: number;
+  warningCount: number;
+  /** True when more problems were found than `issues` lists. */
+  truncated: boolean;
+  /** True when --fail-fast stopped the check at the first error. */
+  stoppedEarly: boolean;
+}
+
+export interface CheckOptions {
+  /** Problems listed in the report (all are counted). Default 100. */
+  maxErrors?: number;
+  /** Stop at the first error. */
+  failFast?: boolean;
+  /** Read image headers and compare them with image_wh (default true). */
+  checkMedia?: boolean;
+  /** Accept media paths outside media_root. */
+  allowOutside?: boolean;
+  /** Header reads in flight at once. Default 64. */
+  concurrency?: number;
+  /** Progress over all annotation files, in bytes. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Keeps the first `max` problems in (dataset, line) order while counting all of them. */
+class IssueList {
+  private list: { d: number; i: DataIssue }[] = [];
+  errors = 0;
+  warnings = 0;
+  truncated = false;
+  constructor(private readonly max: number) {}
+  add(d: number, i: DataIssue, s: DatasetSummary): void {
+    if (i.severity === "error") {
+      this.errors++;
+      s.errors[i.kind] = (s.errors[i.kind] ?? 0) + 1;
+    } else {
+      this.warnings++;
+      s.warnings[i.kind] = (s.warnings[i.kind] ?? 0) + 1;
+    }
+    this.list.push({ d, i });
+    if (this.list.length > 2 * this.max + 16) this.trim();
+  }
+  private trim(): void {
+    this.list.sort((a, b) => a.d - b.d || a.i.line - b.i.line);
+    if (this.list.length > this.max) {
+      this.truncated = true;
+      this.list.length = this.max;
+    }
+  }
+  result(): DataIssue[] {
+    this.trim();
+    return this.list.map((x) => x.i);
+  }
+}
+
+type MediaResult = { ok: true; w: number; h: number } | { ok: false; kind: string; message: string; found?: string };
+
+function newSummary(spec: DatasetSpec): DatasetSummary {
+  return {
+    name: spec.name,
+    annotation: displayPath(spec.annotation),
+    repeatTime: spec.repeatTime,
+    lines: 0,
+    records: 0,
+    selected: 0,
+    invalid: 0,
+    multimodal: 0,
+    text: 0,
+    video: 0,
+    images: 0,
+    distinctImages: 0,
+    missingImageWh: 0,
+    errors: {},
+    warnings: {},
+  };
+}
+
+/** Checks one dataset; problems go to `list` under dataset index `d`. */
+export async function checkDataset(
+  spec: DatasetSpec,
+  d: number,
+  list: IssueList,
+  opts: CheckOptions & { onBytes?: (n: number) => void; stop?: () => boolean },
+): Promise<DatasetSummary> {
+  const s = newSummary(spec);
+  const file = s.annotation;
+  const checkMedia = opts.checkMedia !== false;
+  const reader = new HeaderReader(opts.concurrency ?? 64);
+  // Distinct media paths: settled results answer synchronously, pending ones by promise.
+  const settled = new Map<string, MediaResult>();
+  const pendingMedia = new Map<string, Promise<MediaResult>>();
+  let outstanding: Promise<void>[] = [];
+  const failFast = opts.failFast === true;
+  let stopped = false;
+  const add = (i: DataIssue) => {
+    list.add(d, i, s);
+    if (failFast && i.severity === "error") stopped = true;
+  };
+
+  const lookup = (rel: string, video: boolean): MediaResult | Promise<MediaResult> => {
+    const key = video ? `\0v${rel}` : rel;
+    const hit = settled.get(key);
+    if (hit) return hit;
+    let p = pendingMedia.get(key);
+    if (!p) {
+      p = resolveMedia(spec, rel, video, reader, opts.allowOutside === true).then((r) => {
+        if (settled.size >= 1_000_000) settled.clear();
+        settled.set(key, r);
+        pendingMedia.delete(key);
+        return r;
+      });
+      pendingMedia.set(key, p);
+    }
+    return p;
+  };
+
+  const judge = (r: MediaResult, line: number, field: string, k: number, wh: [number, number] | undefined) => {
+    if (!r.ok) {
+      add(issue(file, line, field, r.kind, r.message, { found: r.found }));
+      return;
+    }
+    if (wh && (wh[0] !== r.w || wh[1] !== r.h))
+      add(
+        issue(file, line, `image_wh[${k}]`, "image-wh-mismatch", "image_wh differs from the image file's header", {
+          expected: `[${r.w}, ${r.h}] (header)`,
+          found: `[${wh[0]}, ${wh[1]}]`,
+        }),
+      );
+  };
+
+  const checkRecordMedia = (rec: DataRecord, line: number) => {
+    const n = rec.images.length;
+    for (let k = 0; k < n; k++) {
+      const field = n === 1 ? "image" : `image[${k}]`;
+      const wh = rec.imageWh?.[k];
+      const r = lookup(rec.images[k], false);
+      if (r instanceof Promise) outstanding.push(r.then((x) => judge(x, line, field, k, wh)));
+      else judge(r, line, field, k, wh);
+    }
+    if (rec.video !== undefined) {
+      const r = lookup(rec.video, true);
+      if (r instanceof Promise) outstanding.push(r.then((x) => judge(x, line, "video", 0, undefined)));
+      else judge(r, line, "video", 0, undefined);
+    }
+  };
+
+  for await (const item of readRecords(spec, { onBytes: opts.onBytes, keepRaw: false })) {
+    s.lines = item.line;
+    for (const i of item.issues) add(i);
+    const rec = item.record;
+    if (!rec) {
+      if (item.issues.some((i) => i.severity === "error")) s.invalid++;
+    } else {
+      s.records++;
+      if (rec.images.length > 0) {
+        s.multimodal++;
+        s.images += rec.images.length;
+        if (!rec.imageWh) s.missingImageWh++;
+      } else if (rec.video !== undefined) {
+        s.multimodal++;
+        s.video++;
+      } else s.text++;
+      if (checkMedia && (rec.images.length > 0 || rec.video !== undefined)) checkRecordMedia(rec, item.line);
+    }
+    if (outstanding.length >= 4096) {
+      await Promise.all(outstanding);
+      outstanding = [];
+    }
+    if (stopped || opts.stop?.()) break;
+  }
+  await Promise.all(outstanding);
+  s.distinctImages = reader.reads;
+  s.selected = selectedRecordCount(s.records, spec.repeatTime);
+  return s;
+}
+
+async function resolveMedia(spec: DatasetSpec, rel: string, video: boolean, reader: HeaderReader, allowOutside: boolean): Promise<MediaResult> {
+  let abs: string;
+  try {
+    abs = resolveMediaPath(spec, rel, { allowOutside });
+  } catch (e) {
+    if (e instanceof MediaPathError) return { ok: false, kind: "path-escapes", message: e.message, found: JSON.stringify(rel) };
+    throw e;
+  }
+  if (video) {
+    try {
+      const st = await stat(abs);
+      if (!st.isFile()) return { ok: false, kind: "missing-video", message: "the video path is not a file", found: abs };
+      return { ok: true, w: 0, h: 0 };
+    } catch {
+      return { ok: false, kind: "missing-video", message: "the video file does not exist", found: abs };
+    }
+  }
+  try {
+    const h = await reader.get(abs);
+    return { ok: true, w: h.width, h: h.height };
+  } catch (e) {
+    if (e instanceof ImageHeaderError)
+      return e.kind === "missing"
+        ? { ok: false, kind: "missing-image", message: "the image file does not exist", found: abs }
+        : { ok: false, kind: "unreadable-image", message: `the image cannot be read: ${e.message}`, found: abs };
+    throw e;
+  }
+}
+
+/** Checks a whole meta file: meta problems, then every dataset in order. */
+export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Promise<CheckReport> {
+  const maxErrors = opts.maxErrors ?? 100;
+  const list = new IssueList(maxErrors);
+  const { specs, issues: metaIssues } = await loadMetaChecked(metaPath);
+  const metaSummary = newSummary({ name: "(meta)", metaPath, mediaRoot: "", annotation: metaPath, repeatTime: 1, extra: {} });
+  for (const i of metaIssues) list.add(-1, i, metaSummary);
+  let stoppedEarly = opts.failFast === true && metaIssues.some((i) => i.severity === "error");
+  const datasets: DatasetSummary[] = [];
+  let total = 0;
+  for (const s of specs) total += (await stat(s.annotation)).size;
+  let done = 0;
+  const onBytes = (n: number) => {
+    done += n;
+    opts.onProgress?.(done, total);
+  };
+  for (let d = 0; d < specs.length && !stoppedEarly; d++) {
+    const before = list.errors;
+    datasets.push(await checkDataset(specs[d], d, list, { ...opts, onBytes }));
+    if (opts.failFast && list.errors > before) stoppedEarly = true;
+  }
+  return {
+    meta: displayPath(metaSummary.annotation),
+    datasets,
+    issues: list.result(),
+    errorCount: list.errors,
+    warningCount: list.warnings,
+    truncated: list.truncated,
+    stoppedEarly,
+  };
+}
+
+export { IssueList };

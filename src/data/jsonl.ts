@@ -1,0 +1,162 @@
+/** Streaming JSONL: any file size, constant memory, every line numbered. */
+import { createReadStream } from "node:fs";
+import { isAbsolute, relative } from "node:path";
+import { StringDecoder } from "node:string_decoder";
+import { type DataIssue, issue } from "./issues.ts";
+import type { DatasetSpec } from "./meta.ts";
+import { type DataRecord, validateRecord } from "./record.ts";
+
+/** How a path is shown in messages: relative to the working folder when inside it. */
+export function displayPath(abs: string): string {
+  const r = relative(process.cwd(), abs);
+  return r && !r.startsWith("..") && !isAbsolute(r) ? r : abs;
+}
+
+export interface RawLine {
+  /** 1-based line number. */
+  line: number;
+  /** The line's text, without its line end (`\n` or `\r\n`). */
+  text: string;
+  /** True when the line ended with `\r\n`. */
+  crlf: boolean;
+  /** True for the last line of a file that does not end with a newline. */
+  unterminated: boolean;
+  /** Set on line 1 when the file started with a UTF-8 BOM (removed from `text`). */
+  bom?: boolean;
+}
+
+export interface LineReadOptions {
+  /** Called with the number of bytes read after each chunk (for progress bars). */
+  onBytes?: (bytes: number) => void;
+  /** Chunk size in bytes. */
+  chunkSize?: number;
+}
+
+/**
+ * Lines of a text file in batches (one batch per read chunk, so callers pay one await per
+ * chunk, not per line). A leading UTF-8 BOM is removed and flagged on line 1.
+ */
+export async function* readLineBatches(path: string, opts: LineReadOptions = {}): AsyncGenerator<RawLine[]> {
+  const stream = createReadStream(path, { highWaterMark: opts.chunkSize ?? 1 << 20 });
+  const decoder = new StringDecoder("utf8");
+  let carry = "";
+  let lineNo = 0;
+  let first = true;
+  let bom = false;
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    opts.onBytes?.(chunk.length);
+    let s = carry + decoder.write(chunk);
+    if (first && s.length > 0) {
+      first = false;
+      if (s.charCodeAt(0) === 0xfeff) {
+        s = s.slice(1);
+        bom = true;
+      }
+    }
+    const batch: RawLine[] = [];
+    let start = 0;
+    for (let nl = s.indexOf("\n"); nl !== -1; nl = s.indexOf("\n", start)) {
+      const crlf = nl > start && s.charCodeAt(nl - 1) === 13;
+      batch.push({ line: ++lineNo, text: s.slice(start, crlf ? nl - 1 : nl), crlf, unterminated: false });
+      start = nl + 1;
+    }
+    carry = s.slice(start);
+    if (batch.length) {
+      if (bom && batch[0].line === 1) batch[0].bom = true;
+      yield batch;
+    }
+  }
+  carry += decoder.end();
+  if (first && carry.charCodeAt(0) === 0xfeff) {
+    carry = carry.slice(1);
+    bom = true;
+  }
+  if (carry.length > 0 || (bom && lineNo === 0)) {
+    const crlf = carry.charCodeAt(carry.length - 1) === 13;
+    const l: RawLine = { line: ++lineNo, text: crlf ? carry.slice(0, -1) : carry, crlf, unterminated: true };
+    if (bom && l.line === 1) l.bom = true;
+    yield [l];
+  }
+}
+
+export interface ReadItem {
+  line: number;
+  /** Present when the line is a usable record (it may still carry warnings). */
+  record?: DataRecord;
+  issues: DataIssue[];
+  /** The parsed JSON value as written, with `keepRaw`. */
+  raw?: unknown;
+  /** The line's text as written, with `keepRaw`. */
+  text?: string;
+}
+
+export interface ReadRecordsOptions extends LineReadOptions {
+  /** Also yield each line's parsed value and text (fill-wh rewrites lines from them). */
+  keepRaw?: boolean;
+  /** The file name used in messages (default: the annotation path as displayPath shows it). */
+  displayName?: string;
+}
+
+const EMPTY: DataIssue[] = [];
+
+/**
+ * Every line of a dataset's annotation file, parsed and validated, in order. Empty lines
+ * yield a warning and no record; lines that are not usable records yield their errors.
+ * File-level notes (BOM, CRLF line ends) come once, with the line they were first seen on.
+ */
+export async function* readRecords(spec: Pick<DatasetSpec, "annotation">, opts: ReadRecordsOptions = {}): AsyncGenerator<ReadItem> {
+  const file = opts.displayName ?? displayPath(spec.annotation);
+  const keep = opts.keepRaw === true;
+  const gen = readLineBatches(spec.annotation, opts);
+  let sawCrlf = false;
+  for await (const batch of gen) {
+    for (const l of batch) {
+      let issues = EMPTY;
+      if (l.bom) issues = [bomIssue(file)];
+      if (l.crlf && !sawCrlf) {
+        sawCrlf = true;
+        issues = [
+          ...issues,
+          issue(file, l.line, "(line)", "crlf", "the file uses CRLF (Windows) line ends; they are accepted", {
+            severity: "warning",
+            expected: "\\n",
+            found: "\\r\\n",
+          }),
+        ];
+      }
+      const t = l.text;
+      if (t.length === 0 || (t.charCodeAt(0) <= 32 && t.trim() === "")) {
+        const item: ReadItem = { line: l.line, issues: [...issues, issue(file, l.line, "(line)", "empty-line", "empty line skipped", { severity: "warning" })] };
+        if (keep) item.text = t;
+        yield item;
+        continue;
+      }
+      let value: unknown;
+      try {
+        value = JSON.parse(t);
+      } catch (e) {
+        const msg = (e as Error).message;
+        const bad = l.unterminated
+          ? issue(file, l.line, "(line)", "truncated-line", `the last line is cut short (no line end and not valid JSON: ${msg}); the file looks truncated`)
+          : issue(file, l.line, "(line)", "invalid-json", `not valid JSON: ${msg}`);
+        yield keep ? { line: l.line, issues: [...issues, bad], text: l.text } : { line: l.line, issues: [...issues, bad] };
+        continue;
+      }
+      const v = validateRecord(value, file, l.line);
+      const all = issues.length ? [...issues, ...v.issues] : v.issues;
+      const item: ReadItem = { line: l.line, issues: all };
+      if (v.record) item.record = v.record;
+      if (keep) {
+        item.raw = value;
+        item.text = l.text;
+      }
+      yield item;
+    }
+  }
+}
+
+function bomIssue(file: string): DataIssue {
+  return issue(file, 1, "(line)", "bom", "the file starts with a UTF-8 byte order mark; it is ignored (Python's json.loads rejects it)", {
+    severity: "warning",
+  });
+}

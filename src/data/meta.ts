@@ -1,0 +1,206 @@
+/** The meta file: one JSON object naming datasets (media_root, annotation, repeat_time). */
+import { readFile, stat } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
+import { z } from "zod";
+import { UserError } from "../util/errors.ts";
+import { type DataIssue, describe, formatIssue, issue } from "./issues.ts";
+
+export interface DatasetSpec {
+  /** The dataset's key in the meta file. */
+  name: string;
+  /** Absolute path of the meta file that named it. */
+  metaPath: string;
+  /** Absolute folder that image and video paths are relative to. */
+  mediaRoot: string;
+  /** Absolute path of the JSONL annotation file. */
+  annotation: string;
+  /** 1 by default; an integer > 1 repeats, a fraction < 1 keeps the first part. */
+  repeatTime: number;
+  /** The other fields the meta file gives this dataset, kept as written (e.g. max_dynamic_patch). */
+  extra: Record<string, unknown>;
+}
+
+const entrySchema = z.looseObject({
+  media_root: z.string({ error: "must be a string (a folder; empty for pure-text datasets)" }).optional(),
+  annotation: z.string({ error: "must be a string (the path of a JSONL file)" }).min(1, "must not be empty"),
+  repeat_time: z
+    .number({ error: "must be a number" })
+    .refine((v) => Number.isFinite(v) && v > 0, "must be greater than 0")
+    .refine((v) => v <= 1 || Number.isInteger(v), "must be an integer when above 1 (a fraction above 1 is not supported)")
+    .optional(),
+});
+
+const KNOWN = new Set(["media_root", "annotation", "repeat_time"]);
+
+/**
+ * Records one epoch takes from a dataset of `total` records. Integer repeat_time k > 1:
+ * k·total. A fraction r < 1: the first floor(total·r) records, computed in the same double
+ * arithmetic as the official `int(len(data) * repeat_time)` so counts match exactly.
+ */
+export function selectedRecordCount(total: number, repeatTime: number): number {
+  if (!(repeatTime > 0)) throw new RangeError(`repeat_time must be > 0, got ${repeatTime}`);
+  if (repeatTime < 1) return Math.floor(total * repeatTime);
+  if (!Number.isInteger(repeatTime)) throw new RangeError(`repeat_time above 1 must be an integer, got ${repeatTime}`);
+  return total * repeatTime;
+}
+
+/**
+ * The record index (0-based line among valid records) behind position `i` of a dataset's
+ * epoch list of `selectedRecordCount(total, repeatTime)` entries. Repeats follow the
+ * official list repetition (`data * k`): the whole dataset, then the whole dataset again.
+ */
+export function selectedRecordIndex(i: number, total: number, repeatTime: number): number {
+  const n = selectedRecordCount(total, repeatTime);
+  if (!Number.isInteger(i) || i < 0 || i >= n) throw new RangeError(`index ${i} outside 0..${n - 1}`);
+  return repeatTime < 1 ? i : i % total;
+}
+
+/** Line numbers of the top-level keys (`name`) and of their fields (`name.field`) in a JSON text. */
+export function jsonKeyLines(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  let depth = 0;
+  let line = 1;
+  let top = "";
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === "\n") line++;
+    else if (c === "{" || c === "[") depth++;
+    else if (c === "}" || c === "]") depth--;
+    else if (c === '"') {
+      const start = i;
+      const startLine = line;
+      for (i++; i < text.length && text[i] !== '"'; i++) if (text[i] === "\\") i++;
+      let j = i + 1;
+      while (j < text.length && /\s/.test(text[j])) j++;
+      if (text[j] !== ":") continue;
+      let key: string;
+      try {
+        key = JSON.parse(text.slice(start, i + 1));
+      } catch {
+        continue;
+      }
+      if (depth === 1) {
+        top = key;
+        if (!out.has(key)) out.set(key, startLine);
+      } else if (depth === 2 && !out.has(`${top}.${key}`)) out.set(`${top}.${key}`, startLine);
+    }
+  }
+  return out;
+}
+
+function jsonErrorLine(text: string, e: Error): number {
+  const lc = /line (\d+)/.exec(e.message);
+  if (lc) return Number(lc[1]);
+  const pos = /position (\d+)/.exec(e.message);
+  if (pos) return text.slice(0, Number(pos[1])).split("\n").length;
+  return 0;
+}
+
+async function exists(p: string, kind: "file" | "dir"): Promise<boolean> {
+  try {
+    const s = await stat(p);
+    return kind === "file" ? s.isFile() : s.isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Reads a meta file and reports every problem instead of stopping at the first: the
+ * datasets that are usable come back in `specs`, the others are named in `issues`.
+ * A meta file that cannot be read at all gives no specs and one issue.
+ */
+export async function loadMetaChecked(path: string): Promise<{ specs: DatasetSpec[]; issues: DataIssue[] }> {
+  const metaPath = resolve(path);
+  const issues: DataIssue[] = [];
+  let text: string;
+  try {
+    text = await readFile(metaPath, "utf8");
+  } catch (e) {
+    return { specs: [], issues: [issue(path, 0, "(file)", "meta-unreadable", `cannot read the meta file: ${(e as Error).message}`)] };
+  }
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    const line = jsonErrorLine(text, e as Error);
+    return { specs: [], issues: [issue(path, line, "(file)", "meta-invalid-json", `the meta file is not valid JSON: ${(e as Error).message}`)] };
+  }
+  if (doc === null || typeof doc !== "object" || Array.isArray(doc)) {
+    return {
+      specs: [],
+      issues: [
+        issue(path, 1, "(file)", "meta-not-object", "the meta file must be one JSON object whose keys name datasets", {
+          expected: "an object",
+          found: describe(doc),
+        }),
+      ],
+    };
+  }
+  const lines = jsonKeyLines(text);
+  const base = dirname(metaPath);
+  const specs: DatasetSpec[] = [];
+  const entries = Object.entries(doc as Record<string, unknown>);
+  if (entries.length === 0) issues.push(issue(path, 1, "(file)", "meta-empty", "the meta file names no datasets"));
+  for (const [name, value] of entries) {
+    const at = (field?: string) => (field ? lines.get(`${name}.${field}`) : undefined) ?? lines.get(name) ?? 0;
+    if (value === null || typeof value !== "object" || Array.isArray(value)) {
+      issues.push(
+        issue(path, at(), name, "meta-wrong-type", `dataset "${name}" must be an object with media_root, annotation and repeat_time`, {
+          expected: "an object",
+          found: describe(value),
+        }),
+      );
+      continue;
+    }
+    const parsed = entrySchema.safeParse(value);
+    if (!parsed.success) {
+      for (const zi of parsed.error.issues) {
+        const field = String(zi.path[0] ?? "(entry)");
+        const found = (value as Record<string, unknown>)[field];
+        issues.push(
+          issue(path, at(field), `${name}.${field}`, `meta-${field.replace(/_/g, "-")}`, `dataset "${name}": ${field} ${zi.message}`, {
+            found: describe(found),
+          }),
+        );
+      }
+      continue;
+    }
+    const v = parsed.data;
+    const mediaRoot = resolve(base, v.media_root ?? "");
+    const annotation = resolve(base, v.annotation);
+    let ok = true;
+    if (!(await exists(annotation, "file"))) {
+      ok = false;
+      issues.push(
+        issue(path, at("annotation"), `${name}.annotation`, "meta-annotation-missing", `dataset "${name}": the annotation file does not exist`, {
+          expected: "an existing JSONL file",
+          found: annotation,
+        }),
+      );
+    }
+    if (v.media_root && !(await exists(mediaRoot, "dir"))) {
+      ok = false;
+      issues.push(
+        issue(path, at("media_root"), `${name}.media_root`, "meta-media-root-missing", `dataset "${name}": media_root is not an existing folder`, {
+          expected: "an existing folder",
+          found: mediaRoot,
+        }),
+      );
+    }
+    if (!ok) continue;
+    const extra: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) if (!KNOWN.has(k)) extra[k] = x;
+    specs.push({ name, metaPath, mediaRoot, annotation, repeatTime: v.repeat_time ?? 1, extra });
+  }
+  return { specs, issues };
+}
+
+/** Reads a meta file; any problem is a UserError naming file:line, the dataset and the field. */
+export async function loadMeta(path: string): Promise<DatasetSpec[]> {
+  const { specs, issues } = await loadMetaChecked(path);
+  const errors = issues.filter((i) => i.severity === "error");
+  if (errors.length) throw new UserError(errors.map(formatIssue).join("\n"));
+  return specs;
+}

@@ -1,0 +1,117 @@
+/**
+ * Image sizes from file headers only: the first bytes of a file are read and parsed by the
+ * image-size package; pixels are never decoded. Sizes are the stored width and height, as
+ * PIL's Image.open(...).size reports them (EXIF orientation is not applied, as in training).
+ */
+import { open } from "node:fs/promises";
+import { imageSize } from "image-size";
+
+export interface ImageHeader {
+  width: number;
+  height: number;
+  /** Format as image-size names it: png, jpg, webp, gif, bmp, tiff, ... */
+  type: string;
+}
+
+/** Why a header could not be read: the file is missing, or it is not a readable image. */
+export class ImageHeaderError extends Error {
+  constructor(
+    readonly kind: "missing" | "unreadable",
+    readonly path: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "ImageHeaderError";
+  }
+}
+
+/** Most formats put their size in the first bytes; JPEG's SOF can follow a large EXIF block. */
+const FIRST_READ = 16 * 1024;
+const MAX_READ = 4 * 1024 * 1024;
+
+/** Reads the header of one image file. Throws ImageHeaderError. */
+export async function readImageHeader(path: string): Promise<ImageHeader> {
+  let h: Awaited<ReturnType<typeof open>>;
+  try {
+    h = await open(path, "r");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") throw new ImageHeaderError("missing", path, "the file does not exist");
+    throw new ImageHeaderError("unreadable", path, `cannot open the file: ${(e as Error).message}`);
+  }
+  try {
+    let size = FIRST_READ;
+    for (;;) {
+      const buf = Buffer.allocUnsafe(size);
+      let n: number;
+      try {
+        ({ bytesRead: n } = await h.read(buf, 0, size, 0));
+      } catch (e) {
+        throw new ImageHeaderError("unreadable", path, `cannot read the file: ${(e as Error).message}`);
+      }
+      if (n === 0) throw new ImageHeaderError("unreadable", path, "the file is empty");
+      let lastError: Error | undefined;
+      try {
+        const r = imageSize(buf.subarray(0, n));
+        if (Number.isInteger(r.width) && Number.isInteger(r.height) && r.width > 0 && r.height > 0)
+          return { width: r.width, height: r.height, type: r.type ?? "unknown" };
+        lastError = new Error(`the header gives no size (${r.width}×${r.height})`);
+      } catch (e) {
+        lastError = e as Error;
+      }
+      // Whole file seen, or an unknown format: no larger read will help.
+      if (n < size || size >= MAX_READ || /unsupported file type: undefined/.test(lastError.message))
+        throw new ImageHeaderError("unreadable", path, `not a readable image header: ${lastError.message}`);
+      size *= 8;
+    }
+  } finally {
+    await h.close();
+  }
+}
+
+/**
+ * Reads headers with at most `concurrency` files open at once, each distinct path once
+ * (results are kept in a bounded cache, so a path named by many records costs one read).
+ */
+export class HeaderReader {
+  private readonly cache = new Map<string, Promise<ImageHeader>>();
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
+  /** Distinct files actually read. */
+  reads = 0;
+
+  constructor(
+    readonly concurrency = 64,
+    readonly maxCached = 1_000_000,
+  ) {}
+
+  /** The header of `path` (cached). The promise rejects with ImageHeaderError. */
+  get(path: string): Promise<ImageHeader> {
+    let p = this.cache.get(path);
+    if (p === undefined) {
+      if (this.cache.size >= this.maxCached) this.cache.clear();
+      p = this.schedule(path);
+      // Avoid unhandled-rejection noise for callers that only look later.
+      p.catch(() => {});
+      this.cache.set(path, p);
+    }
+    return p;
+  }
+
+  /** Reads currently started or queued. */
+  get pending(): number {
+    return this.running + this.waiting.length;
+  }
+
+  private async schedule(path: string): Promise<ImageHeader> {
+    if (this.running >= this.concurrency) await new Promise<void>((r) => this.waiting.push(r));
+    this.running++;
+    this.reads++;
+    try {
+      return await readImageHeader(path);
+    } finally {
+      this.running--;
+      this.waiting.shift()?.();
+    }
+  }
+}
