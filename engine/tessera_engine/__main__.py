@@ -19,6 +19,7 @@ from .protocol import channel, emit, hello
 JOBS = {
     "echo": "echo",
     "doctor": "doctor",
+    "build-tiny": "build_tiny",
 }
 
 
