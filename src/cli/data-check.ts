@@ -24,7 +24,9 @@ export function formatCheckReport(r: CheckReport): string {
       `  warnings: ${kinds(d.warnings)}`,
     );
     if (d.missingImageWh > 0)
-      out.push(`  ${d.missingImageWh} image records have no image_wh (needed for length grouping and packing): run \`tessera data fill-wh\``);
+      out.push(
+        `  ${d.missingImageWh} image records have no image_wh (needed for length grouping and packing): run \`tessera data fill-wh\``,
+      );
   }
   out.push(
     `${r.errorCount} error(s), ${r.warningCount} warning(s) in ${r.datasets.length} dataset(s)${r.stoppedEarly ? " (stopped at the first error: --fail-fast)" : ""}`,
@@ -45,9 +47,11 @@ export function registerDataCheck(data: Command): void {
     .option("--concurrency <n>", "image headers read at once", "64")
     .action(async (meta: string, o) => {
       const maxErrors = Number(o.maxErrors);
-      if (!Number.isInteger(maxErrors) || maxErrors < 0) throw new UserError(`--max-errors must be a whole number, got ${o.maxErrors}`);
+      if (!Number.isInteger(maxErrors) || maxErrors < 0)
+        throw new UserError(`--max-errors must be a whole number, got ${o.maxErrors}`);
       const concurrency = Number(o.concurrency);
-      if (!Number.isInteger(concurrency) || concurrency < 1) throw new UserError(`--concurrency must be a positive whole number, got ${o.concurrency}`);
+      if (!Number.isInteger(concurrency) || concurrency < 1)
+        throw new UserError(`--concurrency must be a positive whole number, got ${o.concurrency}`);
       const bar = byteProgress("checking", !o.json && process.stderr.isTTY === true);
       let r: CheckReport;
       try {

@@ -91,7 +91,9 @@ class IssueList {
   }
 }
 
-type MediaResult = { ok: true; w: number; h: number } | { ok: false; kind: string; message: string; found?: string };
+type MediaResult =
+  | { ok: true; w: number; h: number }
+  | { ok: false; kind: string; message: string; found?: string };
 
 function newSummary(spec: DatasetSpec): DatasetSummary {
   return {
@@ -152,17 +154,30 @@ export async function checkDataset(
     return p;
   };
 
-  const judge = (r: MediaResult, line: number, field: string, k: number, wh: [number, number] | undefined) => {
+  const judge = (
+    r: MediaResult,
+    line: number,
+    field: string,
+    k: number,
+    wh: [number, number] | undefined,
+  ) => {
     if (!r.ok) {
       add(issue(file, line, field, r.kind, r.message, { found: r.found }));
       return;
     }
     if (wh && (wh[0] !== r.w || wh[1] !== r.h))
       add(
-        issue(file, line, `image_wh[${k}]`, "image-wh-mismatch", "image_wh differs from the image file's header", {
-          expected: `[${r.w}, ${r.h}] (header)`,
-          found: `[${wh[0]}, ${wh[1]}]`,
-        }),
+        issue(
+          file,
+          line,
+          `image_wh[${k}]`,
+          "image-wh-mismatch",
+          "image_wh differs from the image file's header",
+          {
+            expected: `[${r.w}, ${r.h}] (header)`,
+            found: `[${wh[0]}, ${wh[1]}]`,
+          },
+        ),
       );
   };
 
@@ -177,7 +192,8 @@ export async function checkDataset(
     }
     if (rec.video !== undefined) {
       const r = lookup(rec.video, true);
-      if (r instanceof Promise) outstanding.push(r.then((x) => judge(x, line, "video", 0, undefined)));
+      if (r instanceof Promise)
+        outstanding.push(r.then((x) => judge(x, line, "video", 0, undefined)));
       else judge(r, line, "video", 0, undefined);
     }
   };
@@ -198,7 +214,8 @@ export async function checkDataset(
         s.multimodal++;
         s.video++;
       } else s.text++;
-      if (checkMedia && (rec.images.length > 0 || rec.video !== undefined)) checkRecordMedia(rec, item.line);
+      if (checkMedia && (rec.images.length > 0 || rec.video !== undefined))
+        checkRecordMedia(rec, item.line);
     }
     if (outstanding.length >= 4096) {
       await Promise.all(outstanding);
@@ -212,21 +229,39 @@ export async function checkDataset(
   return s;
 }
 
-async function resolveMedia(spec: DatasetSpec, rel: string, video: boolean, reader: HeaderReader, allowOutside: boolean): Promise<MediaResult> {
+async function resolveMedia(
+  spec: DatasetSpec,
+  rel: string,
+  video: boolean,
+  reader: HeaderReader,
+  allowOutside: boolean,
+): Promise<MediaResult> {
   let abs: string;
   try {
     abs = resolveMediaPath(spec, rel, { allowOutside });
   } catch (e) {
-    if (e instanceof MediaPathError) return { ok: false, kind: "path-escapes", message: e.message, found: JSON.stringify(rel) };
+    if (e instanceof MediaPathError)
+      return { ok: false, kind: "path-escapes", message: e.message, found: JSON.stringify(rel) };
     throw e;
   }
   if (video) {
     try {
       const st = await stat(abs);
-      if (!st.isFile()) return { ok: false, kind: "missing-video", message: "the video path is not a file", found: abs };
+      if (!st.isFile())
+        return {
+          ok: false,
+          kind: "missing-video",
+          message: "the video path is not a file",
+          found: abs,
+        };
       return { ok: true, w: 0, h: 0 };
     } catch {
-      return { ok: false, kind: "missing-video", message: "the video file does not exist", found: abs };
+      return {
+        ok: false,
+        kind: "missing-video",
+        message: "the video file does not exist",
+        found: abs,
+      };
     }
   }
   try {
@@ -236,7 +271,12 @@ async function resolveMedia(spec: DatasetSpec, rel: string, video: boolean, read
     if (e instanceof ImageHeaderError)
       return e.kind === "missing"
         ? { ok: false, kind: "missing-image", message: "the image file does not exist", found: abs }
-        : { ok: false, kind: "unreadable-image", message: `the image cannot be read: ${e.message}`, found: abs };
+        : {
+            ok: false,
+            kind: "unreadable-image",
+            message: `the image cannot be read: ${e.message}`,
+            found: abs,
+          };
     throw e;
   }
 }
@@ -246,7 +286,14 @@ export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Prom
   const maxErrors = opts.maxErrors ?? 100;
   const list = new IssueList(maxErrors);
   const { specs, issues: metaIssues } = await loadMetaChecked(metaPath);
-  const metaSummary = newSummary({ name: "(meta)", metaPath, mediaRoot: "", annotation: metaPath, repeatTime: 1, extra: {} });
+  const metaSummary = newSummary({
+    name: "(meta)",
+    metaPath,
+    mediaRoot: "",
+    annotation: metaPath,
+    repeatTime: 1,
+    extra: {},
+  });
   for (const i of metaIssues) list.add(-1, i, metaSummary);
   let stoppedEarly = opts.failFast === true && metaIssues.some((i) => i.severity === "error");
   const datasets: DatasetSummary[] = [];

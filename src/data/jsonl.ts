@@ -36,7 +36,10 @@ export interface LineReadOptions {
  * Lines of a text file in batches (one batch per read chunk, so callers pay one await per
  * chunk, not per line). A leading UTF-8 BOM is removed and flagged on line 1.
  */
-export async function* readLineBatches(path: string, opts: LineReadOptions = {}): AsyncGenerator<RawLine[]> {
+export async function* readLineBatches(
+  path: string,
+  opts: LineReadOptions = {},
+): AsyncGenerator<RawLine[]> {
   const stream = createReadStream(path, { highWaterMark: opts.chunkSize ?? 1 << 20 });
   const decoder = new StringDecoder("utf8");
   let carry = "";
@@ -57,7 +60,12 @@ export async function* readLineBatches(path: string, opts: LineReadOptions = {})
     let start = 0;
     for (let nl = s.indexOf("\n"); nl !== -1; nl = s.indexOf("\n", start)) {
       const crlf = nl > start && s.charCodeAt(nl - 1) === 13;
-      batch.push({ line: ++lineNo, text: s.slice(start, crlf ? nl - 1 : nl), crlf, unterminated: false });
+      batch.push({
+        line: ++lineNo,
+        text: s.slice(start, crlf ? nl - 1 : nl),
+        crlf,
+        unterminated: false,
+      });
       start = nl + 1;
     }
     carry = s.slice(start);
@@ -73,7 +81,12 @@ export async function* readLineBatches(path: string, opts: LineReadOptions = {})
   }
   if (carry.length > 0 || (bom && lineNo === 0)) {
     const crlf = carry.charCodeAt(carry.length - 1) === 13;
-    const l: RawLine = { line: ++lineNo, text: crlf ? carry.slice(0, -1) : carry, crlf, unterminated: true };
+    const l: RawLine = {
+      line: ++lineNo,
+      text: crlf ? carry.slice(0, -1) : carry,
+      crlf,
+      unterminated: true,
+    };
     if (bom && l.line === 1) l.bom = true;
     yield [l];
   }
@@ -104,7 +117,10 @@ const EMPTY: DataIssue[] = [];
  * yield a warning and no record; lines that are not usable records yield their errors.
  * File-level notes (BOM, CRLF line ends) come once, with the line they were first seen on.
  */
-export async function* readRecords(spec: Pick<DatasetSpec, "annotation">, opts: ReadRecordsOptions = {}): AsyncGenerator<ReadItem> {
+export async function* readRecords(
+  spec: Pick<DatasetSpec, "annotation">,
+  opts: ReadRecordsOptions = {},
+): AsyncGenerator<ReadItem> {
   const file = opts.displayName ?? displayPath(spec.annotation);
   const keep = opts.keepRaw === true;
   const gen = readLineBatches(spec.annotation, opts);
@@ -117,16 +133,31 @@ export async function* readRecords(spec: Pick<DatasetSpec, "annotation">, opts: 
         sawCrlf = true;
         issues = [
           ...issues,
-          issue(file, l.line, "(line)", "crlf", "the file uses CRLF (Windows) line ends; they are accepted", {
-            severity: "warning",
-            expected: "\\n",
-            found: "\\r\\n",
-          }),
+          issue(
+            file,
+            l.line,
+            "(line)",
+            "crlf",
+            "the file uses CRLF (Windows) line ends; they are accepted",
+            {
+              severity: "warning",
+              expected: "\\n",
+              found: "\\r\\n",
+            },
+          ),
         ];
       }
       const t = l.text;
       if (t.length === 0 || (t.charCodeAt(0) <= 32 && t.trim() === "")) {
-        const item: ReadItem = { line: l.line, issues: [...issues, issue(file, l.line, "(line)", "empty-line", "empty line skipped", { severity: "warning" })] };
+        const item: ReadItem = {
+          line: l.line,
+          issues: [
+            ...issues,
+            issue(file, l.line, "(line)", "empty-line", "empty line skipped", {
+              severity: "warning",
+            }),
+          ],
+        };
         if (keep) item.text = t;
         yield item;
         continue;
@@ -137,9 +168,17 @@ export async function* readRecords(spec: Pick<DatasetSpec, "annotation">, opts: 
       } catch (e) {
         const msg = (e as Error).message;
         const bad = l.unterminated
-          ? issue(file, l.line, "(line)", "truncated-line", `the last line is cut short (no line end and not valid JSON: ${msg}); the file looks truncated`)
+          ? issue(
+              file,
+              l.line,
+              "(line)",
+              "truncated-line",
+              `the last line is cut short (no line end and not valid JSON: ${msg}); the file looks truncated`,
+            )
           : issue(file, l.line, "(line)", "invalid-json", `not valid JSON: ${msg}`);
-        yield keep ? { line: l.line, issues: [...issues, bad], text: l.text } : { line: l.line, issues: [...issues, bad] };
+        yield keep
+          ? { line: l.line, issues: [...issues, bad], text: l.text }
+          : { line: l.line, issues: [...issues, bad] };
         continue;
       }
       const v = validateRecord(value, file, l.line);
@@ -156,7 +195,14 @@ export async function* readRecords(spec: Pick<DatasetSpec, "annotation">, opts: 
 }
 
 function bomIssue(file: string): DataIssue {
-  return issue(file, 1, "(line)", "bom", "the file starts with a UTF-8 byte order mark; it is ignored (Python's json.loads rejects it)", {
-    severity: "warning",
-  });
+  return issue(
+    file,
+    1,
+    "(line)",
+    "bom",
+    "the file starts with a UTF-8 byte order mark; it is ignored (Python's json.loads rejects it)",
+    {
+      severity: "warning",
+    },
+  );
 }

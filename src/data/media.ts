@@ -53,15 +53,28 @@ function inside(root: string, p: string): boolean {
  * Throws MediaPathError for an absolute path, a `..` that climbs out, or a symlink that
  * leads out, unless `allowOutside` is set.
  */
-export function resolveMediaPath(spec: Pick<DatasetSpec, "mediaRoot">, relPath: string, opts: ResolveMediaOptions = {}): string {
+export function resolveMediaPath(
+  spec: Pick<DatasetSpec, "mediaRoot">,
+  relPath: string,
+  opts: ResolveMediaOptions = {},
+): string {
   const root = spec.mediaRoot;
   if (isAbsolute(relPath)) {
     if (opts.allowOutside) return resolve(relPath);
-    throw new MediaPathError("absolute", relPath, `an absolute path is not allowed; paths are relative to media_root (${root})`);
+    throw new MediaPathError(
+      "absolute",
+      relPath,
+      `an absolute path is not allowed; paths are relative to media_root (${root})`,
+    );
   }
   const abs = resolve(root, relPath);
   if (opts.allowOutside) return abs;
-  if (!inside(root, abs)) throw new MediaPathError("escapes", relPath, `the path climbs out of media_root (${root}) with ".."`);
+  if (!inside(root, abs))
+    throw new MediaPathError(
+      "escapes",
+      relPath,
+      `the path climbs out of media_root (${root}) with ".."`,
+    );
   if (opts.checkSymlinks !== false) {
     let real: string;
     try {
@@ -70,7 +83,12 @@ export function resolveMediaPath(spec: Pick<DatasetSpec, "mediaRoot">, relPath: 
       return abs;
     }
     const rr = realRoot(root);
-    if (!inside(rr, real)) throw new MediaPathError("symlink-escapes", relPath, `a symlink leads out of media_root (${root}) to ${real}`);
+    if (!inside(rr, real))
+      throw new MediaPathError(
+        "symlink-escapes",
+        relPath,
+        `a symlink leads out of media_root (${root}) to ${real}`,
+      );
   }
   return abs;
 }

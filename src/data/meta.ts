@@ -21,12 +21,19 @@ export interface DatasetSpec {
 }
 
 const entrySchema = z.looseObject({
-  media_root: z.string({ error: "must be a string (a folder; empty for pure-text datasets)" }).optional(),
-  annotation: z.string({ error: "must be a string (the path of a JSONL file)" }).min(1, "must not be empty"),
+  media_root: z
+    .string({ error: "must be a string (a folder; empty for pure-text datasets)" })
+    .optional(),
+  annotation: z
+    .string({ error: "must be a string (the path of a JSONL file)" })
+    .min(1, "must not be empty"),
   repeat_time: z
     .number({ error: "must be a number" })
     .refine((v) => Number.isFinite(v) && v > 0, "must be greater than 0")
-    .refine((v) => v <= 1 || Number.isInteger(v), "must be an integer when above 1 (a fraction above 1 is not supported)")
+    .refine(
+      (v) => v <= 1 || Number.isInteger(v),
+      "must be an integer when above 1 (a fraction above 1 is not supported)",
+    )
     .optional(),
 });
 
@@ -40,7 +47,8 @@ const KNOWN = new Set(["media_root", "annotation", "repeat_time"]);
 export function selectedRecordCount(total: number, repeatTime: number): number {
   if (!(repeatTime > 0)) throw new RangeError(`repeat_time must be > 0, got ${repeatTime}`);
   if (repeatTime < 1) return Math.floor(total * repeatTime);
-  if (!Number.isInteger(repeatTime)) throw new RangeError(`repeat_time above 1 must be an integer, got ${repeatTime}`);
+  if (!Number.isInteger(repeatTime))
+    throw new RangeError(`repeat_time above 1 must be an integer, got ${repeatTime}`);
   return total * repeatTime;
 }
 
@@ -51,7 +59,8 @@ export function selectedRecordCount(total: number, repeatTime: number): number {
  */
 export function selectedRecordIndex(i: number, total: number, repeatTime: number): number {
   const n = selectedRecordCount(total, repeatTime);
-  if (!Number.isInteger(i) || i < 0 || i >= n) throw new RangeError(`index ${i} outside 0..${n - 1}`);
+  if (!Number.isInteger(i) || i < 0 || i >= n)
+    throw new RangeError(`index ${i} outside 0..${n - 1}`);
   return repeatTime < 1 ? i : i % total;
 }
 
@@ -110,14 +119,27 @@ async function exists(p: string, kind: "file" | "dir"): Promise<boolean> {
  * datasets that are usable come back in `specs`, the others are named in `issues`.
  * A meta file that cannot be read at all gives no specs and one issue.
  */
-export async function loadMetaChecked(path: string): Promise<{ specs: DatasetSpec[]; issues: DataIssue[] }> {
+export async function loadMetaChecked(
+  path: string,
+): Promise<{ specs: DatasetSpec[]; issues: DataIssue[] }> {
   const metaPath = resolve(path);
   const issues: DataIssue[] = [];
   let text: string;
   try {
     text = await readFile(metaPath, "utf8");
   } catch (e) {
-    return { specs: [], issues: [issue(path, 0, "(file)", "meta-unreadable", `cannot read the meta file: ${(e as Error).message}`)] };
+    return {
+      specs: [],
+      issues: [
+        issue(
+          path,
+          0,
+          "(file)",
+          "meta-unreadable",
+          `cannot read the meta file: ${(e as Error).message}`,
+        ),
+      ],
+    };
   }
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
   let doc: unknown;
@@ -125,16 +147,34 @@ export async function loadMetaChecked(path: string): Promise<{ specs: DatasetSpe
     doc = JSON.parse(text);
   } catch (e) {
     const line = jsonErrorLine(text, e as Error);
-    return { specs: [], issues: [issue(path, line, "(file)", "meta-invalid-json", `the meta file is not valid JSON: ${(e as Error).message}`)] };
+    return {
+      specs: [],
+      issues: [
+        issue(
+          path,
+          line,
+          "(file)",
+          "meta-invalid-json",
+          `the meta file is not valid JSON: ${(e as Error).message}`,
+        ),
+      ],
+    };
   }
   if (doc === null || typeof doc !== "object" || Array.isArray(doc)) {
     return {
       specs: [],
       issues: [
-        issue(path, 1, "(file)", "meta-not-object", "the meta file must be one JSON object whose keys name datasets", {
-          expected: "an object",
-          found: describe(doc),
-        }),
+        issue(
+          path,
+          1,
+          "(file)",
+          "meta-not-object",
+          "the meta file must be one JSON object whose keys name datasets",
+          {
+            expected: "an object",
+            found: describe(doc),
+          },
+        ),
       ],
     };
   }
@@ -142,15 +182,24 @@ export async function loadMetaChecked(path: string): Promise<{ specs: DatasetSpe
   const base = dirname(metaPath);
   const specs: DatasetSpec[] = [];
   const entries = Object.entries(doc as Record<string, unknown>);
-  if (entries.length === 0) issues.push(issue(path, 1, "(file)", "meta-empty", "the meta file names no datasets"));
+  if (entries.length === 0)
+    issues.push(issue(path, 1, "(file)", "meta-empty", "the meta file names no datasets"));
   for (const [name, value] of entries) {
-    const at = (field?: string) => (field ? lines.get(`${name}.${field}`) : undefined) ?? lines.get(name) ?? 0;
+    const at = (field?: string) =>
+      (field ? lines.get(`${name}.${field}`) : undefined) ?? lines.get(name) ?? 0;
     if (value === null || typeof value !== "object" || Array.isArray(value)) {
       issues.push(
-        issue(path, at(), name, "meta-wrong-type", `dataset "${name}" must be an object with media_root, annotation and repeat_time`, {
-          expected: "an object",
-          found: describe(value),
-        }),
+        issue(
+          path,
+          at(),
+          name,
+          "meta-wrong-type",
+          `dataset "${name}" must be an object with media_root, annotation and repeat_time`,
+          {
+            expected: "an object",
+            found: describe(value),
+          },
+        ),
       );
       continue;
     }
@@ -160,9 +209,16 @@ export async function loadMetaChecked(path: string): Promise<{ specs: DatasetSpe
         const field = String(zi.path[0] ?? "(entry)");
         const found = (value as Record<string, unknown>)[field];
         issues.push(
-          issue(path, at(field), `${name}.${field}`, `meta-${field.replace(/_/g, "-")}`, `dataset "${name}": ${field} ${zi.message}`, {
-            found: describe(found),
-          }),
+          issue(
+            path,
+            at(field),
+            `${name}.${field}`,
+            `meta-${field.replace(/_/g, "-")}`,
+            `dataset "${name}": ${field} ${zi.message}`,
+            {
+              found: describe(found),
+            },
+          ),
         );
       }
       continue;
@@ -174,19 +230,33 @@ export async function loadMetaChecked(path: string): Promise<{ specs: DatasetSpe
     if (!(await exists(annotation, "file"))) {
       ok = false;
       issues.push(
-        issue(path, at("annotation"), `${name}.annotation`, "meta-annotation-missing", `dataset "${name}": the annotation file does not exist`, {
-          expected: "an existing JSONL file",
-          found: annotation,
-        }),
+        issue(
+          path,
+          at("annotation"),
+          `${name}.annotation`,
+          "meta-annotation-missing",
+          `dataset "${name}": the annotation file does not exist`,
+          {
+            expected: "an existing JSONL file",
+            found: annotation,
+          },
+        ),
       );
     }
     if (v.media_root && !(await exists(mediaRoot, "dir"))) {
       ok = false;
       issues.push(
-        issue(path, at("media_root"), `${name}.media_root`, "meta-media-root-missing", `dataset "${name}": media_root is not an existing folder`, {
-          expected: "an existing folder",
-          found: mediaRoot,
-        }),
+        issue(
+          path,
+          at("media_root"),
+          `${name}.media_root`,
+          "meta-media-root-missing",
+          `dataset "${name}": media_root is not an existing folder`,
+          {
+            expected: "an existing folder",
+            found: mediaRoot,
+          },
+        ),
       );
     }
     if (!ok) continue;

@@ -46,11 +46,18 @@ function countInHuman(turns: Turn[], needle: string): number {
  * Validates one parsed JSONL line. Returns the record when it is usable (warnings only)
  * and every problem found; a record with any error is not returned.
  */
-export function validateRecord(obj: unknown, file: string, line: number): { record?: DataRecord; issues: DataIssue[] } {
+export function validateRecord(
+  obj: unknown,
+  file: string,
+  line: number,
+): { record?: DataRecord; issues: DataIssue[] } {
   const issues: DataIssue[] = [];
   if (obj === null || typeof obj !== "object" || Array.isArray(obj)) {
     issues.push(
-      issue(file, line, "(line)", "not-object", "each line must be one JSON object", { expected: "an object", found: describe(obj) }),
+      issue(file, line, "(line)", "not-object", "each line must be one JSON object", {
+        expected: "an object",
+        found: describe(obj),
+      }),
     );
     return { issues };
   }
@@ -61,30 +68,75 @@ export function validateRecord(obj: unknown, file: string, line: number): { reco
   // id
   const id = o.id;
   if (id !== undefined && typeof id !== "string" && typeof id !== "number")
-    err("id", "wrong-type", "id must be a string or a number", "a string or a number", describe(id));
+    err(
+      "id",
+      "wrong-type",
+      "id must be a string or a number",
+      "a string or a number",
+      describe(id),
+    );
 
   // conversations
   let turns: Turn[] = [];
   const conv = o.conversations;
-  if (conv === undefined) err("conversations", "missing-field", "the record has no conversations", "a list of turns", "nothing");
-  else if (!Array.isArray(conv)) err("conversations", "wrong-type", "conversations must be a list of turns", "a list", describe(conv));
-  else if (conv.length === 0) err("conversations", "empty-conversation", "conversations is empty", "at least one human and one gpt turn", "[]");
+  if (conv === undefined)
+    err(
+      "conversations",
+      "missing-field",
+      "the record has no conversations",
+      "a list of turns",
+      "nothing",
+    );
+  else if (!Array.isArray(conv))
+    err(
+      "conversations",
+      "wrong-type",
+      "conversations must be a list of turns",
+      "a list",
+      describe(conv),
+    );
+  else if (conv.length === 0)
+    err(
+      "conversations",
+      "empty-conversation",
+      "conversations is empty",
+      "at least one human and one gpt turn",
+      "[]",
+    );
   else {
     let shapeOk = true;
     for (let i = 0; i < conv.length; i++) {
       const t = conv[i] as Record<string, unknown>;
       if (t === null || typeof t !== "object" || Array.isArray(t)) {
-        err(`conversations[${i}]`, "wrong-type", "each turn must be an object with from and value", "an object", describe(t));
+        err(
+          `conversations[${i}]`,
+          "wrong-type",
+          "each turn must be an object with from and value",
+          "an object",
+          describe(t),
+        );
         shapeOk = false;
         continue;
       }
       const from = t.from;
       if (from !== "human" && from !== "gpt" && from !== "system") {
-        err(`conversations[${i}].from`, "bad-role", 'from must be "human", "gpt" or "system"', '"human", "gpt" or "system"', describe(from));
+        err(
+          `conversations[${i}].from`,
+          "bad-role",
+          'from must be "human", "gpt" or "system"',
+          '"human", "gpt" or "system"',
+          describe(from),
+        );
         shapeOk = false;
       }
       if (typeof t.value !== "string") {
-        err(`conversations[${i}].value`, "wrong-type", "value must be a string", "a string", describe(t.value));
+        err(
+          `conversations[${i}].value`,
+          "wrong-type",
+          "value must be a string",
+          "a string",
+          describe(t.value),
+        );
         shapeOk = false;
       }
     }
@@ -104,7 +156,13 @@ export function validateRecord(obj: unknown, file: string, line: number): { reco
                 : i === start
                   ? "the first turn (after an optional system turn) must be human"
                   : "turns must alternate human, gpt";
-          err(`conversations[${i}].from`, "bad-alternation", why, `"${want}"`, `"${turns[i].from}"`);
+          err(
+            `conversations[${i}].from`,
+            "bad-alternation",
+            why,
+            `"${want}"`,
+            `"${turns[i].from}"`,
+          );
           shapeOk = false;
           break;
         }
@@ -114,15 +172,28 @@ export function validateRecord(obj: unknown, file: string, line: number): { reco
           const last = turns.length - 1;
           if (turns[last].from === "human" && last > start) {
             issues.push(
-              issue(file, line, `conversations[${last}]`, "ends-on-human", "the conversation ends on a human turn; that turn is dropped", {
-                severity: "warning",
-                expected: "a last gpt turn",
-                found: '"human"',
-              }),
+              issue(
+                file,
+                line,
+                `conversations[${last}]`,
+                "ends-on-human",
+                "the conversation ends on a human turn; that turn is dropped",
+                {
+                  severity: "warning",
+                  expected: "a last gpt turn",
+                  found: '"human"',
+                },
+              ),
             );
             turns = turns.slice(0, last);
           } else {
-            err("conversations", "no-answer", "the conversation has no gpt turn to learn from", "at least one human and one gpt turn", `${turns.length} turn(s)`);
+            err(
+              "conversations",
+              "no-answer",
+              "the conversation has no gpt turn to learn from",
+              "at least one human and one gpt turn",
+              `${turns.length} turn(s)`,
+            );
           }
         }
       }
@@ -138,25 +209,45 @@ export function validateRecord(obj: unknown, file: string, line: number): { reco
   } else if (Array.isArray(img)) {
     for (let i = 0; i < img.length; i++)
       if (typeof img[i] !== "string" || img[i] === "")
-        err(`image[${i}]`, "wrong-type", "each image must be a non-empty path string", "a path", describe(img[i]));
+        err(
+          `image[${i}]`,
+          "wrong-type",
+          "each image must be a non-empty path string",
+          "a path",
+          describe(img[i]),
+        );
     images = img as string[];
   } else if (img !== undefined && img !== null)
-    err("image", "wrong-type", "image must be a path or a list of paths", "a string or a list of strings", describe(img));
+    err(
+      "image",
+      "wrong-type",
+      "image must be a path or a list of paths",
+      "a string or a list of strings",
+      describe(img),
+    );
 
   // video
   let video: string | undefined;
   const vid = o.video;
   if (typeof vid === "string") {
     if (vid !== "") video = vid;
-  } else if (vid !== undefined && vid !== null) err("video", "wrong-type", "video must be a path", "a string", describe(vid));
+  } else if (vid !== undefined && vid !== null)
+    err("video", "wrong-type", "video must be a path", "a string", describe(vid));
   if (video !== undefined && images.length > 0) {
     // The official code takes the images and ignores the video; say so rather than guess.
     issues.push(
-      issue(file, line, "video", "image-and-video", "the record has both images and a video; the video is ignored", {
-        severity: "warning",
-        expected: "image or video",
-        found: "both",
-      }),
+      issue(
+        file,
+        line,
+        "video",
+        "image-and-video",
+        "the record has both images and a video; the video is ignored",
+        {
+          severity: "warning",
+          expected: "image or video",
+          found: "both",
+        },
+      ),
     );
     video = undefined;
   }
@@ -166,21 +257,45 @@ export function validateRecord(obj: unknown, file: string, line: number): { reco
   const wh = o.image_wh;
   if (wh !== undefined && wh !== null) {
     if (!Array.isArray(wh))
-      err("image_wh", "wrong-type", "image_wh must be a list of [width, height] pairs", "a list of [w, h]", describe(wh));
+      err(
+        "image_wh",
+        "wrong-type",
+        "image_wh must be a list of [width, height] pairs",
+        "a list of [w, h]",
+        describe(wh),
+      );
     else {
       let ok = true;
       for (let i = 0; i < wh.length; i++) {
         const p = wh[i];
         if (!Array.isArray(p) || p.length !== 2) {
-          err(`image_wh[${i}]`, "bad-image-wh", "each image_wh entry must be a [width, height] pair", "[w, h]", describe(p));
+          err(
+            `image_wh[${i}]`,
+            "bad-image-wh",
+            "each image_wh entry must be a [width, height] pair",
+            "[w, h]",
+            describe(p),
+          );
           ok = false;
         } else if (!(Number.isInteger(p[0]) && p[0] > 0 && Number.isInteger(p[1]) && p[1] > 0)) {
-          err(`image_wh[${i}]`, "bad-image-wh", "width and height must be positive integers", "[w, h] with w, h ≥ 1", JSON.stringify(p));
+          err(
+            `image_wh[${i}]`,
+            "bad-image-wh",
+            "width and height must be positive integers",
+            "[w, h] with w, h ≥ 1",
+            JSON.stringify(p),
+          );
           ok = false;
         }
       }
       if (wh.length !== images.length) {
-        err("image_wh", "image-wh-count", "image_wh must give one [width, height] per image", `${images.length} pair(s)`, `${wh.length}`);
+        err(
+          "image_wh",
+          "image-wh-count",
+          "image_wh must give one [width, height] per image",
+          `${images.length} pair(s)`,
+          `${wh.length}`,
+        );
         ok = false;
       }
       if (ok && images.length > 0) imageWh = wh as [number, number][];
@@ -193,21 +308,55 @@ export function validateRecord(obj: unknown, file: string, line: number): { reco
     const nVid = countInHuman(turns, VIDEO_PLACEHOLDER);
     if (video !== undefined) {
       if (nImg > 0)
-        err("conversations", "placeholder-mismatch", "a video record must not contain <image> placeholders (its frames replace <video>)", "0 <image>", `${nImg}`);
-      if (nVid > 1) err("conversations", "placeholder-mismatch", "a video record takes at most one <video> placeholder", "0 or 1 <video>", `${nVid}`);
+        err(
+          "conversations",
+          "placeholder-mismatch",
+          "a video record must not contain <image> placeholders (its frames replace <video>)",
+          "0 <image>",
+          `${nImg}`,
+        );
+      if (nVid > 1)
+        err(
+          "conversations",
+          "placeholder-mismatch",
+          "a video record takes at most one <video> placeholder",
+          "0 or 1 <video>",
+          `${nVid}`,
+        );
     } else {
-      if (nVid > 0) err("conversations", "placeholder-mismatch", "<video> placeholder in a record without a video", "0 <video>", `${nVid}`);
+      if (nVid > 0)
+        err(
+          "conversations",
+          "placeholder-mismatch",
+          "<video> placeholder in a record without a video",
+          "0 <video>",
+          `${nVid}`,
+        );
       if (nImg > 0 && nImg !== images.length)
-        err("conversations", "placeholder-mismatch", "the number of <image> placeholders differs from the number of images", `${images.length} <image>`, `${nImg}`);
+        err(
+          "conversations",
+          "placeholder-mismatch",
+          "the number of <image> placeholders differs from the number of images",
+          `${images.length} <image>`,
+          `${nImg}`,
+        );
     }
     let otherRoles = 0;
-    for (const t of turns) if (t.from !== "human") otherRoles += countOccurrences(t.value, IMAGE_PLACEHOLDER);
+    for (const t of turns)
+      if (t.from !== "human") otherRoles += countOccurrences(t.value, IMAGE_PLACEHOLDER);
     if (otherRoles > 0)
       issues.push(
-        issue(file, line, "conversations", "placeholder-outside-human", "<image> outside human turns is kept as plain text", {
-          severity: "warning",
-          found: `${otherRoles}`,
-        }),
+        issue(
+          file,
+          line,
+          "conversations",
+          "placeholder-outside-human",
+          "<image> outside human turns is kept as plain text",
+          {
+            severity: "warning",
+            found: `${otherRoles}`,
+          },
+        ),
       );
   }
 
@@ -232,8 +381,10 @@ export function normalizePlaceholders(record: DataRecord): DataRecord {
   const first = turns.findIndex((t) => t.from === "human");
   if (first < 0) return record;
   let prefix = "";
-  if (record.images.length > 0 && countInHuman(turns, IMAGE_PLACEHOLDER) === 0) prefix = `${IMAGE_PLACEHOLDER}\n`.repeat(record.images.length);
-  else if (record.video !== undefined && countInHuman(turns, VIDEO_PLACEHOLDER) === 0) prefix = `${VIDEO_PLACEHOLDER}\n`;
+  if (record.images.length > 0 && countInHuman(turns, IMAGE_PLACEHOLDER) === 0)
+    prefix = `${IMAGE_PLACEHOLDER}\n`.repeat(record.images.length);
+  else if (record.video !== undefined && countInHuman(turns, VIDEO_PLACEHOLDER) === 0)
+    prefix = `${VIDEO_PLACEHOLDER}\n`;
   if (!prefix) return record;
   const conversations = turns.slice();
   conversations[first] = { from: "human", value: prefix + turns[first].value };

@@ -36,7 +36,8 @@ export async function readImageHeader(path: string): Promise<ImageHeader> {
     h = await open(path, "r");
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ENOENT" || code === "ENOTDIR") throw new ImageHeaderError("missing", path, "the file does not exist");
+    if (code === "ENOENT" || code === "ENOTDIR")
+      throw new ImageHeaderError("missing", path, "the file does not exist");
     throw new ImageHeaderError("unreadable", path, `cannot open the file: ${(e as Error).message}`);
   }
   try {
@@ -47,7 +48,11 @@ export async function readImageHeader(path: string): Promise<ImageHeader> {
       try {
         ({ bytesRead: n } = await h.read(buf, 0, size, 0));
       } catch (e) {
-        throw new ImageHeaderError("unreadable", path, `cannot read the file: ${(e as Error).message}`);
+        throw new ImageHeaderError(
+          "unreadable",
+          path,
+          `cannot read the file: ${(e as Error).message}`,
+        );
       }
       if (n === 0) throw new ImageHeaderError("unreadable", path, "the file is empty");
       let lastError: Error | undefined;
@@ -60,8 +65,16 @@ export async function readImageHeader(path: string): Promise<ImageHeader> {
         lastError = e as Error;
       }
       // Whole file seen, or an unknown format: no larger read will help.
-      if (n < size || size >= MAX_READ || /unsupported file type: undefined/.test(lastError.message))
-        throw new ImageHeaderError("unreadable", path, `not a readable image header: ${lastError.message}`);
+      if (
+        n < size ||
+        size >= MAX_READ ||
+        /unsupported file type: undefined/.test(lastError.message)
+      )
+        throw new ImageHeaderError(
+          "unreadable",
+          path,
+          `not a readable image header: ${lastError.message}`,
+        );
       size *= 8;
     }
   } finally {

@@ -1,0 +1,217 @@
+import { symlinkSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { checkMeta } from "../../src/data/check.ts";
+import type { DataIssue } from "../../src/data/issues.ts";
+import { MediaPathError, resolveMediaPath } from "../../src/data/media.ts";
+import { readImageHeader } from "../../src/vision/headers.ts";
+import { dataset, expectNamed, jpegHeader, png, tempDir, turns, write } from "./fixtures.ts";
+
+const byKind = (issues: DataIssue[], kind: string) => issues.filter((i) => i.kind === kind);
+
+describe("image headers", () => {
+  it("reads PNG and JPEG sizes from headers only", async () => {
+    const dir = tempDir();
+    expect(await readImageHeader(write(join(dir, "a.png"), png(37, 21)))).toEqual({
+      width: 37,
+      height: 21,
+      type: "png",
+    });
+    expect(await readImageHeader(write(join(dir, "b.jpg"), jpegHeader(1695, 2025)))).toEqual({
+      width: 1695,
+      height: 2025,
+      type: "jpg",
+    });
+    // A JPEG whose size comes after a large EXIF-like block is found by a second, larger read.
+    const app1 = Buffer.alloc(40_000);
+    app1.set([0xff, 0xe1, 0x9c, 0x3e], 0); // segment length 39998 (marker excluded)
+    const big = Buffer.concat([Buffer.from([0xff, 0xd8]), app1, jpegHeader(640, 480).subarray(2)]);
+    expect((await readImageHeader(write(join(dir, "c.jpg"), big))).width).toBe(640);
+    await expect(readImageHeader(join(dir, "none.png"))).rejects.toMatchObject({ kind: "missing" });
+    await expect(readImageHeader(write(join(dir, "d.png"), "not an image"))).rejects.toMatchObject({
+      kind: "unreadable",
+    });
+    await expect(readImageHeader(write(join(dir, "e.png"), ""))).rejects.toMatchObject({
+      kind: "unreadable",
+    });
+  });
+});
+
+describe("data check", () => {
+  it("passes a clean multimodal, multi-image, video and text dataset and counts it", async () => {
+    const dir = tempDir();
+    write(join(dir, "images", "v.mp4"), "fake video");
+    const m = dataset(
+      dir,
+      [
+        { id: 0, image: "a.png", image_wh: [[40, 30]], conversations: turns() },
+        {
+          id: 1,
+          image: ["a.png", "sub/b.jpg"],
+          image_wh: [
+            [40, 30],
+            [800, 600],
+          ],
+          conversations: turns("<image> vs <image>?", "same"),
+        },
+        { id: 2, image: "a.png", conversations: turns("no placeholder", "ok") },
+        { id: 3, video: "v.mp4", conversations: turns("<video>\nwhat happens?", "a dog runs") },
+        { id: 4, conversations: turns("hi", "hello") },
+      ],
+      { "a.png": png(40, 30), "sub/b.jpg": jpegHeader(800, 600) },
+      { repeat_time: 3 },
+    );
+    const r = await checkMeta(m);
+    expect(r.issues).toEqual([]);
+    expect(r.errorCount).toBe(0);
+    expect(r.datasets[0]).toMatchObject({
+      name: "ds",
+      lines: 5,
+      records: 5,
+      selected: 15,
+      multimodal: 4,
+      video: 1,
+      text: 1,
+      images: 4,
+      distinctImages: 2,
+      missingImageWh: 1,
+    });
+  });
+
+  it("reports a missing image, a header that disagrees with image_wh and an unreadable image, and keeps going", async () => {
+    const dir = tempDir();
+    const m = dataset(
+      dir,
+      [
+        { image: "gone.png", image_wh: [[40, 30]], conversations: turns() },
+        {
+          image: ["a.png", "a.png"],
+          image_wh: [
+            [40, 30],
+            [30, 40],
+          ],
+          conversations: turns("<image><image>", "x"),
+        },
+        { image: "broken.jpg", conversations: turns() },
+        { image: "a.png", image_wh: [[41, 30]], conversations: turns() },
+      ],
+      { "a.png": png(40, 30), "broken.jpg": Buffer.from("this is not a jpeg at all") },
+    );
+    const r = await checkMeta(m);
+    const missing = expectNamed(byKind(r.issues, "missing-image")[0], "ds.jsonl", 1, "image");
+    expect(missing.found).toMatch(/images\/gone\.png$/);
+    const mism = byKind(r.issues, "image-wh-mismatch");
+    expect(mism).toHaveLength(2);
+    const i = expectNamed(mism[0], "ds.jsonl", 2, "image_wh[1]");
+    expect(i.expected).toBe("[40, 30] (header)");
+    expect(i.found).toBe("[30, 40]");
+    expectNamed(mism[1], "ds.jsonl", 4, "image_wh[0]");
+    expectNamed(byKind(r.issues, "unreadable-image")[0], "ds.jsonl", 3, "image");
+    expect(r.errorCount).toBe(4);
+    expect(r.datasets[0].errors).toEqual({
+      "missing-image": 1,
+      "image-wh-mismatch": 2,
+      "unreadable-image": 1,
+    });
+    expect(r.datasets[0].distinctImages).toBe(3);
+  });
+
+  it("refuses image and video paths that escape media_root: .., absolute, symlink out", async () => {
+    const dir = tempDir();
+    const outside = write(join(tempDir(), "secret.png"), png(5, 5));
+    const m = dataset(
+      dir,
+      [
+        { image: "../outside.png", conversations: turns() },
+        { image: outside, conversations: turns() },
+        { image: "link.png", conversations: turns() },
+        { video: "../../clip.mp4", conversations: turns("<video>", "x") },
+        { image: "sub/../a.png", image_wh: [[4, 4]], conversations: turns() },
+      ],
+      { "a.png": png(4, 4) },
+    );
+    symlinkSync(outside, join(dir, "images", "link.png"));
+    const r = await checkMeta(m);
+    const esc = byKind(r.issues, "path-escapes");
+    expect(esc.map((i) => [i.line, i.field])).toEqual([
+      [1, "image"],
+      [2, "image"],
+      [3, "image"],
+      [4, "video"],
+    ]);
+    for (const i of esc) expectNamed(i, "ds.jsonl", i.line, i.field);
+    expect(esc[1].message).toMatch(/absolute/);
+    expect(esc[2].message).toMatch(/symlink/);
+    expect(r.errorCount).toBe(4);
+    // The opt-in escape hatch accepts them (the symlinked file then checks as a 5×5 image).
+    const open = await checkMeta(m, { allowOutside: true });
+    expect(byKind(open.issues, "path-escapes")).toEqual([]);
+    expect(byKind(open.issues, "missing-image").length).toBe(1);
+  });
+
+  it("resolveMediaPath gives absolute paths inside media_root and throws for the others", () => {
+    const root = tempDir();
+    const spec = { mediaRoot: root };
+    expect(resolveMediaPath(spec, "x/y.png")).toBe(join(root, "x", "y.png"));
+    expect(() => resolveMediaPath(spec, "../y.png")).toThrow(MediaPathError);
+    expect(() => resolveMediaPath(spec, "/etc/passwd")).toThrow(/absolute/);
+    expect(resolveMediaPath(spec, "/etc/passwd", { allowOutside: true })).toBe("/etc/passwd");
+  });
+
+  it("reports a missing video file", async () => {
+    const dir = tempDir();
+    const m = dataset(dir, [{ video: "nope.mp4", conversations: turns("<video>\nwhat?", "x") }]);
+    const r = await checkMeta(m);
+    expectNamed(byKind(r.issues, "missing-video")[0], "ds.jsonl", 1, "video");
+  });
+
+  it("checks every dataset of the meta file and reports meta problems beside record problems", async () => {
+    const dir = tempDir();
+    dataset(dir, [{ conversations: turns("hi", "ho") }, "{oops"]);
+    write(
+      join(dir, "t.jsonl"),
+      `${JSON.stringify({
+        conversations: [
+          { from: "human", value: "a" },
+          { from: "human", value: "b" },
+        ],
+      })}\n`,
+    );
+    const m = write(
+      join(dir, "meta.json"),
+      JSON.stringify(
+        {
+          ds: { annotation: "ds.jsonl" },
+          t: { annotation: "t.jsonl" },
+          gone: { annotation: "x.jsonl" },
+          neg: { annotation: "t.jsonl", repeat_time: -1 },
+        },
+        null,
+        2,
+      ),
+    );
+    const r = await checkMeta(m);
+    expect(r.datasets.map((d) => d.name)).toEqual(["ds", "t"]);
+    expect(r.issues.map((i) => `${i.file.split("/").pop()}:${i.line}:${i.field}`)).toEqual([
+      "meta.json:9:gone.annotation",
+      "meta.json:13:neg.repeat_time",
+      "ds.jsonl:2:(line)",
+      "t.jsonl:1:conversations[1].from",
+    ]);
+  });
+
+  it("--fail-fast stops at the first error; --max-errors lists that many and counts all", async () => {
+    const dir = tempDir();
+    const bad = Array.from({ length: 30 }, (_, k) => `{bad ${k}`);
+    const m = dataset(dir, [...bad, { conversations: turns("hi", "ho") }]);
+    const ff = await checkMeta(m, { failFast: true });
+    expect(ff.errorCount).toBe(1);
+    expect(ff.stoppedEarly).toBe(true);
+    expect(ff.datasets[0].lines).toBe(1);
+    const few = await checkMeta(m, { maxErrors: 5 });
+    expect(few.errorCount).toBe(30);
+    expect(few.truncated).toBe(true);
+    expect(few.issues.map((i) => i.line)).toEqual([1, 2, 3, 4, 5]);
+    expect(few.datasets[0].records).toBe(1);
+  });
+});
