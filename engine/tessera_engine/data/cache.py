@@ -179,15 +179,15 @@ class PreparedCache:
             line=int(c["line"][k]),
         )
 
-    def pack(self, mb: "MicroBatch") -> "PackedRow":
-        """Concatenate a micro-batch's pieces into one packed row (copies the tokens once)."""
-        n = mb.tokens
+    def pack(self, row: "Row") -> "PackedRow":
+        """Concatenate a row's pieces into one packed sequence (copies the tokens once)."""
+        n = row.tokens
         ids = np.empty(n, dtype=np.int32)
         labels = np.empty(n, dtype=np.int32)
         pos = np.empty(n, dtype=np.int32)
         images: list[PackedImage] = []
         at = 0
-        for s, start, length in zip(mb.samples.tolist(), mb.starts.tolist(), mb.lengths.tolist()):
+        for s, start, length in zip(row.samples.tolist(), row.starts.tolist(), row.lengths.tolist()):
             a, b = self.tokens(s, start, start + length)
             ids[at : at + length] = a
             labels[at : at + length] = b
@@ -207,7 +207,7 @@ class PreparedCache:
                         )
                     )
             at += length
-        return PackedRow(input_ids=ids, labels=labels, position_ids=pos, cu_seqlens=mb.cu_seqlens, images=images)
+        return PackedRow(input_ids=ids, labels=labels, position_ids=pos, cu_seqlens=row.cu_seqlens, images=images)
 
 
 @dataclass(frozen=True)
@@ -232,8 +232,8 @@ class PackedRow:
 
 
 @dataclass
-class MicroBatch:
-    """One micro-batch: with packing, one packed row of pieces; without, samples to pad."""
+class Row:
+    """One row of a micro-batch: with packing a packed sequence of pieces, without one sample."""
 
     index: int
     samples: np.ndarray  # global sample indices, in order
@@ -242,7 +242,6 @@ class MicroBatch:
     learned: np.ndarray  # learned tokens of each piece
     tokens: int
     tiles: int
-    learned_tokens: int
 
     @property
     def cu_seqlens(self) -> np.ndarray:
@@ -251,8 +250,28 @@ class MicroBatch:
         return cu
 
     @property
+    def learned_tokens(self) -> int:
+        return int(self.learned.sum())
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of one rank: `micro_batch_size` rows (fewer only in a short last step)."""
+
+    index: int
+    rows: list[Row]
+    tokens: int
+    tiles: int
+    learned_tokens: int
+
+    @property
     def empty(self) -> bool:
-        return len(self.samples) == 0
+        return not self.rows
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Sample indices of every piece of every row, in order."""
+        return np.concatenate([r.samples for r in self.rows]) if self.rows else np.zeros(0, np.int32)
 
 
 @dataclass(frozen=True)
@@ -321,15 +340,25 @@ class TrainingPlan:
         e = int(np.searchsorted(np.asarray(self.epoch_first_step), g, side="right")) - 1
         return e, g - self.epoch_first_step[e]
 
-    def micro_batch(self, index: int) -> MicroBatch:
+    def row(self, index: int) -> Row:
         c = self.cols
-        lo, hi = int(c["mb_offset"][index]), int(c["mb_offset"][index + 1])
-        return MicroBatch(
+        lo, hi = int(c["row_offset"][index]), int(c["row_offset"][index + 1])
+        return Row(
             index=index,
             samples=np.asarray(c["piece_sample"][lo:hi]),
             starts=np.asarray(c["piece_start"][lo:hi]),
             lengths=np.asarray(c["piece_length"][lo:hi]),
             learned=np.asarray(c["piece_learned"][lo:hi]),
+            tokens=int(c["row_tokens"][index]),
+            tiles=int(c["row_tiles"][index]),
+        )
+
+    def micro_batch(self, index: int) -> MicroBatch:
+        c = self.cols
+        lo, hi = int(c["mb_offset"][index]), int(c["mb_offset"][index + 1])
+        return MicroBatch(
+            index=index,
+            rows=[self.row(k) for k in range(lo, hi)],
             tokens=int(c["mb_tokens"][index]),
             tiles=int(c["mb_tiles"][index]),
             learned_tokens=int(c["mb_learned"][index]),
