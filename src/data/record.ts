@@ -304,8 +304,18 @@ export function validateRecord(
 
   // placeholders, once the turns are known to be sound
   if (turns.length > 0) {
-    const nImg = countInHuman(turns, IMAGE_PLACEHOLDER);
-    const nVid = countInHuman(turns, VIDEO_PLACEHOLDER);
+    let nImg = 0;
+    let nVid = 0;
+    let otherRoles = 0;
+    for (let k = 0; k < turns.length; k++) {
+      const t = turns[k];
+      // One cheap scan for "<" rules out both placeholders in most turns.
+      if (t.value.indexOf("<") === -1) continue;
+      if (t.from === "human") {
+        nImg += countOccurrences(t.value, IMAGE_PLACEHOLDER);
+        nVid += countOccurrences(t.value, VIDEO_PLACEHOLDER);
+      } else otherRoles += countOccurrences(t.value, IMAGE_PLACEHOLDER);
+    }
     if (video !== undefined) {
       if (nImg > 0)
         err(
@@ -341,9 +351,6 @@ export function validateRecord(
           `${nImg}`,
         );
     }
-    let otherRoles = 0;
-    for (const t of turns)
-      if (t.from !== "human") otherRoles += countOccurrences(t.value, IMAGE_PLACEHOLDER);
     if (otherRoles > 0)
       issues.push(
         issue(
@@ -360,10 +367,11 @@ export function validateRecord(
       );
   }
 
-  for (const i of issues) if (i.severity === "error") return { issues };
+  for (let k = 0; k < issues.length; k++) if (issues[k].severity === "error") return { issues };
 
   const extra: Record<string, unknown> = {};
-  for (const k in o) if (!KNOWN.has(k)) extra[k] = o[k];
+  const keys = Object.keys(o);
+  for (let k = 0; k < keys.length; k++) if (!KNOWN.has(keys[k])) extra[keys[k]] = o[keys[k]];
   const record: DataRecord = { conversations: turns, images, extra };
   if (id !== undefined) record.id = id as string | number;
   if (video !== undefined) record.video = video;
