@@ -19,6 +19,9 @@ from .protocol import channel, emit, hello
 JOBS = {
     "echo": "echo",
     "doctor": "doctor",
+    "tokenizer_convert": "tokenizer_convert",
+    "text_reference": "text_reference",
+    "train": "train",
     "build-tiny": "build_tiny",
 }
 

@@ -1,0 +1,123 @@
+"""The training data loader: one rank's micro-batches, in plan order, with their pixels.
+
+Worker processes read the prepared cache (memory-mapped) and make each micro-batch's
+packed row and tiles. Order is the plan's: a DataLoader keeps it whatever the number of
+workers, so a resumed run sees exactly the micro-batches an unbroken run would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .cache import PreparedCache, TrainingPlan
+from .pixels import PixelError, check_grid, load_tiles
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The model's tiling settings (from its config): used to make and to check tiles."""
+
+    tile: int
+    min_num: int = 1
+    max_num: int = 12
+    use_thumbnail: bool = True
+
+
+class _PlanSlice(Dataset):
+    """Micro-batch k of this rank, counted from the resume position."""
+
+    def __init__(self, cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling):
+        self.cache_dir, self.plan_dir = cache_dir, plan_dir
+        self.rank, self.g0, self.tiling = rank, start_global_step, tiling
+        plan = TrainingPlan(plan_dir)
+        self.per_step = plan.micro_batches_per_step
+        self.world = plan.world_size
+        self.n = (plan.total_steps - start_global_step) * self.per_step
+        self._cache: PreparedCache | None = None
+        self._plan: TrainingPlan | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _open(self) -> tuple[PreparedCache, TrainingPlan]:
+        # Opened lazily in each worker: memory maps are per process.
+        if self._cache is None:
+            self._cache = PreparedCache(self.cache_dir)
+            self._plan = TrainingPlan(self.plan_dir, cache=self._cache)
+        return self._cache, self._plan  # type: ignore[return-value]
+
+    def __getitem__(self, k: int) -> dict:
+        cache, plan = self._open()
+        g = self.g0 + k // self.per_step
+        slot = k % self.per_step
+        epoch, step = plan.position(g)
+        mb = plan.micro_batch((g * self.world + self.rank) * self.per_step + slot)
+        item = {"epoch": epoch, "step": step, "global_step": g, "slot": slot, "index": mb.index, "empty": mb.empty}
+        if mb.empty:
+            return item
+        # Rows of different lengths are padded into one [rows, longest] batch; padding is
+        # learned nowhere and attends only to itself (packed_forward's segments).
+        packed = [cache.pack(r) for r in mb.rows]
+        width = max(len(p.input_ids) for p in packed)
+        n = len(packed)
+        ids = torch.zeros(n, width, dtype=torch.int64)
+        labels = torch.full((n, width), -100, dtype=torch.int64)
+        pos = torch.arange(width, dtype=torch.int64).repeat(n, 1)
+        cu = []
+        t = self.tiling
+        pixels, tiles = [], []
+        for b, row in enumerate(packed):
+            L = len(row.input_ids)
+            ids[b, :L] = torch.from_numpy(row.input_ids.astype(np.int64))
+            labels[b, :L] = torch.from_numpy(row.labels.astype(np.int64))
+            pos[b, :L] = torch.from_numpy(row.position_ids.astype(np.int64))
+            pos[b, L:] = torch.arange(width - L)
+            cu.append(torch.from_numpy(row.cu_seqlens.astype(np.int32)))
+            for pim in row.images:
+                im = pim.image
+                if im.frame is not None:
+                    raise PixelError(f"{im.path}: video frames are not decoded by the engine yet")
+                if pim.token_lo != 0 or pim.token_hi != im.tiles * cache.tokens_per_tile:
+                    raise PixelError(f"{im.path}: the plan splits this image's tokens across packs; "
+                                     "concat packing must not cut inside an image")
+                n_images = len(cache.images(pim.sample))
+                check_grid(
+                    im.wh, im.cols, im.rows, im.thumbnail, im.tiles, tile=t.tile, min_num=t.min_num,
+                    max_num=max(1, t.max_num // n_images), use_thumbnail=t.use_thumbnail,
+                    where=f"sample {pim.sample} image {im.path}",
+                )
+                pixels.append(load_tiles(im.path, im.wh, im.cols, im.rows, im.thumbnail, t.tile))
+                tiles.append(im.tiles)
+        item.update(
+            input_ids=ids,
+            labels=labels,
+            position_ids=pos,
+            cu_seqlens=cu,
+            pixel_values=torch.from_numpy(np.concatenate(pixels)) if pixels else torch.zeros(0, 3, t.tile, t.tile),
+            image_tiles=tiles,
+            tokens=mb.tokens,
+            learned=mb.learned_tokens,
+            pieces=int(sum(len(r.samples) for r in mb.rows)),
+            rows=n,
+        )
+        return item
+
+
+def micro_batches(
+    cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling, num_workers: int = 2, seed: int = 0
+) -> DataLoader:
+    """This rank's micro-batches from `start_global_step` on, in plan order."""
+    ds = _PlanSlice(cache_dir, plan_dir, rank, start_global_step, tiling)
+    return DataLoader(
+        ds,
+        batch_size=None,  # a micro-batch is already one packed row
+        shuffle=False,
+        num_workers=num_workers,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+    )

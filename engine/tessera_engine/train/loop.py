@@ -1,0 +1,419 @@
+"""The training loop, top to bottom.
+
+    world    = init_distributed()             one process, or a torchrun rank
+    model    = load_internvl(folder)          float32 master weights
+    freeze, LoRA, activation checkpointing, FSDP2 / DDP
+    optimizer, scheduler
+    resume from the latest checkpoint         weights, optimizer, scheduler, RNG, plan position
+    for each step of the plan (this rank's micro-batches):
+        forward + backward each micro-batch   loss normalised by the step's global totals
+        clip, step, schedule
+        metrics; checkpoint every N steps or when SIGTERM/SIGINT asks
+    final checkpoint; export (LoRA merged or kept as an adapter)
+
+The plan decides everything about data (which samples, packs, how many micro-batches);
+this loop only executes it and checks what it can.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data.cache import PreparedCache, StepTotals, TrainingPlan
+from ..data.loader import Tiling, micro_batches
+from ..protocol import emit
+from . import checkpoint, lora, parallel
+from .optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class TrainSettings:
+    """The resolved config's fields the engine uses (the TypeScript schema owns the defaults)."""
+
+    lr: float
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    loss_reduction: str = "token"
+    seed: int = 42
+    freeze_vit: bool = True
+    freeze_llm: bool = False
+    freeze_mlp: bool = False
+    llm_lora_rank: int = 0
+    llm_lora_alpha: float | None = None
+    llm_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    vit_lora_rank: int = 0
+    vit_lora_alpha: float | None = None
+    vit_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2")
+    lora_export: str = "merged"
+    gradient_checkpointing: bool = True
+    shard_strategy: str = "zero2"
+    precision: str = "auto"
+    device: str = "auto"
+    num_workers: int = 2
+    checkpoint_interval: int = 0
+    checkpoint_keep: int = 2
+    checkpoint_drop_optimizer: bool = False
+    log_interval: int = 1
+    export: str = "original"
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "TrainSettings":
+        known = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in cfg.items() if k in known and v is not None}
+        for k in ("llm_lora_targets", "vit_lora_targets"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+
+# ------------------------------------------------------------------ model preparation
+
+
+def freeze(model: nn.Module, s: TrainSettings) -> None:
+    inner = model.model
+    parts = {
+        "vit": (s.freeze_vit or s.vit_lora_rank > 0, [inner.vision_tower]),
+        "mlp": (s.freeze_mlp, [inner.multi_modal_projector]),
+        "llm": (s.freeze_llm or s.llm_lora_rank > 0, [inner.language_model, model.lm_head]),
+    }
+    for frozen, modules in parts.values():
+        for m in modules:
+            m.requires_grad_(not frozen)
+
+
+def add_lora(model: nn.Module, s: TrainSettings) -> list[str]:
+    inner = model.model
+    done = []
+    if s.vit_lora_rank > 0:
+        alpha = s.vit_lora_alpha or 2 * s.vit_lora_rank
+        done += lora.apply_lora(inner.vision_tower, s.vit_lora_rank, alpha, list(s.vit_lora_targets))
+    if s.llm_lora_rank > 0:
+        alpha = s.llm_lora_alpha or 2 * s.llm_lora_rank
+        done += lora.apply_lora(inner.language_model, s.llm_lora_rank, alpha, list(s.llm_lora_targets))
+    return done
+
+
+class TrainModule(nn.Module):
+    """The root module every rank runs once per micro-batch: the packed forward and its loss.
+
+    Every call runs the vision tower and reaches the head, even for a text-only or an empty
+    micro-batch (with zero weight), so all ranks take part in the same collectives and every
+    trainable parameter gets a gradient.
+    """
+
+    def __init__(self, model: nn.Module, tile: int, reduction: str):
+        super().__init__()
+        self.model = model
+        self.tile = tile
+        self.reduction = reduction
+
+    def forward(self, item: dict, totals: StepTotals, device: torch.device) -> torch.Tensor:
+        from ..model.packed import image_features, packed_forward
+
+        if item["empty"]:
+            # A slot the plan left empty: a one-token row with zero weight keeps the ranks in step.
+            ids = torch.zeros(1, dtype=torch.long, device=device)
+            cu = torch.tensor([0, 1], dtype=torch.int32, device=device)
+            out = packed_forward(self.model, ids, ids.clone(), cu, None, torch.zeros(1, dtype=torch.long, device=device))
+            loss = _touch(out.token_losses) * 0.0
+            pixels = None
+        else:
+            pixels = item["pixel_values"].to(device, non_blocking=True)
+            pixels = pixels if pixels.shape[0] else None
+            out = packed_forward(
+                self.model,
+                item["input_ids"].to(device, non_blocking=True),
+                item["position_ids"].to(device, non_blocking=True),
+                [c.to(device) for c in item["cu_seqlens"]],
+                pixels,
+                item["labels"].to(device, non_blocking=True),
+            )
+            loss = reduce_loss(out.token_losses, out.sample_index, out.learned_counts, self.reduction,
+                               _global_norm(totals, self.reduction))
+        if pixels is None:
+            dummy = image_features(self.model, torch.zeros(1, 3, self.tile, self.tile, device=device))
+            loss = loss + dummy.sum() * 0.0
+        return loss
+
+
+def reduce_loss(token_losses: torch.Tensor, sample_index: torch.Tensor, counts: torch.Tensor, mode: str,
+                global_norm: float) -> torch.Tensor:
+    """This micro-batch's share of the global-batch loss (its terms summed, divided by the global total)."""
+    if token_losses.numel() == 0 or global_norm == 0:
+        return _touch(token_losses) * 0.0
+    if mode == "token":
+        return token_losses.sum() / global_norm
+    n = counts.to(token_losses.dtype)[sample_index]
+    if mode == "sample":
+        return (token_losses / n).sum() / global_norm
+    if mode == "square":
+        return (token_losses / n.sqrt()).sum() / global_norm
+    raise ValueError(f"unknown loss reduction {mode!r}")
+
+
+def _touch(x: torch.Tensor) -> torch.Tensor:
+    return x.sum() if x.numel() else x.new_zeros(())
+
+
+def _global_norm(t: StepTotals, mode: str) -> float:
+    if mode == "token":
+        return float(t.learned_tokens)
+    if mode == "sample":
+        return float(t.learned_samples)
+    if mode == "square":
+        return float(t.sqrt_learned)
+    raise ValueError(f"unknown loss reduction {mode!r}")
+
+
+def compute_dtype(s: TrainSettings, device: torch.device) -> torch.dtype:
+    if s.precision == "bf16":
+        return torch.bfloat16
+    if s.precision == "fp32":
+        return torch.float32
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+# ------------------------------------------------------------------ the run
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask for a checkpoint at the end of the current step, then a clean stop."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        self.signal = signum
+
+    def restore(self) -> None:
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+def peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def train(job: dict) -> dict:
+    s = TrainSettings.from_config(job["config"])
+    work_dir = job["work_dir"]
+    world = parallel.init_distributed(s.device)
+    device = world.device
+    stop = _StopFlag()
+    stop.install()
+    try:
+        return _run(job, s, world, device, work_dir, stop)
+    finally:
+        stop.restore()
+        parallel.shutdown(world)
+
+
+def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.device, work_dir: str, stop: _StopFlag) -> dict:
+    from ..model.load import load_internvl
+
+    # Data: the plan must be the same file on every rank and fit this world.
+    cache = PreparedCache(job["cache_dir"])
+    plan = TrainingPlan(job["plan_dir"], cache=cache)
+    if plan.world_size != world.size:
+        raise RuntimeError(f"the plan was made for {plan.world_size} ranks, this run has {world.size}")
+    checkpoint.agree(plan.fingerprint, world, "plan fingerprint")
+
+    # Model: float32 master weights; the same seed on every rank makes LoRA start identical.
+    torch.manual_seed(s.seed)
+    loaded = load_internvl(job["model"], dtype=torch.float32, device=device)
+    model, info = loaded.model, loaded.info
+    if info.tokens_per_tile != cache.tokens_per_tile:
+        raise RuntimeError(f"the cache has {cache.tokens_per_tile} tokens per tile, the model {info.tokens_per_tile}")
+    freeze(model, s)
+    lora_names = add_lora(model, s)
+    model.train()
+    if s.gradient_checkpointing:
+        parallel.apply_ac(model)
+    dtype = compute_dtype(s, device)
+    root: nn.Module = TrainModule(model, info.tile_size, s.loss_reduction)
+    if world.distributed and s.shard_strategy in ("zero2", "zero3"):
+        parallel.apply_fsdp(root, world, s.shard_strategy, dtype)
+        autocast = False
+    elif world.distributed:
+        root = parallel.apply_ddp(root, world)
+        autocast = dtype != torch.float32
+    else:
+        autocast = dtype != torch.float32
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    total = plan.total_steps
+    optimizer = build_optimizer(root, s.lr, s.weight_decay, device.type)
+    scheduler = build_scheduler(optimizer, total, s.warmup_ratio, s.lr, s.min_lr)
+
+    # Resume: weights, optimizer, scheduler, RNG and the plan position.
+    start = 0
+    if job.get("resume"):
+        path = checkpoint.latest(work_dir)
+        if path is None:
+            raise RuntimeError(f"--resume: no checkpoint in {checkpoint.checkpoint_dir(work_dir)}")
+        meta = checkpoint.load(path, world, root, None if s.checkpoint_drop_optimizer else optimizer, scheduler)
+        if meta["plan_fingerprint"] != plan.fingerprint:
+            raise RuntimeError(f"{path} was written for another plan ({meta['plan_fingerprint'][:12]}); "
+                               f"this run's plan is {plan.fingerprint[:12]}")
+        start = int(meta["steps_done"])
+        emit("log", level="info", message=f"resuming from {path} after step {start} of {total}")
+    else:
+        torch.manual_seed(s.seed + world.rank)
+
+    tiling = Tiling(tile=info.tile_size, min_num=info.min_dynamic_patch,
+                    max_num=int(job.get("max_dynamic_patch") or info.max_dynamic_patch),
+                    use_thumbnail=info.use_thumbnail)
+    emit("log", level="info", message=f"training {trainable:,} parameters over {total} steps "
+         f"× {plan.micro_batches_per_step} micro-batches × {world.size} ranks"
+         + (f"; LoRA on {len(lora_names)} layers" if lora_names else ""))
+
+    def save(steps_done: int, reason: str) -> str:
+        meta = {"steps_done": steps_done, "total_steps": total, "plan_fingerprint": plan.fingerprint, "reason": reason}
+        opt = None if s.checkpoint_drop_optimizer else optimizer
+        path = checkpoint.save(work_dir, world, root, opt, scheduler, meta, s.checkpoint_keep)
+        emit("log", level="info", message=f"checkpoint {path} ({reason})")
+        emit("checkpoint", step=steps_done, path=path, reason=reason)
+        return path
+
+    loader = micro_batches(job["cache_dir"], job["plan_dir"], world.rank, start, tiling, s.num_workers, s.seed)
+    batches = iter(loader)
+    per_step = plan.micro_batches_per_step
+    pack_len = plan.pack_max_length or 0
+    losses: list[float] = []
+    last_ckpt: str | None = None
+    steps_done = start
+    stopped_by: int | None = None
+    for g in range(start, total):
+        t0 = time.perf_counter()
+        data_wait = 0.0
+        totals = plan.step_totals(*plan.position(g))
+        local = torch.zeros(4, dtype=torch.float64)  # loss, tokens, pieces, rows
+        for a in range(per_step):
+            tw = time.perf_counter()
+            item = next(batches)
+            data_wait += time.perf_counter() - tw
+            if item["global_step"] != g or item["slot"] != a:
+                raise RuntimeError(f"data loader out of step: got ({item['global_step']}, {item['slot']}), want ({g}, {a})")
+            _set_grad_sync(root, a == per_step - 1)
+            with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+                loss = root(item, totals, device)
+            # FSDP and DDP average gradients over ranks; the loss is already normalised by the
+            # global batch, so scale it back up to get the sum.
+            (loss * world.size).backward()
+            local[0] += loss.detach().double().cpu()
+            if not item["empty"]:
+                local[1] += item["tokens"]
+                local[2] += item["pieces"]
+                local[3] += item["rows"]
+        grad_norm = _clip(root, s.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        steps_done = g + 1
+
+        summed = parallel.all_reduce_sum(local.clone(), world)
+        step_time = time.perf_counter() - t0
+        step_loss = float(summed[0])
+        losses.append(step_loss)
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"loss is {step_loss} at step {steps_done}")
+        if world.is_main and (steps_done % s.log_interval == 0 or steps_done == total or steps_done == start + 1):
+            tokens = float(summed[1])
+            epoch, step_in_epoch = plan.position(g)
+            emit("metric", step=steps_done, total=total, epoch=epoch, loss=step_loss, lr=lr, grad_norm=grad_norm,
+                 tokens=int(tokens), tokens_per_s_per_gpu=tokens / step_time / world.size,
+                 samples_per_s=float(summed[2]) / step_time, step_time=step_time, data_wait=data_wait,
+                 peak_memory=peak_memory(device),
+                 pack_fill=tokens / (pack_len * float(summed[3])) if pack_len and float(summed[3]) else None)
+
+        # A signal on any rank stops every rank at the same step.
+        flag = parallel.all_reduce_max(torch.tensor([stop.signal or 0]), world)
+        if int(flag[0]):
+            stopped_by = int(flag[0])
+            last_ckpt = save(steps_done, f"signal {signal.Signals(stopped_by).name}")
+            break
+        if s.checkpoint_interval and steps_done % s.checkpoint_interval == 0 and steps_done < total:
+            last_ckpt = save(steps_done, "interval")
+
+    del batches, loader
+    result = {"steps_done": steps_done, "total_steps": total, "losses": losses, "start_step": start,
+              "trainable_parameters": trainable}
+    if stopped_by is not None:
+        result.update(stopped=True, checkpoint=last_ckpt)
+        return result
+    if total > start or not checkpoint.latest(work_dir):
+        last_ckpt = save(steps_done, "end")
+    result.update(stopped=False, checkpoint=last_ckpt or checkpoint.latest(work_dir))
+    result["export"] = export(job, s, world, root, model, info)
+    return result
+
+
+def _set_grad_sync(root: nn.Module, sync: bool) -> None:
+    # Gradients of accumulation micro-batches stay local; the last one reduces them all.
+    if hasattr(root, "set_requires_gradient_sync"):
+        root.set_requires_gradient_sync(sync)
+    elif hasattr(root, "require_backward_grad_sync"):
+        root.require_backward_grad_sync = sync
+
+
+def _clip(root: nn.Module, max_norm: float) -> float:
+    params = [p for p in root.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=False)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+# ------------------------------------------------------------------ export
+
+
+def export(job: dict, s: TrainSettings, world: parallel.World, root: nn.Module, model: nn.Module, info) -> dict | None:
+    """Write the trained model (rank 0) in the configured format; LoRA merged or as an adapter."""
+    if s.export == "none":
+        return None
+    full = checkpoint.full_state_dict(root)
+    out = None
+    if world.is_main:
+        # The root is TrainModule: drop its `model.` prefix to get the model's own names.
+        sd = {k.removeprefix("model."): v for k, v in full.items()}
+        out_dir = job.get("export_dir") or os.path.join(job["work_dir"], "export")
+        scales = {k.removeprefix("model."): v for k, v in lora.lora_scales(root).items()}
+        result = {"dir": out_dir, "format": s.export}
+        if scales and s.lora_export == "adapter":
+            lora.save_adapter(os.path.join(out_dir, "adapter"), sd, model, job["model"])
+            result["adapter"] = os.path.join(out_dir, "adapter")
+        merged = lora.merge_state_dict(sd, scales)
+        if not (scales and s.lora_export == "adapter"):
+            _write_model(merged, s.export, out_dir, job["model"], info)
+        out = result
+    parallel.barrier(world)
+    return out
+
+
+def _write_model(sd: dict, fmt: str, out_dir: str, source: str, info) -> None:
+    from ..model.export import export_native, export_original
+
+    if fmt == "original":
+        export_original(sd, source, out_dir)
+    else:
+        export_native(sd, source, out_dir)
