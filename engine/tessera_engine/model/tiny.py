@@ -28,6 +28,26 @@ _LLM_ARCH = {"qwen2": "Qwen2ForCausalLM", "internlm2": "InternLM2ForCausalLM", "
              "phi3": "Phi3ForCausalLM"}
 
 
+def small_tokenizer_json(path: str | os.PathLike, vocab_size: int = 320) -> Path:
+    """A small byte-level BPE tokenizer.json (Qwen2-like, with <|endoftext|>, <|im_start|>, <|im_end|>)
+    for fast tests; the real 151k Qwen2 vocabulary is the builder's default."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>",
+                                                                           "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    text = ["the quick brown fox jumps over the lazy dog", "a picture of a cat on a mat",
+            "what is in the image? describe it", "user assistant system hello world 0123456789"]
+    tok.train_from_iterator(text * 4, trainer)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
 def _build_tokenizer(tokenizer_json: str | os.PathLike, template: str, family: str):
     """Base tokenizer + the template's role tokens (if absent) + the InternVL tokens, appended in order."""
     from tokenizers import AddedToken, Tokenizer
