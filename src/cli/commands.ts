@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { registerDashboard } from "./dashboard.ts";
 import { registerDataCheck } from "./data-check.ts";
+import { registerDataFillWh } from "./data-fill-wh.ts";
 import { registerDoctor } from "./doctor.ts";
 import { registerSetup } from "./setup.ts";
 
@@ -13,5 +14,6 @@ export function registerCommands(program: Command): void {
   // `tessera data <sub>`: one file per sub-command (data-*.ts).
   const data = program.command("data").description("check, fix, inspect, prepare and plan datasets");
   registerDataCheck(data);
+  registerDataFillWh(data);
   void data;
 }

@@ -65,15 +65,14 @@ export async function readImageHeader(path: string): Promise<ImageHeader> {
         lastError = e as Error;
       }
       // Whole file seen, or an unknown format: no larger read will help.
-      if (
-        n < size ||
-        size >= MAX_READ ||
-        /unsupported file type: undefined/.test(lastError.message)
-      )
+      const unknown = /unsupported file type: undefined/.test(lastError.message);
+      if (n < size || size >= MAX_READ || unknown)
         throw new ImageHeaderError(
           "unreadable",
           path,
-          `not a readable image header: ${lastError.message}`,
+          unknown
+            ? "not a known image format (unrecognised header bytes)"
+            : `not a readable image header: ${lastError.message}`,
         );
       size *= 8;
     }

@@ -1,0 +1,210 @@
+/**
+ * `tessera data fill-wh`: writes `image_wh` from image headers into new JSONL files beside
+ * the originals (never in place), and gives a meta file that points at them.
+ */
+import { readFile, rm, stat } from "node:fs/promises";
+import { basename, dirname, extname, join, relative, resolve } from "node:path";
+import { AtomicFileWriter } from "../util/atomic.ts";
+import { UserError } from "../util/errors.ts";
+import { HeaderReader, ImageHeaderError } from "../vision/headers.ts";
+import { type DataIssue, issue } from "./issues.ts";
+import { displayPath, readRecords } from "./jsonl.ts";
+import { MediaPathError, resolveMediaPath } from "./media.ts";
+import { type DatasetSpec, loadMetaChecked } from "./meta.ts";
+
+export interface FillWhOptions {
+  /** Inserted before the extension of each output file: `x.jsonl` → `x_wh.jsonl`. */
+  outSuffix?: string;
+  /** Header reads in flight at once. */
+  concurrency?: number;
+  allowOutside?: boolean;
+  /** Where the new meta file will live: its paths are written relative to it (absolute otherwise). */
+  metaOut?: string;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface FillWhDataset {
+  name: string;
+  annotation: string;
+  /** The written file, or undefined when nothing needed image_wh (the original is kept). */
+  output?: string;
+  lines: number;
+  /** Image records whose image_wh was written from headers. */
+  filled: number;
+  /** Of those, records whose image_wh was absent or different before. */
+  changed: number;
+  /** Image records left as they were because an image could not be read. */
+  failed: number;
+}
+
+export interface FillWhReport {
+  datasets: FillWhDataset[];
+  /** Every problem (images that cannot be read, lines that are not JSON objects, meta problems). */
+  issues: DataIssue[];
+  errorCount: number;
+  /** The new meta file's content. */
+  meta: Record<string, unknown>;
+}
+
+/** `dir/x.jsonl` → `dir/x_wh.jsonl`. */
+export function fillWhOutputPath(annotation: string, suffix: string): string {
+  const ext = extname(annotation);
+  return join(dirname(annotation), `${basename(annotation, ext)}${suffix}${ext || ".jsonl"}`);
+}
+
+/** The image list of a raw line, when `image` is well formed; undefined otherwise. */
+function imagesOf(raw: unknown): string[] | undefined {
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) return undefined;
+  const img = (raw as Record<string, unknown>).image;
+  if (typeof img === "string" && img !== "") return [img];
+  if (Array.isArray(img) && img.length > 0 && img.every((x) => typeof x === "string" && x !== ""))
+    return img as string[];
+  return undefined;
+}
+
+type Pending = { text: string } | Promise<{ text: string }>;
+
+async function fillDataset(
+  spec: DatasetSpec,
+  outPath: string,
+  reader: HeaderReader,
+  opts: FillWhOptions,
+  issues: DataIssue[],
+  onBytes: (n: number) => void,
+): Promise<FillWhDataset> {
+  const file = displayPath(spec.annotation);
+  const r: FillWhDataset = {
+    name: spec.name,
+    annotation: file,
+    lines: 0,
+    filled: 0,
+    changed: 0,
+    failed: 0,
+  };
+  const out = new AtomicFileWriter(outPath);
+  // Lines are written in order; header reads for the lines of a window run in parallel.
+  let window: Pending[] = [];
+  const flush = async () => {
+    let buf = "";
+    for (const p of window) buf += `${(p instanceof Promise ? await p : p).text}\n`;
+    window = [];
+    if (buf) await out.write(buf);
+  };
+  const media = (rel: string) => {
+    const abs = resolveMediaPath(spec, rel, { allowOutside: opts.allowOutside });
+    return reader.get(abs);
+  };
+  try {
+    for await (const item of readRecords(spec, { keepRaw: true, onBytes })) {
+      r.lines = item.line;
+      const text = item.text ?? "";
+      const images = imagesOf(item.raw);
+      if (item.raw === undefined) {
+        for (const i of item.issues) if (i.severity === "error") issues.push(i);
+        window.push({ text });
+      } else if (!images) {
+        if (item.raw === null || typeof item.raw !== "object" || Array.isArray(item.raw))
+          for (const i of item.issues) if (i.severity === "error") issues.push(i);
+        window.push({ text });
+      } else {
+        const raw = item.raw as Record<string, unknown>;
+        const line = item.line;
+        window.push(
+          (async () => {
+            const wh: [number, number][] = [];
+            for (let k = 0; k < images.length; k++) {
+              const field = images.length === 1 ? "image" : `image[${k}]`;
+              try {
+                const h = await media(images[k]);
+                wh.push([h.width, h.height]);
+              } catch (e) {
+                if (!(e instanceof MediaPathError || e instanceof ImageHeaderError)) throw e;
+                const kind =
+                  e instanceof MediaPathError
+                    ? "path-escapes"
+                    : e.kind === "missing"
+                      ? "missing-image"
+                      : "unreadable-image";
+                issues.push(
+                  issue(file, line, field, kind, `image_wh not filled: ${e.message}`, {
+                    found: e instanceof ImageHeaderError ? e.path : JSON.stringify(images[k]),
+                  }),
+                );
+                r.failed++;
+                return { text };
+              }
+            }
+            r.filled++;
+            if (JSON.stringify(raw.image_wh) !== JSON.stringify(wh)) r.changed++;
+            raw.image_wh = wh;
+            return { text: JSON.stringify(raw) };
+          })(),
+        );
+      }
+      if (window.length >= 4096) await flush();
+    }
+    await flush();
+  } catch (e) {
+    await out.abort();
+    throw e;
+  }
+  if (r.filled + r.failed === 0) {
+    // Nothing to fill: finish the temporary file, then remove it (the original stays in use).
+    await new Promise<void>((res) => out.stream.end(() => res()));
+    await rm(out.tmp, { force: true });
+    return r;
+  }
+  await out.commit();
+  r.output = displayPath(outPath);
+  return r;
+}
+
+export async function fillWh(metaPath: string, opts: FillWhOptions = {}): Promise<FillWhReport> {
+  const suffix = opts.outSuffix ?? "_wh";
+  if (!suffix)
+    throw new UserError("--out-suffix must not be empty: fill-wh never overwrites its input");
+  if (opts.metaOut && resolve(opts.metaOut) === resolve(metaPath))
+    throw new UserError(
+      `--meta-out must differ from the input meta file (${metaPath}): fill-wh never overwrites its input`,
+    );
+  const { specs, issues } = await loadMetaChecked(metaPath);
+  const doc = JSON.parse((await readFile(metaPath, "utf8")).replace(/^\uFEFF/, "")) as Record<
+    string,
+    Record<string, unknown>
+  >;
+  const reader = new HeaderReader(opts.concurrency ?? 64);
+  let total = 0;
+  for (const s of specs) total += (await stat(s.annotation)).size;
+  let done = 0;
+  const onBytes = (n: number) => {
+    done += n;
+    opts.onProgress?.(done, total);
+  };
+  const base = opts.metaOut ? dirname(resolve(opts.metaOut)) : undefined;
+  // Paths relative to the new meta file's folder ("" for the folder itself), else absolute.
+  const rel = (p: string) => (base ? relative(base, p) : p);
+  const meta: Record<string, unknown> = {};
+  const datasets: FillWhDataset[] = [];
+  const byName = new Map(specs.map((s) => [s.name, s]));
+  for (const [name, entry] of Object.entries(doc)) {
+    const spec = byName.get(name);
+    if (!spec) {
+      meta[name] = entry; // a problem dataset: reported, copied as written
+      continue;
+    }
+    const outPath = fillWhOutputPath(spec.annotation, suffix);
+    const found: DataIssue[] = [];
+    const d = await fillDataset(spec, outPath, reader, opts, found, onBytes);
+    found.sort((a, b) => a.line - b.line);
+    issues.push(...found);
+    datasets.push(d);
+    const annotation = d.output ? outPath : spec.annotation;
+    meta[name] = { ...entry, media_root: rel(spec.mediaRoot), annotation: rel(annotation) };
+  }
+  return {
+    datasets,
+    issues,
+    errorCount: issues.filter((i) => i.severity === "error").length,
+    meta,
+  };
+}
