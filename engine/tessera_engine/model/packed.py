@@ -76,6 +76,15 @@ def segments_from_cu_seqlens(cu_seqlens, batch: int, length: int, device) -> Seg
                     torch.tensor(flat, dtype=torch.int32, device=device), max_len, n)
 
 
+def document_causal_mask_mod(group_id: torch.Tensor):
+    """FlexAttention mask_mod: a query attends to earlier-or-same keys of its own sample."""
+
+    def doc_causal(b, h, q, kv):
+        return (group_id[b, q] == group_id[b, kv]) & (q >= kv)
+
+    return doc_causal
+
+
 def attention_inputs(impl: str, seg: Segments, dtype: torch.dtype) -> tuple[object, dict]:
     """The mask (or varlen kwargs) that confines attention to each sample, for the model's attention path."""
     if impl.startswith("flash_attention"):
@@ -85,11 +94,8 @@ def attention_inputs(impl: str, seg: Segments, dtype: torch.dtype) -> tuple[obje
     if impl == "flex_attention":
         from torch.nn.attention.flex_attention import create_block_mask
 
-        def doc_causal(b, h, q, kv):
-            return (gid[b, q] == gid[b, kv]) & (q >= kv)
-
         B, T = gid.shape
-        return create_block_mask(doc_causal, B, None, T, T, device=gid.device), {}
+        return create_block_mask(document_causal_mask_mod(gid), B, None, T, T, device=gid.device), {}
     T = gid.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=gid.device).tril()
     allowed = (gid[:, :, None] == gid[:, None, :]) & causal  # [B, T, T]
