@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { registerDashboard } from "./dashboard.ts";
 import { registerDataCheck } from "./data-check.ts";
 import { registerDataFillWh } from "./data-fill-wh.ts";
+import { registerDataStats } from "./data-stats.ts";
 import { registerDoctor } from "./doctor.ts";
 import { registerSetup } from "./setup.ts";
 
@@ -15,5 +16,6 @@ export function registerCommands(program: Command): void {
   const data = program.command("data").description("check, fix, inspect, prepare and plan datasets");
   registerDataCheck(data);
   registerDataFillWh(data);
+  registerDataStats(data);
   void data;
 }

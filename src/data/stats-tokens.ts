@@ -1,0 +1,49 @@
+/**
+ * Token lengths for `tessera data stats --model`: the text layer's recordsToSamples gives
+ * each record's length (the only place lengths come from). Loaded on demand, so stats
+ * without --model never loads a tokenizer.
+ */
+import type { SampleContext } from "../text/sample.ts";
+import { resolveMediaPath } from "./media.ts";
+import type { DatasetSpec } from "./meta.ts";
+import type { LengthsFn } from "./stats.ts";
+
+export interface TokenLengthOptions {
+  /** Overrides the model's max_dynamic_patch (a dataset's own max_dynamic_patch in the meta file wins). */
+  maxDynamicPatch?: number;
+  /** Frames per video record (the planner's decision; video records fail without it). */
+  videoFrames?: number;
+  /** Longest sample; longer records count as dropped (null length). */
+  maxLength?: number;
+}
+
+export async function tokenLengths(
+  modelDir: string,
+  opts: TokenLengthOptions = {},
+): Promise<LengthsFn> {
+  const { loadModelInfo } = await import("../text/model-info.ts");
+  const { loadTokenizer } = await import("../text/tokenizer.ts");
+  const { makeSampleContext, recordsToSamples } = await import("../text/sample.ts");
+  const tokenizer = await loadTokenizer(modelDir);
+  const contexts = new Map<string, SampleContext>();
+  const contextFor = (spec: DatasetSpec): SampleContext => {
+    const key = `${spec.metaPath}\0${spec.name}`;
+    let ctx = contexts.get(key);
+    if (!ctx) {
+      const own = spec.extra.max_dynamic_patch;
+      const maxDynamicPatch = typeof own === "number" ? own : opts.maxDynamicPatch;
+      ctx = makeSampleContext({
+        tokenizer,
+        model: loadModelInfo(modelDir, maxDynamicPatch !== undefined ? { maxDynamicPatch } : {}),
+        resolvePath: (p) => resolveMediaPath(spec, p, { checkSymlinks: false }),
+        videoFrames: opts.videoFrames,
+        maxLength: opts.maxLength,
+        truncation: opts.maxLength !== undefined ? "drop" : undefined,
+      });
+      contexts.set(key, ctx);
+    }
+    return ctx;
+  };
+  return async (records, spec) =>
+    (await recordsToSamples(records, contextFor(spec))).map((s) => (s ? s.length : null));
+}
