@@ -5,7 +5,9 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
-import { join, resolve } from "node:path";
+import { createRequire } from "node:module";
+import { dirname, join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { loadMeta, type DatasetSpec } from "../data/meta.ts";
 import { displayPath, readRecords } from "../data/jsonl.ts";
@@ -21,7 +23,9 @@ import { FLAG_MULTIMODAL, type MakerModule, type MakerOptions, type SampleBatch,
 
 export const CACHE_VERSION = 1;
 const DEFAULT_MAKER = new URL("./sample-maker.ts", import.meta.url).href;
-const TSX_API = import.meta.resolve("tsx/esm/api");
+// The ESM entry of tsx's API, found from its package.json (import.meta.resolve is missing
+// under the test runner, and require.resolve would give the CommonJS entry).
+const TSX_API = pathToFileURL(join(dirname(createRequire(import.meta.url).resolve("tsx/package.json")), "dist/esm/api/index.mjs")).href;
 
 export interface PrepareOptions {
   /** Meta file path, or its datasets already loaded. */
