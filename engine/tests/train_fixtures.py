@@ -17,11 +17,25 @@ from tessera_engine.data.pixels import find_grid
 IGNORE = -100
 
 
+def small_tokenizer(path: Path, size: int = 1000) -> Path:
+    """A word-level tokenizer of `size` plain tokens: a small vocabulary keeps the tiny model fast."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(size)}
+    vocab["<|endoftext|>"] = size
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
 def tiny_model(out: Path, **kw) -> Path:
     from tessera_engine.model.tiny import build_tiny
 
     if not (out / "config.json").exists():
-        build_tiny(out, llm="qwen2", tile_size=28, vision_hidden=16, vision_layers=1, vision_heads=2,
+        tok = small_tokenizer(out.parent / "small-tokenizer.json")
+        build_tiny(out, llm="qwen2", tokenizer_json=tok, tile_size=28, vision_hidden=16, vision_layers=1, vision_heads=2,
                    vision_intermediate=32, llm_hidden=32, llm_layers=2, llm_heads=4, llm_kv_heads=2,
                    llm_intermediate=64, max_dynamic_patch=4, **kw)
     return out

@@ -1,0 +1,135 @@
+"""The training loop on CPU with a tiny model: learning, exact resume, freezing, LoRA."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import train_fixtures as F  # noqa: E402
+
+from tessera_engine.train import checkpoint, loop  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    model = F.tiny_model(root / "model")
+    cache = F.write_cache(root, model, n_samples=32)
+    return root, model, cache
+
+
+def _weights(ckpt: str) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    out = Path(ckpt).parent.parent / f"{Path(ckpt).name}.pt"
+    dcp_to_torch_save(ckpt, str(out))
+    return torch.load(out, weights_only=False)["model"]
+
+
+def test_overfits_32_samples(data):
+    root, model, cache = data
+    plan = F.write_plan(root / "plan-overfit", cache, steps=20, slots_per_step=2, world_size=1)
+    r = loop.train(F.job(model, cache, plan, root / "overfit", lr=2e-2, warmup_ratio=0.1, min_lr=2e-3))
+    losses = r["losses"]
+    assert len(losses) == 20
+    assert min(losses[-3:]) < 0.1 * losses[0], losses
+
+
+def test_resume_continues_exactly(data, monkeypatch):
+    root, model, cache = data
+    plan = F.write_plan(root / "plan-resume", cache, steps=15, slots_per_step=2, world_size=1)
+    cfg = dict(lr=5e-3, warmup_ratio=0.2, min_lr=1e-4, weight_decay=0.1, checkpoint_interval=4, checkpoint_keep=2)
+    whole = loop.train(F.job(model, cache, plan, root / "whole", **cfg))
+    assert whole["steps_done"] == 15
+    # Interval checkpoints at 4, 8, 12 and the final one at 15; the last two are kept.
+    kept = [Path(p).name for p in checkpoint.list_checkpoints(str(root / "whole"))]
+    assert kept == ["step-00000012", "step-00000015"]
+
+    # Stop the second run with SIGTERM as step 7's metrics go out: it checkpoints at 7 and stops.
+    real_emit = loop.emit
+
+    def emit(event, **fields):
+        real_emit(event, **fields)
+        if event == "metric" and fields["step"] == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "emit", emit)
+    first = loop.train(F.job(model, cache, plan, root / "broken", **cfg))
+    monkeypatch.setattr(loop, "emit", real_emit)
+    assert first["stopped"] and first["steps_done"] == 7
+    assert Path(first["checkpoint"]).name == "step-00000007"
+    second = loop.train({**F.job(model, cache, plan, root / "broken", **cfg), "resume": True})
+    assert second["start_step"] == 7 and second["steps_done"] == 15
+
+    assert first["losses"] == pytest.approx(whole["losses"][:7], abs=1e-6)
+    assert second["losses"] == pytest.approx(whole["losses"][7:], abs=1e-6)
+    a = _weights(whole["checkpoint"])
+    b = _weights(second["checkpoint"])
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+
+
+def test_frozen_parts_stay_bit_identical(data):
+    from tessera_engine.model.load import load_internvl
+
+    root, model, cache = data
+    plan = F.write_plan(root / "plan-frozen", cache, steps=3, slots_per_step=2, world_size=1)
+    r = loop.train(F.job(model, cache, plan, root / "frozen", lr=1e-2, freeze_vit=True, freeze_mlp=True))
+    trained = _weights(r["checkpoint"])
+    before = load_internvl(model).model.state_dict()
+    frozen = [k for k in before if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))]
+    assert frozen
+    for k in frozen:
+        assert torch.equal(trained[f"model.{k}"], before[k]), k
+    moved = [k for k in before if k.startswith("model.language_model.layers.") and not torch.equal(trained[f"model.{k}"], before[k])]
+    assert moved, "the language model should have learned"
+
+
+def test_lora_merge_equals_adapter_at_run_time(data):
+    from tessera_engine.model.load import load_internvl
+    from tessera_engine.model.packed import packed_forward
+    from tessera_engine.train import lora
+
+    root, model, cache = data
+    plan = F.write_plan(root / "plan-lora", cache, steps=4, slots_per_step=2, world_size=1)
+    cfg = dict(lr=2e-2, freeze_vit=True, llm_lora_rank=4, llm_lora_alpha=8, vit_lora_rank=2)
+    r = loop.train(F.job(model, cache, plan, root / "lora", **cfg))
+    settings = loop.TrainSettings.from_config(F.job(model, cache, plan, root / "x", **cfg)["config"])
+
+    # The adapter at run time: the LoRA model with the trained checkpoint loaded.
+    with_lora = load_internvl(model).model
+    loop.freeze(with_lora, settings)
+    names = loop.add_lora(with_lora, settings)
+    assert any("language_model" in n or "q_proj" in n for n in names)
+    trained = {k.removeprefix("model."): v for k, v in _weights(r["checkpoint"]).items()}
+    with_lora.load_state_dict(trained)
+    assert any(float(m.lora_B.detach().abs().sum()) > 0 for m in lora.lora_layers(with_lora).values())
+    base = load_internvl(model).model.state_dict()
+    for k, v in trained.items():
+        if ".base." not in k and "lora_" not in k:
+            continue
+        if k.startswith("model.vision_tower") and ".base." in k:
+            assert torch.equal(v, base[k.replace(".base.", ".")]), k  # frozen base weights unchanged
+
+    # Merged: a plain model with W + scale·B·A.
+    merged = load_internvl(model).model
+    merged.load_state_dict(lora.merge_state_dict(trained, lora.lora_scales(with_lora)))
+
+    ids = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17]])
+    cu = [torch.tensor([0, 5, 8], dtype=torch.int32)]
+    pix = torch.zeros(0, 3, 28, 28)
+    with torch.no_grad():
+        a = packed_forward(with_lora.eval(), ids, None, cu, None, ids, return_logits=True).logits
+        b = packed_forward(merged.eval(), ids, None, cu, None, ids, return_logits=True).logits
+        feats_a = with_lora.model.get_image_features(torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))).pooler_output
+        feats_b = merged.model.get_image_features(torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))).pooler_output
+    del pix
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert torch.allclose(feats_a, feats_b, atol=1e-5), (feats_a - feats_b).abs().max()
