@@ -32,7 +32,12 @@ export interface Sample {
   /** True when the record has images or a video. */
   multimodal: boolean;
   /** Set when the record was cut to max_length (whole turns dropped). */
-  truncated?: { droppedTurns: number; originalLength: number };
+  truncated?: { droppedTurns: number; originalLength: number; cut?: boolean };
+  /**
+   * Text units where one token spans the end of the assistant prefix and the start of the
+   * answer (that token is learned); the official label offsets break on such samples.
+   */
+  boundaryTokens?: number;
 }
 
 export const IGNORE_INDEX = -100;

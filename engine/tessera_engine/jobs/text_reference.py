@@ -1,0 +1,79 @@
+"""Parity checks: answer a batch of questions about tokenization, templates and tiling with
+Python's reference (transformers' tokenizers, SentencePiece, the official preprocessing and
+transformers' InternVL image processor), all in one process."""
+
+from __future__ import annotations
+
+import os
+
+
+def run(job: dict) -> dict:
+    from ..reference import internvl
+
+    tokenizers: dict = {}
+    sps: dict = {}
+
+    def hf(d: str):
+        if d not in tokenizers:
+            from transformers import AutoTokenizer
+
+            tokenizers[d] = AutoTokenizer.from_pretrained(d)
+        return tokenizers[d]
+
+    def sp(path: str):
+        if path not in sps:
+            import sentencepiece
+
+            sps[path] = sentencepiece.SentencePieceProcessor(model_file=path)
+        return sps[path]
+
+    out = []
+    for q in job["questions"]:
+        op = q["op"]
+        if op == "encode":  # transformers' tokenizer on whole texts, without BOS/EOS
+            t = hf(q["dir"])
+            out.append([t(s, add_special_tokens=False).input_ids for s in q["texts"]])
+        elif op == "spm_encode":
+            p = sp(q["model"])
+            out.append([p.encode(s) for s in q["texts"]])
+        elif op == "spm_train":
+            import sentencepiece
+
+            os.makedirs(q["dir"], exist_ok=True)
+            corpus = os.path.join(q["dir"], "corpus.txt")
+            with open(corpus, "w", encoding="utf-8") as f:
+                f.write("\n".join(q["corpus"]))
+            sentencepiece.SentencePieceTrainer.train(
+                input=corpus, model_prefix=os.path.join(q["dir"], "tokenizer"), minloglevel=2, **q["options"]
+            )
+            out.append(os.path.join(q["dir"], "tokenizer.model"))
+        elif op == "preprocess":
+            t = hf(q["dir"])
+            results = []
+            for case in q["cases"]:
+                conv = internvl.normalize_record(case["conversations"], case.get("num_images", 0), case.get("video_frames"))
+                r = internvl.preprocess(q["template"], conv, t, case.get("tokens_per_image", []))
+                r.pop("text")
+                results.append(r)
+            out.append(results)
+        elif op == "tiles":  # the official rule
+            out.append(
+                [
+                    internvl.num_tiles(w, h, q["min_num"], q["max_num"], q["image_size"], q["use_thumbnail"])
+                    for w, h in q["sizes"]
+                ]
+            )
+        elif op == "hf_tiles":  # transformers' InternVL image processor (GotOcr2's crop-to-patches)
+            from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+            s = q["image_size"]
+            res = []
+            for w, h in q["sizes"]:
+                cols, rows = get_optimal_tiled_canvas((h, w), (s, s), q["min_num"], q["max_num"])
+                res.append([cols, rows])
+            out.append(res)
+        elif op == "grids":
+            out.append([[list(g) for g in internvl.candidate_grids(a, b)] for a, b in q["budgets"]])
+        else:
+            raise ValueError(f"unknown question {op!r}")
+    return {"answers": out}

@@ -1,0 +1,500 @@
+/**
+ * Record → training sample: token ids, loss labels, image tile plans and where each image's
+ * context tokens sit. This is the only place lengths come from.
+ *
+ * The text is assembled from pieces (role tokens, text, image blocks), so every label comes
+ * from the span of the piece it belongs to, never from re-tokenized substrings. Text between
+ * two special tokens is encoded as one unit, exactly as tokenizing the whole conversation
+ * would split it.
+ */
+import { join } from "node:path";
+import type { DataRecord, Turn } from "../data/record.ts";
+import { UserError } from "../util/errors.ts";
+import { perImageMaxNum, planTiles, SINGLE_TILE, type TileGrid } from "../vision/tiling.ts";
+import type { ModelInfo } from "./model-info.ts";
+import { getTemplate, type ChatTemplate } from "./templates.ts";
+import { IMG_CONTEXT, IMG_END, IMG_START, type TextTokenizer } from "./tokenizer.ts";
+import { IGNORE_INDEX, type ImagePlan, type Sample } from "./types.ts";
+
+export type TruncationPolicy = "turns" | "cut" | "drop";
+
+export interface SampleContextOptions {
+  tokenizer: TextTokenizer;
+  model: ModelInfo;
+  /** Template name; the model's `template` by default. */
+  template?: string | ChatTemplate;
+  /** Longest sample in tokens; no limit when absent. */
+  maxLength?: number;
+  /**
+   * What to do with a longer sample: "turns" (default) drops whole rounds from the end and
+   * drops the sample when its first round alone is too long; "cut" also cuts the first round at
+   * max_length, moving the cut before any image it would split; "drop" drops the sample.
+   */
+  truncation?: TruncationPolicy;
+  /** Absolute path of an image (or video) as written in the record; default: join with mediaRoot. */
+  resolvePath?: (path: string) => string;
+  mediaRoot?: string;
+  /** Frames of a video record, decided by the planner (a number, or per record). */
+  videoFrames?: number | ((record: DataRecord) => number);
+}
+
+type Piece = { tok: number } | { text: string };
+
+interface Prepared {
+  tokenizer: TextTokenizer;
+  model: ModelInfo;
+  template: ChatTemplate;
+  maxLength: number;
+  truncation: TruncationPolicy;
+  resolvePath: (p: string) => string;
+  videoFrames?: number | ((record: DataRecord) => number);
+  bos: number | null;
+  system: Piece[];
+  user: Piece[];
+  assistant: Piece[];
+  end: number[];
+  after: string;
+  never: Set<number>;
+  imgStart: number | null;
+  imgEnd: number | null;
+  imgContext: number | null;
+}
+
+export interface SampleContext extends Prepared {
+  readonly __prepared: true;
+}
+
+const ROLE_TOKEN = /(<\|[A-Za-z0-9_]+\|>)/;
+
+/** Split a template string into its special tokens and the text between them. */
+function pieces(s: string, tk: TextTokenizer, template: string): Piece[] {
+  const out: Piece[] = [];
+  for (const part of s.split(ROLE_TOKEN)) {
+    if (!part) continue;
+    if (ROLE_TOKEN.test(part)) {
+      const id = tk.tokenId(part);
+      if (id === undefined)
+        throw new UserError(`${tk.dir}: template ${template} needs the token ${part}, which the tokenizer does not have`);
+      out.push({ tok: id });
+    } else out.push({ text: part });
+  }
+  return out;
+}
+
+/** Everything recordToSample needs, prepared once per run. */
+export function makeSampleContext(opts: SampleContextOptions): SampleContext {
+  const tk = opts.tokenizer;
+  const template = typeof opts.template === "object" ? opts.template : getTemplate(opts.template ?? opts.model.template);
+  let end: number[];
+  if (template.turnEnd === "<eos>") {
+    if (tk.eosId === null) throw new UserError(`${tk.dir}: template ${template.name} needs an EOS token; the tokenizer has none`);
+    end = [tk.eosId];
+  } else end = pieces(template.turnEnd, tk, template.name).map((p) => ("tok" in p ? p.tok : -1));
+  if (end.some((e) => e < 0)) throw new UserError(`template ${template.name}: its turn end must be special tokens`);
+  const mediaRoot = opts.mediaRoot ?? "";
+  return {
+    __prepared: true,
+    tokenizer: tk,
+    model: opts.model,
+    template,
+    maxLength: opts.maxLength ?? Number.POSITIVE_INFINITY,
+    truncation: opts.truncation ?? "turns",
+    resolvePath: opts.resolvePath ?? ((p) => join(mediaRoot, p)),
+    videoFrames: opts.videoFrames,
+    bos: tk.addBos ? tk.bosId : null,
+    system: pieces(template.systemPrefix, tk, template.name),
+    user: pieces(template.userPrefix, tk, template.name),
+    assistant: pieces(template.assistantPrefix, tk, template.name),
+    end,
+    after: template.afterTurnEnd,
+    never: new Set(template.neverLearned.map((t) => tk.tokenId(t)).filter((x): x is number => x !== undefined)),
+    imgStart: tk.tokenId(IMG_START) ?? null,
+    imgEnd: tk.tokenId(IMG_END) ?? null,
+    imgContext: tk.tokenId(IMG_CONTEXT) ?? null,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** One run of the assembled sequence. */
+type Item =
+  | { k: "ids"; ids: readonly number[]; learn: boolean; round: number }
+  /** Text encoded as one unit; tokens after `prefix` (a text that starts it) are `learn`. */
+  | { k: "text"; prefix: string; text: string; learn: boolean; round: number }
+  | { k: "image"; index: number; round: number };
+
+interface Plan {
+  items: Item[];
+  images: ImagePlan[];
+  /** Number of rounds (user turn + answer). */
+  rounds: number;
+}
+
+const IMAGE = "<image>";
+
+function countImage(s: string): number {
+  let n = 0;
+  for (let i = s.indexOf(IMAGE); i !== -1; i = s.indexOf(IMAGE, i + IMAGE.length)) n++;
+  return n;
+}
+
+function recordName(r: DataRecord): string {
+  return r.id !== undefined ? `record ${JSON.stringify(r.id)}` : "record";
+}
+
+/** Turn the record into the ordered items of its sequence (no tokenization yet). */
+function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Plan {
+  const tpl = ctx.template;
+  let turns: Turn[] = record.conversations;
+  let system = tpl.systemMessage;
+  let start = 0;
+  if (turns[0]?.from === "system") {
+    system = turns[0].value;
+    start = 1;
+  }
+  // The official code skips a first turn that is not the human's.
+  while (start < turns.length && turns[start].from !== "human") start++;
+  turns = turns.slice(start);
+  // A conversation ending on a human turn has nothing to learn from it (except when prompting).
+  if (!generation && turns.length % 2 === 1) turns = turns.slice(0, -1);
+  if (generation && (turns.length === 0 || turns[turns.length - 1].from !== "human"))
+    throw new UserError(`${recordName(record)}: a generation prompt must end with a human turn`);
+  const values = turns.map((t) => t.value);
+
+  // Images and their tile plans.
+  const model = ctx.model;
+  const images: ImagePlan[] = [];
+  if (record.images.length > 0) {
+    const n = record.images.length;
+    const maxNum = perImageMaxNum(model.maxDynamicPatch, n);
+    for (let i = 0; i < n; i++) {
+      const wh = record.imageWh?.[i];
+      if (!wh)
+        throw new UserError(
+          `${recordName(record)}: image ${i + 1} has no image_wh; run \`tessera data fill-wh\` to read sizes from the image headers`,
+        );
+      const grid: TileGrid = model.dynamicImageSize
+        ? planTiles(wh[0], wh[1], { minNum: model.minDynamicPatch, maxNum, tileSize: model.tileSize, useThumbnail: model.useThumbnail })
+        : SINGLE_TILE;
+      images.push({ path: ctx.resolvePath(record.images[i]), wh: [wh[0], wh[1]], ...grid });
+    }
+    // The official rule: no placeholder at all means one `<image>\n` per image before the first human turn.
+    if (values.length && !values.some((v, i) => i % 2 === 0 && v.includes(IMAGE))) values[0] = `${IMAGE}\n`.repeat(n) + values[0];
+  } else if (record.video !== undefined) {
+    const frames = typeof ctx.videoFrames === "function" ? ctx.videoFrames(record) : ctx.videoFrames;
+    if (!frames || frames < 1) throw new UserError(`${recordName(record)}: a video record needs the planner's frame count`);
+    const path = ctx.resolvePath(record.video);
+    for (let f = 0; f < frames; f++) images.push({ path, wh: [0, 0], ...SINGLE_TILE, frame: f });
+    if (values.length) {
+      if (!values[0].includes("<video>")) values[0] = `<video>\n${values[0]}`;
+      const tags = Array.from({ length: frames }, (_, i) => `Frame${i + 1}: ${IMAGE}`).join("\n");
+      values[0] = values[0].includes("<video>\n") ? values[0].replaceAll("<video>\n", tags) : values[0].replaceAll("<video>", tags);
+    }
+  }
+  const placeholders = values.reduce((s, v, i) => s + (i % 2 === 0 ? countImage(v) : 0), 0);
+  if (placeholders !== images.length)
+    throw new UserError(`${recordName(record)}: ${placeholders} <image> placeholders for ${images.length} images`);
+  if (images.length && (ctx.imgStart === null || ctx.imgEnd === null || ctx.imgContext === null))
+    throw new UserError(`${ctx.tokenizer.dir}: the tokenizer lacks ${IMG_START}, ${IMG_END} or ${IMG_CONTEXT}`);
+
+  const items: Item[] = [];
+  let pendingText: { prefix: string; text: string; learn: boolean; round: number } | null = null;
+  const flush = () => {
+    if (pendingText && (pendingText.prefix || pendingText.text)) items.push({ k: "text", ...pendingText });
+    pendingText = null;
+  };
+  const tok = (ids: readonly number[], learn: boolean, round: number) => {
+    flush();
+    items.push({ k: "ids", ids, learn, round });
+  };
+  /** Text not learned (template text, user text). */
+  const text = (s: string, round: number) => {
+    if (!s) return;
+    if (pendingText && !pendingText.learn && pendingText.round === round) pendingText.text += s;
+    else if (pendingText && pendingText.learn) {
+      flush();
+      pendingText = { prefix: "", text: s, learn: false, round };
+    } else {
+      flush();
+      pendingText = { prefix: "", text: s, learn: false, round };
+    }
+  };
+  /** Learned text: continues the pending unlearned unit, whose text becomes the prefix. */
+  const learned = (s: string, round: number) => {
+    if (!s) return;
+    if (pendingText && !pendingText.learn) pendingText = { prefix: pendingText.text, text: s, learn: true, round };
+    else {
+      flush();
+      pendingText = { prefix: "", text: s, learn: true, round };
+    }
+  };
+  const template = (ps: Piece[], round: number) => {
+    for (const p of ps) if ("tok" in p) tok([p.tok], false, round);
+    else text(p.text, round);
+  };
+  let imageIndex = 0;
+  const userText = (s: string, round: number) => {
+    const parts = s.split(IMAGE);
+    for (let i = 0; i < parts.length; i++) {
+      if (i > 0) {
+        flush();
+        items.push({ k: "image", index: imageIndex++, round });
+      }
+      text(parts[i], round);
+    }
+  };
+  const strip = (s: string) => (tpl.stripTurns ? s.trim() : s);
+
+  if (ctx.bos !== null) tok([ctx.bos], false, 0);
+  if (system !== null && tpl.systemMessage !== null) {
+    template(ctx.system, 0);
+    text(strip(system), 0);
+    tok(ctx.end, false, 0);
+    text(ctx.after, 0);
+  }
+  const rounds = Math.ceil(values.length / 2);
+  for (let r = 0; r < rounds; r++) {
+    const q = strip(values[2 * r]);
+    template(ctx.user, r);
+    userText(q, r);
+    if (tpl.endUserTurns && (q || !tpl.emptyTurnsRoleOnly)) {
+      tok(ctx.end, false, r);
+      text(ctx.after, r);
+    }
+    template(ctx.assistant, r);
+    if (2 * r + 1 >= values.length) break; // generation: the prompt ends with the assistant prefix
+    const a = strip(values[2 * r + 1]);
+    if (!a && tpl.emptyTurnsRoleOnly) continue; // conversation.py writes only the role for an empty message
+    learned(a, r);
+    tok(ctx.end, true, r);
+    text(ctx.after, r);
+  }
+  flush();
+  return { items, images, rounds };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface Encoded {
+  /** Per text item: its ids and how many leading ids are not learned (the prefix). */
+  ids: Int32Array;
+  prefixLen: number;
+  straddled: boolean;
+}
+
+function commonPrefix(a: Int32Array, b: Int32Array): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a[i] === b[i]) i++;
+  return i;
+}
+
+async function encodePlans(plans: Plan[], tk: TextTokenizer): Promise<Encoded[][]> {
+  const texts: string[] = [];
+  for (const p of plans)
+    for (const it of p.items)
+      if (it.k === "text") {
+        texts.push(it.prefix + it.text);
+        if (it.prefix) texts.push(it.prefix);
+      }
+  const ids = await tk.encodeMany(texts);
+  let j = 0;
+  const fixes: Promise<void>[] = [];
+  const out = plans.map((p) => {
+    const out: Encoded[] = [];
+    for (const it of p.items)
+      if (it.k === "text") {
+        const whole = ids[j++];
+        if (!it.prefix) {
+          out.push({ ids: whole, prefixLen: it.learn ? 0 : whole.length, straddled: false });
+          continue;
+        }
+        const pre = ids[j++];
+        const e: Encoded = { ids: whole, prefixLen: pre.length, straddled: false };
+        out.push(e);
+        if (commonPrefix(pre, whole) !== pre.length) {
+          // A token spans the end of the prefix: learn exactly the tokens that start in the answer.
+          e.straddled = true;
+          const cut = [...it.prefix].length;
+          fixes.push(
+            tk.encodeWithStarts(it.prefix + it.text).then(({ starts }) => {
+              let k = 0;
+              while (k < starts.length && starts[k] < cut) k++;
+              e.prefixLen = k;
+            }),
+          );
+        }
+      }
+    return out;
+  });
+  await Promise.all(fixes);
+  return out;
+}
+
+function assemble(record: DataRecord, plan: Plan, enc: Encoded[], ctx: Prepared): Sample | null {
+  const tpt = ctx.model.tokensPerTile;
+  // Token count of each item, to find the cut before filling anything.
+  const lens: number[] = [];
+  let t = 0;
+  for (const it of plan.items) {
+    if (it.k === "ids") lens.push(it.ids.length);
+    else if (it.k === "text") lens.push(enc[t++].ids.length);
+    else lens.push(plan.images[it.index].tiles * tpt + 2);
+  }
+  const total = lens.reduce((a, b) => a + b, 0);
+  let keepItems = plan.items.length;
+  let cutAt = Number.POSITIVE_INFINITY;
+  let droppedTurns = 0;
+  if (total > ctx.maxLength) {
+    if (ctx.truncation === "drop") return null;
+    // Keep the most rounds that fit: the sequence up to the end of round r.
+    const roundEnd: number[] = [];
+    let pos = 0;
+    for (let i = 0; i < plan.items.length; i++) {
+      pos += lens[i];
+      roundEnd[plan.items[i].round] = i + 1;
+    }
+    let kept = 0;
+    let acc = 0;
+    let i = 0;
+    for (let r = 0; r < plan.rounds; r++) {
+      const endIdx = roundEnd[r] ?? i;
+      let len = acc;
+      for (let k = i; k < endIdx; k++) len += lens[k];
+      if (len > ctx.maxLength) break;
+      acc = len;
+      i = endIdx;
+      kept = r + 1;
+    }
+    if (kept === 0) {
+      if (ctx.truncation !== "cut") return null;
+      keepItems = roundEnd[0] ?? plan.items.length;
+      cutAt = ctx.maxLength;
+      droppedTurns = 2 * (plan.rounds - 1);
+    } else {
+      keepItems = roundEnd[kept - 1];
+      droppedTurns = 2 * (plan.rounds - kept);
+    }
+  }
+
+  // Fill.
+  let len = 0;
+  for (let i = 0; i < keepItems; i++) len += lens[i];
+  // A cut never splits an image: move it before the image block it falls in.
+  if (cutAt < len) {
+    let pos = 0;
+    for (let i = 0; i < keepItems; i++) {
+      const it = plan.items[i];
+      if (it.k === "image" && pos < cutAt && pos + lens[i] > cutAt) {
+        cutAt = pos;
+        break;
+      }
+      pos += lens[i];
+    }
+    len = cutAt;
+  }
+  const inputIds = new Int32Array(len);
+  const labels = new Int32Array(len).fill(IGNORE_INDEX);
+  const images: ImagePlan[] = [];
+  const starts: number[] = [];
+  let pos = 0;
+  let learnedCount = 0;
+  let straddles = 0;
+  t = 0;
+  const put = (id: number, learn: boolean) => {
+    if (pos >= len) return;
+    inputIds[pos] = id;
+    if (learn && !ctx.never.has(id)) {
+      labels[pos] = id;
+      learnedCount++;
+    }
+    pos++;
+  };
+  for (let i = 0; i < keepItems && pos < len; i++) {
+    const it = plan.items[i];
+    if (it.k === "ids") for (const id of it.ids) put(id, it.learn);
+    else if (it.k === "text") {
+      const e = enc[t++];
+      if (e.straddled) straddles++;
+      for (let k = 0; k < e.ids.length; k++) put(e.ids[k], it.learn && k >= e.prefixLen);
+    } else {
+      const img = plan.images[it.index];
+      const n = img.tiles * tpt;
+      if (pos + n + 2 > len) break;
+      inputIds[pos++] = ctx.imgStart as number;
+      starts.push(pos);
+      inputIds.fill(ctx.imgContext as number, pos, pos + n);
+      pos += n;
+      inputIds[pos++] = ctx.imgEnd as number;
+      images.push(img);
+    }
+  }
+  if (pos < len) {
+    // Only when a cut moved before an image: shorten to what was filled.
+    return finish(record, inputIds.subarray(0, pos), labels.subarray(0, pos), images, starts, learnedCount, total, droppedTurns, true, straddles);
+  }
+  if (learnedCount === 0 && total > ctx.maxLength) return null;
+  return finish(record, inputIds, labels, images, starts, learnedCount, total, droppedTurns, cutAt !== Number.POSITIVE_INFINITY, straddles);
+}
+
+function finish(
+  record: DataRecord,
+  inputIds: Int32Array,
+  labels: Int32Array,
+  images: ImagePlan[],
+  starts: number[],
+  learned: number,
+  originalLength: number,
+  droppedTurns: number,
+  cut: boolean,
+  straddles: number,
+): Sample | null {
+  if (learned === 0 && originalLength !== inputIds.length) return null;
+  const s: Sample = {
+    inputIds,
+    labels,
+    images,
+    contextStarts: Int32Array.from(starts),
+    length: inputIds.length,
+    learned,
+    multimodal: record.images.length > 0 || record.video !== undefined,
+  };
+  if (originalLength !== inputIds.length) s.truncated = { droppedTurns, originalLength, ...(cut ? { cut: true } : {}) };
+  if (straddles) s.boundaryTokens = straddles;
+  return s;
+}
+
+/**
+ * The training sample of one record, or null when it does not fit max_length under the
+ * truncation policy. Throws UserError for records that cannot be planned (placeholder count,
+ * missing image_wh, missing video frame count).
+ */
+export async function recordToSample(record: DataRecord, ctx: SampleContext): Promise<Sample | null> {
+  return (await recordsToSamples([record], ctx))[0];
+}
+
+/** recordToSample for many records, tokenized in one native batch (the fast path). */
+export async function recordsToSamples(records: readonly DataRecord[], ctx: SampleContext): Promise<(Sample | null)[]> {
+  const plans = records.map((r) => planRecord(r, ctx, false));
+  const enc = await encodePlans(plans, ctx.tokenizer);
+  return records.map((r, i) => assemble(r, plans[i], enc[i], ctx));
+}
+
+export interface GenerationPrompt {
+  /** Ids up to and including the assistant prefix. */
+  inputIds: Int32Array;
+  images: ImagePlan[];
+  contextStarts: Int32Array;
+}
+
+/**
+ * The prompt for generation (eval, chat): a conversation that ends with a human turn, encoded
+ * exactly as in training, up to and including the assistant's prefix.
+ */
+export async function buildGenerationPrompt(record: DataRecord, ctx: SampleContext): Promise<GenerationPrompt> {
+  const plan = planRecord(record, ctx, true);
+  const [enc] = await encodePlans([plan], ctx.tokenizer);
+  const noLimit = { ...ctx, maxLength: Number.POSITIVE_INFINITY };
+  const s = assemble(record, plan, enc, noLimit) as Sample;
+  return { inputIds: s.inputIds, images: s.images, contextStarts: s.contextStarts };
+}

@@ -1,0 +1,240 @@
+/**
+ * The model's own tokenizer, loaded from its folder: `tokenizer.json` directly through
+ * Hugging Face's Rust `tokenizers` (same results as Python's), or, for folders that ship only
+ * `vocab.json` + `merges.txt` or a SentencePiece `tokenizer.model`, a `tokenizer.json`
+ * converted once by the engine (transformers' converters; docs/tokenizers.md) and cached by
+ * the source files' hash.
+ */
+import { createHash } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { join, resolve } from "node:path";
+import { Tokenizer } from "tokenizers";
+import { runEngine } from "../engine/protocol.ts";
+import { ensureEngine } from "../engine/setup.ts";
+import { UserError } from "../util/errors.ts";
+
+/** Tokens InternVL2 adds to every LLM tokenizer. */
+export const IMG_START = "<img>";
+export const IMG_END = "</img>";
+export const IMG_CONTEXT = "<IMG_CONTEXT>";
+export const INTERNVL_SPECIAL_TOKENS = [IMG_START, IMG_END, IMG_CONTEXT, "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"];
+
+/** Bump when the conversion changes, so cached conversions are redone. */
+const CONVERTER_VERSION = "1";
+
+export function cacheRoot(): string {
+  return resolve(process.env.TESSERA_CACHE ?? join(homedir(), ".cache", "tessera"));
+}
+
+export interface LoadTokenizerOptions {
+  /** Where converted tokenizers are kept (default: $TESSERA_CACHE or ~/.cache/tessera). */
+  cacheDir?: string;
+  /** Python of the engine's venv, for conversions (default: ensureEngine()). */
+  python?: string;
+  /** Entries kept in the per-segment encoding cache (0 turns it off). */
+  segmentCacheSize?: number;
+}
+
+type Obj = Record<string, unknown>;
+const readJson = (p: string): Obj => (existsSync(p) ? (JSON.parse(readFileSync(p, "utf8")) as Obj) : {});
+const tokenContent = (v: unknown): string | undefined =>
+  typeof v === "string" ? v : typeof v === "object" && v && typeof (v as Obj).content === "string" ? ((v as Obj).content as string) : undefined;
+
+export class TextTokenizer {
+  /** Whether a sequence starts with BOS (tokenizer_config `add_bos_token`, else the post-processor). */
+  readonly addBos: boolean;
+  readonly bosId: number | null;
+  readonly eosId: number | null;
+  readonly padId: number | null;
+  readonly bosToken: string | null;
+  readonly eosToken: string | null;
+  private cache = new Map<string, Int32Array>();
+
+  constructor(
+    readonly native: Tokenizer,
+    readonly dir: string,
+    /** Where the tokenizer.json came from: the folder itself, or a cached conversion. */
+    readonly source: { kind: "tokenizer.json" | "vocab+merges" | "sentencepiece"; path: string },
+    config: Obj,
+    private readonly cacheSize = 200_000,
+  ) {
+    this.bosToken = tokenContent(config.bos_token) ?? null;
+    this.eosToken = tokenContent(config.eos_token) ?? null;
+    this.bosId = this.bosToken != null ? (native.tokenToId(this.bosToken) ?? null) : null;
+    this.eosId = this.eosToken != null ? (native.tokenToId(this.eosToken) ?? null) : null;
+    const pad = tokenContent(config.pad_token);
+    this.padId = pad != null ? (native.tokenToId(pad) ?? null) : null;
+    if (typeof config.add_bos_token === "boolean") this.addBos = config.add_bos_token && this.bosId !== null;
+    else this.addBos = false;
+  }
+
+  /** Finish construction: where the config is silent, ask the post-processor whether it adds BOS. */
+  async init(config: Obj): Promise<this> {
+    if (typeof config.add_bos_token !== "boolean") {
+      const ids = (await this.native.encode("", null, { addSpecialTokens: true })).getIds();
+      const first = ids[0];
+      if (first !== undefined) {
+        (this as { addBos: boolean }).addBos = true;
+        if (this.bosId === null) {
+          (this as { bosId: number | null }).bosId = first;
+          (this as { bosToken: string | null }).bosToken = this.native.idToToken(first);
+        }
+      }
+    }
+    return this;
+  }
+
+  /** Id of a token (added or in the vocabulary), or undefined. */
+  tokenId(token: string): number | undefined {
+    return this.native.tokenToId(token) ?? undefined;
+  }
+
+  /** Id of a token the model must have; a UserError naming the folder otherwise. */
+  requireId(token: string): number {
+    const id = this.native.tokenToId(token);
+    if (id == null) throw new UserError(`${this.dir}: the tokenizer has no token ${token}`);
+    return id;
+  }
+
+  idToToken(id: number): string | null {
+    return this.native.idToToken(id);
+  }
+
+  get vocabSize(): number {
+    return this.native.getVocabSize(true);
+  }
+
+  /**
+   * Token ids of a text, without BOS/EOS. Added tokens inside the text (e.g. `<ref>`) are
+   * matched whole, and the text between them is encoded segment by segment, as the slow
+   * tokenizers do.
+   */
+  async encode(text: string): Promise<Int32Array> {
+    const hit = this.cache.get(text);
+    if (hit) return hit;
+    const ids = Int32Array.from((await this.native.encode(text, null, { addSpecialTokens: false })).getIds());
+    this.remember(text, ids);
+    return ids;
+  }
+
+  /** encode() for many texts in one native batch (repeated and cached texts are encoded once). */
+  async encodeMany(texts: readonly string[]): Promise<Int32Array[]> {
+    const out: Int32Array[] = new Array(texts.length);
+    const todo: string[] = [];
+    const where = new Map<string, number[]>();
+    for (let i = 0; i < texts.length; i++) {
+      const t = texts[i];
+      const hit = this.cache.get(t);
+      if (hit) {
+        out[i] = hit;
+        continue;
+      }
+      const w = where.get(t);
+      if (w) w.push(i);
+      else {
+        where.set(t, [i]);
+        todo.push(t);
+      }
+    }
+    if (todo.length) {
+      const encs = await this.native.encodeBatch(todo, { addSpecialTokens: false });
+      for (let k = 0; k < todo.length; k++) {
+        const ids = Int32Array.from(encs[k].getIds());
+        this.remember(todo[k], ids);
+        for (const i of where.get(todo[k]) as number[]) out[i] = ids;
+      }
+    }
+    return out;
+  }
+
+  /** Ids and the start of each token in code points of `text` (for the rare label boundary inside a token). */
+  async encodeWithStarts(text: string): Promise<{ ids: Int32Array; starts: Int32Array }> {
+    const e = await this.native.encode(text, null, { addSpecialTokens: false });
+    return { ids: Int32Array.from(e.getIds()), starts: Int32Array.from(e.getOffsets().map((o) => o[0])) };
+  }
+
+  private remember(text: string, ids: Int32Array): void {
+    if (this.cacheSize <= 0 || text.length > 2048) return;
+    if (this.cache.size >= this.cacheSize) this.cache.clear(); // cheap bound: repeated texts come back quickly
+    this.cache.set(text, ids);
+  }
+
+  async decode(ids: ArrayLike<number>, skipSpecialTokens = false): Promise<string> {
+    return this.native.decode(Array.from(ids), skipSpecialTokens);
+  }
+}
+
+function hashFiles(dir: string, names: string[]): string {
+  const h = createHash("sha256");
+  h.update(`tessera-tokenizer-${CONVERTER_VERSION}\n`);
+  for (const n of names) {
+    const p = join(dir, n);
+    h.update(`${n}\n`);
+    if (existsSync(p)) h.update(readFileSync(p));
+    h.update("\n");
+  }
+  return h.digest("hex");
+}
+
+/**
+ * Make sure the tokenizer knows every token the folder adds (tokenizer_config.json
+ * `added_tokens_decoder`, added_tokens.json), with the ids the folder gives them.
+ */
+function withAddedTokens(native: Tokenizer, tokJsonPath: string, dir: string): Tokenizer {
+  const cfg = readJson(join(dir, "tokenizer_config.json"));
+  const wanted = new Map<number, { content: string; special: boolean }>();
+  for (const [id, spec] of Object.entries((cfg.added_tokens_decoder as Record<string, Obj>) ?? {}))
+    if (typeof spec?.content === "string") wanted.set(Number(id), { content: spec.content, special: spec.special !== false });
+  for (const [content, id] of Object.entries(readJson(join(dir, "added_tokens.json"))))
+    if (typeof id === "number" && !wanted.has(id)) wanted.set(id, { content, special: true });
+  const missing = [...wanted.entries()].filter(([, t]) => native.tokenToId(t.content) == null).sort((a, b) => a[0] - b[0]);
+  for (const [id, t] of wanted) {
+    const have = native.tokenToId(t.content);
+    if (have != null && have !== id)
+      throw new UserError(`${dir}: token ${t.content} is id ${have} in ${tokJsonPath} but ${id} in the added tokens`);
+  }
+  if (!missing.length) return native;
+  const json = JSON.parse(readFileSync(tokJsonPath, "utf8"));
+  for (const [id, t] of missing)
+    json.added_tokens.push({ id, content: t.content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: t.special });
+  const fixed = Tokenizer.fromString(JSON.stringify(json));
+  for (const [id, t] of missing)
+    if (fixed.tokenToId(t.content) !== id)
+      throw new UserError(`${dir}: added token ${t.content} should be id ${id} but the vocabulary puts it at ${fixed.tokenToId(t.content)}`);
+  return fixed;
+}
+
+/** Load the tokenizer of a model folder (converting and caching it when the folder has no tokenizer.json). */
+export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}): Promise<TextTokenizer> {
+  const abs = resolve(dir);
+  const config = readJson(join(abs, "tokenizer_config.json"));
+  let path = join(abs, "tokenizer.json");
+  let kind: TextTokenizer["source"]["kind"] = "tokenizer.json";
+  if (!existsSync(path)) {
+    const hasSpm = existsSync(join(abs, "tokenizer.model"));
+    const hasBpe = existsSync(join(abs, "vocab.json")) && existsSync(join(abs, "merges.txt"));
+    if (!hasSpm && !hasBpe)
+      throw new UserError(`${abs}: no tokenizer found (expected tokenizer.json, tokenizer.model, or vocab.json + merges.txt)`);
+    kind = hasBpe ? "vocab+merges" : "sentencepiece";
+    const sources = ["tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"];
+    const key = hashFiles(abs, sources);
+    path = join(opts.cacheDir ?? cacheRoot(), "tokenizers", key, "tokenizer.json");
+    if (!existsSync(path)) {
+      const python = opts.python ?? (await ensureEngine({ quiet: true }));
+      try {
+        await runEngine({ kind: "tokenizer_convert", dir: abs, out: path }, { python });
+      } catch (e) {
+        throw new UserError(`${abs}: could not convert the tokenizer (${kind}): ${(e as Error).message}`);
+      }
+    }
+  }
+  let native: Tokenizer;
+  try {
+    native = Tokenizer.fromFile(path);
+  } catch (e) {
+    throw new UserError(`${path}: cannot load: ${(e as Error).message}`);
+  }
+  native = withAddedTokens(native, path, abs);
+  return new TextTokenizer(native, abs, { kind, path }, config, opts.segmentCacheSize).init(config);
+}
