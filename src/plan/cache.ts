@@ -370,7 +370,7 @@ async function buildDataset(
   const errors: { line: number; message: string }[] = [];
   try {
     await w.open();
-    let local: ((items: { line: number; record: DataRecord }[], seq: number) => SampleBatch) | undefined;
+    let local: ((items: { line: number; record: DataRecord }[], seq: number) => Promise<SampleBatch>) | undefined;
     if (pool) pool.dataset(fp, makerModule, makerOptions);
     else {
       const mod = (await import(makerModule)) as MakerModule;
@@ -394,7 +394,7 @@ async function buildDataset(
       if (!items.length) return;
       const batch = items;
       items = [];
-      inflight.push(pool ? pool.run(fp, seq++, batch) : Promise.resolve(local!(batch, seq++)));
+      inflight.push(pool ? pool.run(fp, seq++, batch) : local!(batch, seq++));
       await drain(maxInflight - 1);
     };
     for await (const it of readRecords(spec)) {

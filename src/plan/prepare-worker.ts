@@ -20,7 +20,7 @@ port.on("message", async (m: Msg) => {
       return;
     }
     const maker = await makers.get(m.key)!;
-    const batch = makeBatch(m.seq, m.items, maker);
+    const batch = await makeBatch(m.seq, m.items, maker);
     port.postMessage({ type: "batch", batch }, transferList(batch));
   } catch (e) {
     port.postMessage({ type: "fatal", seq: m.type === "batch" ? m.seq : -1, message: (e as Error).message, stack: (e as Error).stack });

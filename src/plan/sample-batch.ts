@@ -37,7 +37,7 @@ export const FLAG_MULTIMODAL = 1;
 export const FLAG_TRUNCATED = 2;
 
 /** What turns one record into a sample (null: dropped on purpose). */
-export type SampleMaker = (record: DataRecord, line: number) => Sample | null;
+export type SampleMaker = (record: DataRecord, line: number) => Sample | null | Promise<Sample | null>;
 
 export interface MakerOptions {
   model: string;
@@ -53,7 +53,7 @@ export interface MakerModule {
   createSampleMaker(o: MakerOptions): Promise<SampleMaker> | SampleMaker;
 }
 
-export function makeBatch(seq: number, items: { line: number; record: DataRecord }[], maker: SampleMaker): SampleBatch {
+export async function makeBatch(seq: number, items: { line: number; record: DataRecord }[], maker: SampleMaker): Promise<SampleBatch> {
   const line = new IntVec(items.length);
   const length = new IntVec(items.length);
   const learned = new IntVec(items.length);
@@ -76,7 +76,7 @@ export function makeBatch(seq: number, items: { line: number; record: DataRecord
   for (const it of items) {
     let s: Sample | null;
     try {
-      s = maker(it.record, it.line);
+      s = await maker(it.record, it.line);
     } catch (e) {
       errors.push({ line: it.line, message: (e as Error).message });
       continue;

@@ -1,0 +1,24 @@
+/**
+ * The default record → sample function of `prepare`: the model's real tokenizer, template and
+ * tiling (src/text), one context per dataset (its media_root and its own max_dynamic_patch).
+ */
+import { resolveMediaPath } from "../data/media.ts";
+import { loadModelInfo } from "../text/model-info.ts";
+import { makeSampleContext, recordToSample } from "../text/sample.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
+import type { MakerOptions, SampleMaker } from "./sample-batch.ts";
+
+export async function createSampleMaker(o: MakerOptions): Promise<SampleMaker> {
+  const tokenizer = await loadTokenizer(o.model);
+  const own = o.dataset.extra.max_dynamic_patch;
+  const maxDynamicPatch = typeof own === "number" ? own : o.maxDynamicPatch;
+  const ctx = makeSampleContext({
+    tokenizer,
+    model: loadModelInfo(o.model, maxDynamicPatch !== undefined ? { maxDynamicPatch } : {}),
+    template: o.template,
+    maxLength: o.maxLength,
+    truncation: o.truncate === "drop" ? "drop" : "turns",
+    resolvePath: (p) => resolveMediaPath({ mediaRoot: o.dataset.mediaRoot }, p),
+  });
+  return (record) => recordToSample(record, ctx);
+}
