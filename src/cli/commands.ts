@@ -3,6 +3,8 @@ import type { Command } from "commander";
 import { registerDashboard } from "./dashboard.ts";
 import { registerDataCheck } from "./data-check.ts";
 import { registerDataFillWh } from "./data-fill-wh.ts";
+import { registerDataPlan } from "./data-plan.ts";
+import { registerDataPrepare } from "./data-prepare.ts";
 import { registerDataStats } from "./data-stats.ts";
 import { registerDoctor } from "./doctor.ts";
 import { registerSetup } from "./setup.ts";
@@ -17,5 +19,7 @@ export function registerCommands(program: Command): void {
   registerDataCheck(data);
   registerDataFillWh(data);
   registerDataStats(data);
+  registerDataPrepare(data);
+  registerDataPlan(data);
   void data;
 }

@@ -1,0 +1,45 @@
+/** `tessera data prepare CONFIG`: write (or bring up to date) the prepared cache. */
+import type { Command } from "commander";
+import { prepareCache } from "../plan/cache.ts";
+import { prepareOptionsFromConfig } from "../plan/from-config.ts";
+import { resolveConfig } from "../train/config.ts";
+import { UserError } from "../util/errors.ts";
+
+export function workersOption(v: unknown): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new UserError(`--workers must be a whole number, got ${v}`);
+  return n;
+}
+
+export function registerDataPrepare(data: Command): void {
+  data
+    .command("prepare")
+    .description("tokenize every dataset of a training config into the prepared cache (only what changed)")
+    .argument("<config>", "training config (YAML or JSON): model, meta, max_length, cache_dir, …")
+    .option("--cache-dir <dir>", "where the cache goes (default: the config's cache_dir)")
+    .option("--workers <n>", "worker threads (default: CPUs − 1; 0: in this thread)")
+    .option("--json", "print the manifest summary as JSON")
+    .action(async (config: string, o) => {
+      const c = resolveConfig(config, o.cacheDir ? { cache_dir: o.cacheDir } : {});
+      const t0 = Date.now();
+      const quiet = o.json === true;
+      const r = await prepareCache(
+        prepareOptionsFromConfig(c, {
+          workers: workersOption(o.workers),
+          onProgress: (e) => {
+            if (!quiet && e.done) process.stderr.write(`${e.dataset}: ${e.reused ? "unchanged, kept" : `${e.samples} samples from ${e.records} records`}\n`);
+          },
+        }),
+      );
+      const m = r.manifest;
+      if (quiet) {
+        console.log(JSON.stringify({ cache_dir: c.cache_dir, fingerprint: m.fingerprint, samples: m.samples, tokens: m.tokens, images: m.images, rebuilt: r.rebuilt, reused: r.reused, datasets: m.datasets }, null, 2));
+        return;
+      }
+      console.log(`cache ${c.cache_dir} (fingerprint ${m.fingerprint.slice(0, 12)})`);
+      for (const d of m.datasets)
+        console.log(`  ${d.name}: ${d.samples} samples, ${d.tokens} tokens, ${d.images} images${d.skipped ? `, ${d.skipped} unusable records skipped` : ""}${d.truncated ? `, ${d.truncated} truncated` : ""}${d.dropped ? `, ${d.dropped} dropped (over max_length)` : ""}`);
+      console.log(`${m.samples} samples · rebuilt ${r.rebuilt.length}, kept ${r.reused.length} · ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    });
+}
