@@ -1,8 +1,10 @@
 /** `tessera data check`: every record, placeholder, image_wh and media file of a meta file. */
 import { stat } from "node:fs/promises";
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
 import { HeaderReader, ImageHeaderError } from "../vision/headers.ts";
 import { type DataIssue, issue } from "./issues.ts";
-import { displayPath, readRecords } from "./jsonl.ts";
+import { displayPath, lineAlignedRanges, readRecords } from "./jsonl.ts";
 import { MediaPathError, resolveMediaPath } from "./media.ts";
 import { type DatasetSpec, loadMetaChecked, selectedRecordCount } from "./meta.ts";
 import type { DataRecord } from "./record.ts";
@@ -56,6 +58,10 @@ export interface CheckOptions {
   allowOutside?: boolean;
   /** Header reads in flight at once. Default 64. */
   concurrency?: number;
+  /** Worker threads for large files (default: one per core, at most 8); 1 checks in this thread. */
+  workers?: number;
+  /** Files smaller than this are checked in this thread (default 32 MiB). */
+  parallelMinBytes?: number;
   /** Progress over all annotation files, in bytes. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -84,6 +90,26 @@ class IssueList {
       this.truncated = true;
       this.list.length = this.max;
     }
+  }
+  /** Adds what a parallel range found: its counts, and its listed problems shifted by `offset` lines. */
+  merge(d: number, r: RangeResult, offset: number): void {
+    this.errors += r.errors;
+    this.warnings += r.warnings;
+    if (r.truncated) this.truncated = true;
+    for (const i of r.issues) {
+      this.list.push({ d, i: i.line > 0 ? { ...i, line: i.line + offset } : i });
+      if (this.list.length > 2 * this.max + 16) this.trim();
+    }
+  }
+  /** Removes a listed problem (and its count), e.g. a file note repeated by a later range. */
+  drop(pred: (i: DataIssue) => boolean, s: DatasetSummary): void {
+    const k = this.list.findIndex((x) => pred(x.i));
+    if (k < 0) return;
+    const [{ i }] = this.list.splice(k, 1);
+    const m = i.severity === "error" ? s.errors : s.warnings;
+    if (i.severity === "error") this.errors--;
+    else this.warnings--;
+    if (--m[i.kind] === 0) delete m[i.kind];
   }
   result(): DataIssue[] {
     this.trim();
@@ -115,12 +141,17 @@ function newSummary(spec: DatasetSpec): DatasetSummary {
   };
 }
 
-/** Checks one dataset; problems go to `list` under dataset index `d`. */
-export async function checkDataset(
+type RangeOptions = CheckOptions & { onBytes?: (n: number) => void; start?: number; end?: number };
+
+/**
+ * Checks one dataset, or the byte range [start, end) of its file (line numbers then count
+ * from the range's first line); problems go to `list` under dataset index `d`.
+ */
+export async function checkRange(
   spec: DatasetSpec,
   d: number,
   list: IssueList,
-  opts: CheckOptions & { onBytes?: (n: number) => void; stop?: () => boolean },
+  opts: RangeOptions,
 ): Promise<DatasetSummary> {
   const s = newSummary(spec);
   const file = s.annotation;
@@ -198,7 +229,11 @@ export async function checkDataset(
     }
   };
 
-  for await (const item of readRecords(spec, { onBytes: opts.onBytes, keepRaw: false })) {
+  for await (const item of readRecords(spec, {
+    onBytes: opts.onBytes,
+    start: opts.start,
+    end: opts.end,
+  })) {
     s.lines = item.line;
     for (const i of item.issues) add(i);
     const rec = item.record;
@@ -221,10 +256,119 @@ export async function checkDataset(
       await Promise.all(outstanding);
       outstanding = [];
     }
-    if (stopped || opts.stop?.()) break;
+    if (stopped) break;
   }
   await Promise.all(outstanding);
   s.distinctImages = reader.reads;
+  s.selected = selectedRecordCount(s.records, spec.repeatTime);
+  return s;
+}
+
+/** What a range checked in a worker sends back. */
+export interface RangeResult {
+  summary: DatasetSummary;
+  issues: DataIssue[];
+  errors: number;
+  warnings: number;
+  truncated: boolean;
+}
+
+/** The worker side: check one range with its own problem list. */
+export async function checkRangeJob(
+  job: { spec: DatasetSpec; opts: RangeOptions },
+  onBytes: (n: number) => void,
+): Promise<RangeResult> {
+  const list = new IssueList(job.opts.maxErrors ?? 100);
+  const summary = await checkRange(job.spec, 0, list, { ...job.opts, onBytes });
+  return {
+    summary,
+    issues: list.result(),
+    errors: list.errors,
+    warnings: list.warnings,
+    truncated: list.truncated,
+  };
+}
+
+/** Files above this size are split over worker threads (one range each). */
+const PARALLEL_MIN_BYTES = 32 << 20;
+
+function runWorker(
+  job: { spec: DatasetSpec; opts: RangeOptions },
+  onBytes: (n: number) => void,
+): Promise<RangeResult> {
+  return new Promise((resolve, reject) => {
+    const { onBytes: _drop, ...opts } = job.opts;
+    const w = new Worker(new URL("./check-worker.mjs", import.meta.url), {
+      workerData: { spec: job.spec, opts },
+    });
+    let done = false;
+    w.on("message", (m: { bytes?: number; result?: RangeResult; error?: string }) => {
+      if (m.bytes) onBytes(m.bytes);
+      if (m.result) {
+        done = true;
+        resolve(m.result);
+      }
+      if (m.error) {
+        done = true;
+        reject(new Error(m.error));
+      }
+    });
+    w.on("error", reject);
+    w.on("exit", (code) => {
+      if (!done) reject(new Error(`a check worker stopped (exit code ${code})`));
+    });
+  });
+}
+
+/**
+ * Checks one dataset. A large file is cut into line-aligned ranges checked in parallel by
+ * worker threads (one per core), and their findings are merged as if read in one pass.
+ */
+export async function checkDataset(
+  spec: DatasetSpec,
+  d: number,
+  list: IssueList,
+  opts: CheckOptions & { onBytes?: (n: number) => void },
+): Promise<DatasetSummary> {
+  const workers = opts.workers ?? Math.min(availableParallelism(), 8);
+  const size = (await stat(spec.annotation)).size;
+  if (workers < 2 || opts.failFast || size < (opts.parallelMinBytes ?? PARALLEL_MIN_BYTES))
+    return checkRange(spec, d, list, opts);
+  const ranges = await lineAlignedRanges(spec.annotation, size, workers);
+  const { onBytes, ...rest } = opts;
+  const results = await Promise.all(
+    ranges.map(([start, end]) =>
+      runWorker({ spec, opts: { ...rest, start, end } }, (n) => onBytes?.(n)),
+    ),
+  );
+  const s = newSummary(spec);
+  let offset = 0;
+  let crlfSeen = false;
+  for (const r of results) {
+    const x = r.summary;
+    for (const k of [
+      "records",
+      "invalid",
+      "multimodal",
+      "text",
+      "video",
+      "images",
+      "distinctImages",
+      "missingImageWh",
+    ] as const)
+      s[k] += x[k];
+    for (const [k, n] of Object.entries(x.errors)) s.errors[k] = (s.errors[k] ?? 0) + n;
+    for (const [k, n] of Object.entries(x.warnings)) s.warnings[k] = (s.warnings[k] ?? 0) + n;
+    list.merge(d, r, offset);
+    // CRLF is noted once per file: a later range repeats it.
+    if (x.warnings.crlf) {
+      if (crlfSeen)
+        list.drop((i) => i.kind === "crlf" && i.file === s.annotation && i.line > offset, s);
+      crlfSeen = true;
+    }
+    offset += x.lines;
+  }
+  s.lines = offset;
   s.selected = selectedRecordCount(s.records, spec.repeatTime);
   return s;
 }

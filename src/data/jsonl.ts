@@ -30,6 +30,12 @@ export interface LineReadOptions {
   onBytes?: (bytes: number) => void;
   /** Chunk size in bytes. */
   chunkSize?: number;
+  /**
+   * Read only bytes [start, end) of the file, a range that begins at a line start (see
+   * lineAlignedRanges); line numbers then count from the range's first line.
+   */
+  start?: number;
+  end?: number;
 }
 
 /**
@@ -40,11 +46,16 @@ export async function* readLineBatches(
   path: string,
   opts: LineReadOptions = {},
 ): AsyncGenerator<RawLine[]> {
-  const stream = createReadStream(path, { highWaterMark: opts.chunkSize ?? 1 << 20 });
+  const stream = createReadStream(path, {
+    highWaterMark: opts.chunkSize ?? 1 << 20,
+    start: opts.start,
+    end: opts.end !== undefined ? opts.end - 1 : undefined,
+  });
   const decoder = new StringDecoder("utf8");
   let carry = "";
   let lineNo = 0;
-  let first = true;
+  // A BOM only means something at the very start of the file.
+  let first = !opts.start;
   let bom = false;
   for await (const chunk of stream as AsyncIterable<Buffer>) {
     opts.onBytes?.(chunk.length);
@@ -205,4 +216,37 @@ function bomIssue(file: string): DataIssue {
       severity: "warning",
     },
   );
+}
+
+/**
+ * Splits a file of `size` bytes into at most `parts` byte ranges that each begin at a line
+ * start, so each can be read on its own (in parallel). Ranges are [start, end).
+ */
+export async function lineAlignedRanges(
+  path: string,
+  size: number,
+  parts: number,
+): Promise<[number, number][]> {
+  const { open } = await import("node:fs/promises");
+  const cuts = [0];
+  const h = await open(path, "r");
+  try {
+    const buf = Buffer.allocUnsafe(64 * 1024);
+    for (let k = 1; k < parts; k++) {
+      let pos = Math.max(Math.floor((size * k) / parts), cuts[cuts.length - 1]);
+      let found = -1;
+      while (found < 0 && pos < size) {
+        const { bytesRead } = await h.read(buf, 0, buf.length, pos);
+        if (bytesRead === 0) break;
+        const i = buf.subarray(0, bytesRead).indexOf(10);
+        if (i >= 0) found = pos + i + 1;
+        else pos += bytesRead;
+      }
+      if (found < 0 || found >= size) break;
+      if (found > cuts[cuts.length - 1]) cuts.push(found);
+    }
+  } finally {
+    await h.close();
+  }
+  return cuts.map((c, i) => [c, i + 1 < cuts.length ? cuts[i + 1] : size]);
 }

@@ -412,7 +412,7 @@ export async function computeStats(
   for (const spec of specs) {
     const c = await collect(spec, opts, reader, onBytes);
     const rt = spec.repeatTime;
-    all.push({ c, n: rt < 1 ? c.s.selected : c.s.records, weight: rt < 1 ? 1 : rt });
+    all.push({ c, n: rt < 1 ? c.s.selected : c.s.records, weight: Math.max(1, rt) });
   }
   const withTokens = opts.lengthsOf !== undefined;
   const datasets = all.map((x) => ({

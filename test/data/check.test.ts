@@ -1,4 +1,4 @@
-import { symlinkSync } from "node:fs";
+import { readFileSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { checkMeta } from "../../src/data/check.ts";
@@ -214,4 +214,46 @@ describe("data check", () => {
     expect(few.issues.map((i) => i.line)).toEqual([1, 2, 3, 4, 5]);
     expect(few.datasets[0].records).toBe(1);
   });
+});
+
+describe("data check in parallel", () => {
+  it("splits a file over worker threads and reports exactly what one pass reports", async () => {
+    const dir = tempDir();
+    const lines: (string | object)[] = [];
+    for (let k = 0; k < 400; k++) {
+      if (k === 37) lines.push("{broken");
+      else if (k === 250)
+        lines.push({ image: "a.png", image_wh: [[9, 9]], conversations: turns() });
+      else if (k === 399) lines.push({ image: "gone.png", conversations: turns() });
+      else if (k % 3 === 0) lines.push({ conversations: turns(`q${k}`, `a${k}`) });
+      else
+        lines.push({
+          image: ["a.png", "b.jpg"],
+          image_wh: [
+            [40, 30],
+            [300, 200],
+          ],
+          conversations: turns("<image><image>", "x"),
+        });
+    }
+    const m = dataset(dir, lines, { "a.png": png(40, 30), "b.jpg": jpegHeader(300, 200) });
+    // CRLF line ends throughout: noted once however the file is split.
+    const p = join(dir, "ds.jsonl");
+    write(p, readFileSync(p, "utf8").replaceAll("\n", "\r\n"));
+    const one = await checkMeta(m, { workers: 1 });
+    const par = await checkMeta(m, { workers: 2, parallelMinBytes: 1 });
+    expect(one.errorCount).toBe(3);
+    expect(par.issues).toEqual(one.issues);
+    expect(par.errorCount).toBe(one.errorCount);
+    expect(par.warningCount).toBe(one.warningCount);
+    const { distinctImages: _a, ...a } = one.datasets[0];
+    const { distinctImages: _b, ...b } = par.datasets[0];
+    expect(b).toEqual(a);
+    expect(par.issues.map((i) => [i.line, i.field])).toEqual([
+      [1, "(line)"],
+      [38, "(line)"],
+      [251, "image_wh[0]"],
+      [400, "image"],
+    ]);
+  }, 30_000);
 });
