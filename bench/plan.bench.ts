@@ -70,7 +70,8 @@ export function syntheticMixture(n: number): SampleTable {
       case 2: {
         im = 2 + r.int(5);
         const per = Math.max(1, Math.floor(12 / im));
-        for (let k = 0; k < im; k++) t += per === 1 ? 1 : 1 + (r.next() < 0.5 ? per : Math.max(1, per - 1));
+        for (let k = 0; k < im; k++)
+          t += per === 1 ? 1 : 1 + (r.next() < 0.5 ? per : Math.max(1, per - 1));
         text = lognormal(r, 200, 0.8);
         break;
       }
@@ -108,7 +109,8 @@ export function syntheticMixture(n: number): SampleTable {
     images,
     multimodal,
     // synthetic layout: images first, then text; learned tokens at the end
-    learnedIn: (s, a, b) => Math.max(0, Math.min(b, lengths[s]) - Math.max(a, lengths[s] - learned[s])),
+    learnedIn: (s, a, b) =>
+      Math.max(0, Math.min(b, lengths[s]) - Math.max(a, lengths[s] - learned[s])),
     tilesIn: (s, a) => (a < tiles[s] * 256 ? tiles[s] : 0),
   };
 }
@@ -118,7 +120,15 @@ function child(kind: PackingKind): void {
   const table = syntheticMixture(N);
   const genS = (performance.now() - t0) / 1000;
   const t1 = performance.now();
-  const plan = buildPlan(table, { worldSize: 8, microBatchSize: kind === "none" ? 4 : 1, gradAccum: 4, sampler: "random", packing: kind, packMaxLength: PML, seed: 1 });
+  const plan = buildPlan(table, {
+    worldSize: 8,
+    microBatchSize: kind === "none" ? 4 : 1,
+    gradAccum: 4,
+    sampler: "random",
+    packing: kind,
+    packMaxLength: PML,
+    seed: 1,
+  });
   const planS = (performance.now() - t1) / 1000;
   const maxRssMiB = process.resourceUsage().maxRSS / 1024;
   console.log(
@@ -141,18 +151,35 @@ function child(kind: PackingKind): void {
 const arg = process.argv.indexOf("--child");
 if (arg >= 0) child(process.argv[arg + 1] as PackingKind);
 else {
-  console.log(`plan: ${N.toLocaleString("en-US")} samples, pack_max_length ${PML}, world 8 × accumulation 4`);
-  console.log("strategy   | packs      | fill     | plan time | peak RSS | samples/pack | rank balance");
+  console.log(
+    `plan: ${N.toLocaleString("en-US")} samples, pack_max_length ${PML}, world 8 × accumulation 4`,
+  );
+  console.log(
+    "strategy   | packs      | fill     | plan time | peak RSS | samples/pack | rank balance",
+  );
   const me = fileURLToPath(import.meta.url);
   for (const kind of PACKING_KINDS) {
-    const r = spawnSync(process.execPath, ["--max-old-space-size=4096", "--import", "tsx", me, "--child", kind], { encoding: "utf8" });
+    const r = spawnSync(
+      process.execPath,
+      ["--max-old-space-size=4096", "--import", "tsx", me, "--child", kind],
+      { encoding: "utf8" },
+    );
     const line = r.stdout.trim().split("\n").pop() ?? "";
     if (r.status !== 0 || !line.startsWith("{")) {
-      console.log(`${kind.padEnd(10)} | failed: ${r.stderr.trim().split("\n").slice(-3).join(" ")}`);
+      console.log(
+        `${kind.padEnd(10)} | failed: ${r.stderr.trim().split("\n").slice(-3).join(" ")}`,
+      );
       continue;
     }
     const j = JSON.parse(line);
-    const note = kind === "next_fit" ? "  (greedy, arrival order, one open pack)" : kind === "first_fit" ? "  (greedy first-fit, arrival order)" : kind === "none" ? "  (no packing: micro-batch 4, padded)" : "";
+    const note =
+      kind === "next_fit"
+        ? "  (greedy, arrival order, one open pack)"
+        : kind === "first_fit"
+          ? "  (greedy first-fit, arrival order)"
+          : kind === "none"
+            ? "  (no packing: micro-batch 4, padded)"
+            : "";
     console.log(
       `${kind.padEnd(10)} | ${String(j.packs).padStart(10)} | ${(100 * j.fill).toFixed(2).padStart(6)}% | ${j.plan_s.toFixed(1).padStart(7)} s | ${j.peak_mib.toFixed(0).padStart(5)} MiB | ${j.samples_per_pack.toFixed(2).padStart(12)} | ${j.balance.toFixed(4)}${note}`,
     );

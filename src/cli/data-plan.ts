@@ -8,7 +8,7 @@ import type { Command } from "commander";
 import { openCacheTable, prepareCache } from "../plan/cache.ts";
 import { planOptionsFromConfig, prepareOptionsFromConfig } from "../plan/from-config.ts";
 import { PACKING_KINDS, type PackingKind } from "../plan/packing.ts";
-import { type Plan, type PlanOptions, buildPlan, writePlan } from "../plan/plan.ts";
+import { buildPlan, type Plan, type PlanOptions, writePlan } from "../plan/plan.ts";
 import type { SamplerKind } from "../plan/samplers.ts";
 import { resolveConfig } from "../train/config.ts";
 import { UserError } from "../util/errors.ts";
@@ -19,7 +19,8 @@ const SAMPLERS: SamplerKind[] = ["random", "length", "modality_length"];
 function int(v: unknown, flag: string, min = 1): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new UserError(`${flag} must be a whole number ≥ ${min}, got ${v}`);
+  if (!Number.isInteger(n) || n < min)
+    throw new UserError(`${flag} must be a whole number ≥ ${min}, got ${v}`);
   return n;
 }
 
@@ -44,7 +45,12 @@ export function formatPlan(p: Plan): string {
 }
 
 export function planJson(p: Plan): Record<string, unknown> {
-  return { fingerprint: p.fingerprint, cache_fingerprint: p.cacheFingerprint, options: p.options, ...p.stats };
+  return {
+    fingerprint: p.fingerprint,
+    cache_fingerprint: p.cacheFingerprint,
+    options: p.options,
+    ...p.stats,
+  };
 }
 
 export function registerDataPlan(data: Command): void {
@@ -54,7 +60,10 @@ export function registerDataPlan(data: Command): void {
     .argument("<config-or-meta>", "a training config, or a meta file with --model")
     .option("--model <dir>", "model folder (with a meta file instead of a config)")
     .option("--pack-max-length <n>", "tokens per pack")
-    .option("--max-length <n>", "longest sample (default: pack max length, or 4096 without packing)")
+    .option(
+      "--max-length <n>",
+      "longest sample (default: pack max length, or 4096 without packing)",
+    )
     .option("--world-size <n>", "ranks (processes over all nodes)", "1")
     .option("--micro-batch-size <n>", "rows per micro-batch", "1")
     .option("--grad-accum <n>", "micro-batches per step", "1")
@@ -65,24 +74,40 @@ export function registerDataPlan(data: Command): void {
     .option("--max-tiles-per-pack <n>", "cap on image tiles per pack")
     .option("--window <n>", "soft packing: samples per shuffle window", "4096")
     .option("--seed <n>", "seed", "42")
-    .option("--cache-dir <dir>", "prepared cache (default: the config's, or .tessera-cache beside the meta file)")
+    .option(
+      "--cache-dir <dir>",
+      "prepared cache (default: the config's, or .tessera-cache beside the meta file)",
+    )
     .option("--workers <n>", "prepare worker threads")
     .option("--out <dir>", "also write the plan here")
     .option("--json", "print the figures as JSON")
     .action(async (arg: string, o) => {
       const quiet = o.json === true;
-      const progress = (e: { dataset: string; samples: number; done?: boolean; reused?: boolean }) => {
-        if (!quiet && e.done) process.stderr.write(`${e.dataset}: ${e.reused ? "cache unchanged" : `prepared ${e.samples} samples`}\n`);
+      const progress = (e: {
+        dataset: string;
+        samples: number;
+        done?: boolean;
+        reused?: boolean;
+      }) => {
+        if (!quiet && e.done)
+          process.stderr.write(
+            `${e.dataset}: ${e.reused ? "cache unchanged" : `prepared ${e.samples} samples`}\n`,
+          );
       };
       let cacheDir: string;
       let opts: PlanOptions;
       if (o.model) {
         const sampler = o.sampler as SamplerKind;
         const packing = o.packing as PackingKind;
-        if (!SAMPLERS.includes(sampler)) throw new UserError(`--sampler must be one of ${SAMPLERS.join(", ")}, got ${o.sampler}`);
-        if (!PACKING_KINDS.includes(packing)) throw new UserError(`--packing must be one of ${PACKING_KINDS.join(", ")}, got ${o.packing}`);
+        if (!SAMPLERS.includes(sampler))
+          throw new UserError(`--sampler must be one of ${SAMPLERS.join(", ")}, got ${o.sampler}`);
+        if (!PACKING_KINDS.includes(packing))
+          throw new UserError(
+            `--packing must be one of ${PACKING_KINDS.join(", ")}, got ${o.packing}`,
+          );
         const pml = int(o.packMaxLength, "--pack-max-length");
-        if (packing !== "none" && pml === undefined) throw new UserError("--pack-max-length is required with packing");
+        if (packing !== "none" && pml === undefined)
+          throw new UserError("--pack-max-length is required with packing");
         const epochs = Number(o.epochs);
         if (!(epochs > 0)) throw new UserError(`--epochs must be above 0, got ${o.epochs}`);
         cacheDir = resolve(o.cacheDir ?? join(dirname(resolve(arg)), ".tessera-cache"));
@@ -110,7 +135,9 @@ export function registerDataPlan(data: Command): void {
       } else {
         const c = resolveConfig(arg, o.cacheDir ? { cache_dir: o.cacheDir } : {});
         cacheDir = c.cache_dir!;
-        await prepareCache(prepareOptionsFromConfig(c, { workers: workersOption(o.workers), onProgress: progress }));
+        await prepareCache(
+          prepareOptionsFromConfig(c, { workers: workersOption(o.workers), onProgress: progress }),
+        );
         opts = planOptionsFromConfig(c);
       }
       const t0 = Date.now();
@@ -118,6 +145,9 @@ export function registerDataPlan(data: Command): void {
       const secs = (Date.now() - t0) / 1000;
       if (o.out) await writePlan(plan, o.out);
       if (quiet) console.log(JSON.stringify({ ...planJson(plan), planning_s: secs }, null, 2));
-      else console.log(`${formatPlan(plan)}\n  planned in ${secs.toFixed(2)} s${o.out ? ` · written to ${o.out}` : ""}`);
+      else
+        console.log(
+          `${formatPlan(plan)}\n  planned in ${secs.toFixed(2)} s${o.out ? ` · written to ${o.out}` : ""}`,
+        );
     });
 }

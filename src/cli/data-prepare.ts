@@ -8,14 +8,17 @@ import { UserError } from "../util/errors.ts";
 export function workersOption(v: unknown): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new UserError(`--workers must be a whole number, got ${v}`);
+  if (!Number.isInteger(n) || n < 0)
+    throw new UserError(`--workers must be a whole number, got ${v}`);
   return n;
 }
 
 export function registerDataPrepare(data: Command): void {
   data
     .command("prepare")
-    .description("tokenize every dataset of a training config into the prepared cache (only what changed)")
+    .description(
+      "tokenize every dataset of a training config into the prepared cache (only what changed)",
+    )
     .argument("<config>", "training config (YAML or JSON): model, meta, max_length, cache_dir, …")
     .option("--cache-dir <dir>", "where the cache goes (default: the config's cache_dir)")
     .option("--workers <n>", "worker threads (default: CPUs − 1; 0: in this thread)")
@@ -28,18 +31,40 @@ export function registerDataPrepare(data: Command): void {
         prepareOptionsFromConfig(c, {
           workers: workersOption(o.workers),
           onProgress: (e) => {
-            if (!quiet && e.done) process.stderr.write(`${e.dataset}: ${e.reused ? "unchanged, kept" : `${e.samples} samples from ${e.records} records`}\n`);
+            if (!quiet && e.done)
+              process.stderr.write(
+                `${e.dataset}: ${e.reused ? "unchanged, kept" : `${e.samples} samples from ${e.records} records`}\n`,
+              );
           },
         }),
       );
       const m = r.manifest;
       if (quiet) {
-        console.log(JSON.stringify({ cache_dir: c.cache_dir, fingerprint: m.fingerprint, samples: m.samples, tokens: m.tokens, images: m.images, rebuilt: r.rebuilt, reused: r.reused, datasets: m.datasets }, null, 2));
+        console.log(
+          JSON.stringify(
+            {
+              cache_dir: c.cache_dir,
+              fingerprint: m.fingerprint,
+              samples: m.samples,
+              tokens: m.tokens,
+              images: m.images,
+              rebuilt: r.rebuilt,
+              reused: r.reused,
+              datasets: m.datasets,
+            },
+            null,
+            2,
+          ),
+        );
         return;
       }
       console.log(`cache ${c.cache_dir} (fingerprint ${m.fingerprint.slice(0, 12)})`);
       for (const d of m.datasets)
-        console.log(`  ${d.name}: ${d.samples} samples, ${d.tokens} tokens, ${d.images} images${d.skipped ? `, ${d.skipped} unusable records skipped` : ""}${d.truncated ? `, ${d.truncated} truncated` : ""}${d.dropped ? `, ${d.dropped} dropped (over max_length)` : ""}`);
-      console.log(`${m.samples} samples · rebuilt ${r.rebuilt.length}, kept ${r.reused.length} · ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+        console.log(
+          `  ${d.name}: ${d.samples} samples, ${d.tokens} tokens, ${d.images} images${d.skipped ? `, ${d.skipped} unusable records skipped` : ""}${d.truncated ? `, ${d.truncated} truncated` : ""}${d.dropped ? `, ${d.dropped} dropped (over max_length)` : ""}`,
+        );
+      console.log(
+        `${m.samples} samples · rebuilt ${r.rebuilt.length}, kept ${r.reused.length} · ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+      );
     });
 }

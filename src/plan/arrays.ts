@@ -87,7 +87,11 @@ export class Rng {
  * non-negative integers below 2^21 (token counts), so a packed float64 key sorts without a
  * comparator callback.
  */
-export function sortByKeyDesc(idx: Int32Array, key: Int32Array | ((i: number) => number), scratch?: Float64Array): void {
+export function sortByKeyDesc(
+  idx: Int32Array,
+  key: Int32Array | ((i: number) => number),
+  scratch?: Float64Array,
+): void {
   const n = idx.length;
   const k = scratch && scratch.length >= n ? scratch.subarray(0, n) : new Float64Array(n);
   const get = typeof key === "function" ? key : (i: number) => key[i];

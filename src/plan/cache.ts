@@ -4,13 +4,13 @@
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
-import { cpus } from "node:os";
 import { createRequire } from "node:module";
+import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
-import { loadMeta, type DatasetSpec } from "../data/meta.ts";
 import { displayPath, readRecords } from "../data/jsonl.ts";
+import { type DatasetSpec, loadMeta } from "../data/meta.ts";
 import type { DataRecord } from "../data/record.ts";
 import { loadModelInfo, type ModelInfo } from "../text/model-info.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
@@ -19,13 +19,24 @@ import { type ColumnSpec, ColumnWriter, type Dtype, readColumn, readInt32At } fr
 import { hashJson } from "./fingerprint.ts";
 import type { MixtureDataset } from "./mixture.ts";
 import type { SampleTable } from "./plan.ts";
-import { FLAG_MULTIMODAL, type MakerModule, type MakerOptions, type SampleBatch, makeBatch } from "./sample-batch.ts";
+import {
+  FLAG_MULTIMODAL,
+  type MakerModule,
+  type MakerOptions,
+  makeBatch,
+  type SampleBatch,
+} from "./sample-batch.ts";
 
 export const CACHE_VERSION = 1;
 const DEFAULT_MAKER = new URL("./sample-maker.ts", import.meta.url).href;
 // The ESM entry of tsx's API, found from its package.json (import.meta.resolve is missing
 // under the test runner, and require.resolve would give the CommonJS entry).
-const TSX_API = pathToFileURL(join(dirname(createRequire(import.meta.url).resolve("tsx/package.json")), "dist/esm/api/index.mjs")).href;
+const TSX_API = pathToFileURL(
+  join(
+    dirname(createRequire(import.meta.url).resolve("tsx/package.json")),
+    "dist/esm/api/index.mjs",
+  ),
+).href;
 
 export interface PrepareOptions {
   /** Meta file path, or its datasets already loaded. */
@@ -43,7 +54,13 @@ export interface PrepareOptions {
   batchSize?: number;
   /** Module that builds the record → sample function (default: src/plan/sample-maker.ts). */
   makerModule?: string;
-  onProgress?: (e: { dataset: string; records: number; samples: number; done?: boolean; reused?: boolean }) => void;
+  onProgress?: (e: {
+    dataset: string;
+    records: number;
+    samples: number;
+    done?: boolean;
+    reused?: boolean;
+  }) => void;
 }
 
 export interface CacheDatasetEntry {
@@ -101,10 +118,17 @@ const TOKENIZER_FILES = [
 ];
 
 /** Everything a dataset's samples depend on; its hash names the dataset's folder. */
-export function datasetInputs(spec: DatasetSpec, info: ModelInfo, o: PrepareOptions): Record<string, unknown> {
+export function datasetInputs(
+  spec: DatasetSpec,
+  info: ModelInfo,
+  o: PrepareOptions,
+): Record<string, unknown> {
   const annotation = resolve(spec.annotation);
   const stamp = fileStamp(annotation);
-  if (!stamp) throw new UserError(`${spec.metaPath}: dataset "${spec.name}": annotation ${annotation} not found`);
+  if (!stamp)
+    throw new UserError(
+      `${spec.metaPath}: dataset "${spec.name}": annotation ${annotation} not found`,
+    );
   const perDataset = spec.extra?.max_dynamic_patch;
   return {
     cache_version: CACHE_VERSION,
@@ -115,7 +139,8 @@ export function datasetInputs(spec: DatasetSpec, info: ModelInfo, o: PrepareOpti
     model_files: Object.fromEntries(TOKENIZER_FILES.map((f) => [f, fileStamp(join(info.dir, f))])),
     template: o.template ?? info.template,
     tiling: {
-      max_dynamic_patch: typeof perDataset === "number" ? perDataset : (o.maxDynamicPatch ?? info.maxDynamicPatch),
+      max_dynamic_patch:
+        typeof perDataset === "number" ? perDataset : (o.maxDynamicPatch ?? info.maxDynamicPatch),
       min_dynamic_patch: info.minDynamicPatch,
       use_thumbnail: info.useThumbnail,
       dynamic_image_size: info.dynamicImageSize,
@@ -163,7 +188,13 @@ class DatasetWriter {
   dropped = 0;
   truncated = 0;
   constructor(readonly dir: string) {
-    for (const [name, dtype] of SAMPLE_COLUMNS) this.cols[name] = new ColumnWriter(dir, name, dtype, name === "input_ids" || name === "labels" ? 1 << 22 : 1 << 18);
+    for (const [name, dtype] of SAMPLE_COLUMNS)
+      this.cols[name] = new ColumnWriter(
+        dir,
+        name,
+        dtype,
+        name === "input_ids" || name === "labels" ? 1 << 22 : 1 << 18,
+      );
   }
   async open(): Promise<void> {
     await mkdir(this.dir, { recursive: true });
@@ -218,7 +249,10 @@ class DatasetWriter {
 class Pool {
   private workers: Worker[] = [];
   private next = 0;
-  private waiting = new Map<number, { resolve: (b: SampleBatch) => void; reject: (e: Error) => void }>();
+  private waiting = new Map<
+    number,
+    { resolve: (b: SampleBatch) => void; reject: (e: Error) => void }
+  >();
   private failed?: Error;
   constructor(n: number) {
     const url = new URL("./prepare-worker.ts", import.meta.url);
@@ -227,13 +261,16 @@ class Pool {
       // whether the parent runs under tsx, vitest or plain node.
       const boot = `import(${JSON.stringify(TSX_API)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
       const w = new Worker(boot, { eval: true });
-      w.on("message", (m: { type: string; batch?: SampleBatch; seq?: number; message?: string }) => {
-        if (m.type === "batch" && m.batch) {
-          const p = this.waiting.get(m.batch.seq);
-          this.waiting.delete(m.batch.seq);
-          p?.resolve(m.batch);
-        } else this.fail(new Error(`prepare worker: ${m.message}`));
-      });
+      w.on(
+        "message",
+        (m: { type: string; batch?: SampleBatch; seq?: number; message?: string }) => {
+          if (m.type === "batch" && m.batch) {
+            const p = this.waiting.get(m.batch.seq);
+            this.waiting.delete(m.batch.seq);
+            p?.resolve(m.batch);
+          } else this.fail(new Error(`prepare worker: ${m.message}`));
+        },
+      );
       w.on("error", (e) => this.fail(e));
       w.on("exit", (code) => {
         if (code !== 0) this.fail(new Error(`prepare worker exited with code ${code}`));
@@ -249,7 +286,11 @@ class Pool {
   dataset(key: string, makerModule: string, options: MakerOptions): void {
     for (const w of this.workers) w.postMessage({ type: "dataset", key, makerModule, options });
   }
-  run(key: string, seq: number, items: { line: number; record: DataRecord }[]): Promise<SampleBatch> {
+  run(
+    key: string,
+    seq: number,
+    items: { line: number; record: DataRecord }[],
+  ): Promise<SampleBatch> {
     if (this.failed) return Promise.reject(this.failed);
     const w = this.workers[this.next++ % this.workers.length];
     return new Promise((res, rej) => {
@@ -308,10 +349,27 @@ export async function prepareCache(o: PrepareOptions): Promise<PrepareResult> {
       if (prev && existsSync(join(dsDir, "dataset.json"))) {
         entry = prev;
         reused.push(spec.name);
-        o.onProgress?.({ dataset: spec.name, records: 0, samples: prev.samples, done: true, reused: true });
+        o.onProgress?.({
+          dataset: spec.name,
+          records: 0,
+          samples: prev.samples,
+          done: true,
+          reused: true,
+        });
       } else {
         if (nWorkers > 0 && !pool) pool = new Pool(nWorkers);
-        entry = await buildDataset(spec, inputs, fp, dsDir, dirName, info, o, makerModule, batchSize, pool);
+        entry = await buildDataset(
+          spec,
+          inputs,
+          fp,
+          dsDir,
+          dirName,
+          info,
+          o,
+          makerModule,
+          batchSize,
+          pool,
+        );
         rebuilt.push(spec.name);
       }
       entries.push({ ...entry, first_sample: first, repeat_time: spec.repeatTime });
@@ -362,7 +420,14 @@ async function buildDataset(
     maxDynamicPatch: o.maxDynamicPatch,
     template: o.template,
     truncate: o.truncate,
-    dataset: { name: spec.name, mediaRoot: spec.mediaRoot, annotation: spec.annotation, metaPath: spec.metaPath, repeatTime: spec.repeatTime, extra: spec.extra ?? {} },
+    dataset: {
+      name: spec.name,
+      mediaRoot: spec.mediaRoot,
+      annotation: spec.annotation,
+      metaPath: spec.metaPath,
+      repeatTime: spec.repeatTime,
+      extra: spec.extra ?? {},
+    },
   };
   const file = displayPath(spec.annotation);
   let skipped = 0;
@@ -370,7 +435,9 @@ async function buildDataset(
   const errors: { line: number; message: string }[] = [];
   try {
     await w.open();
-    let local: ((items: { line: number; record: DataRecord }[], seq: number) => Promise<SampleBatch>) | undefined;
+    let local:
+      | ((items: { line: number; record: DataRecord }[], seq: number) => Promise<SampleBatch>)
+      | undefined;
     if (pool) pool.dataset(fp, makerModule, makerOptions);
     else {
       const mod = (await import(makerModule)) as MakerModule;
@@ -452,7 +519,8 @@ async function buildDataset(
 /** Open a cache's manifest, or say how to make one. */
 export function openManifest(cacheDir: string): CacheManifest {
   const m = readManifest(resolve(cacheDir));
-  if (!m) throw new UserError(`${cacheDir}: no prepared cache here (run \`tessera data prepare\` first)`);
+  if (!m)
+    throw new UserError(`${cacheDir}: no prepared cache here (run \`tessera data prepare\` first)`);
   return m;
 }
 
@@ -460,7 +528,10 @@ export function openManifest(cacheDir: string): CacheManifest {
  * The per-sample columns the planner needs, over all datasets in global order, plus random
  * access to labels and image spans for concat packing. `repeatTimes` overrides the manifest's.
  */
-export function openCacheTable(cacheDir: string, repeatTimes?: Record<string, number>): SampleTable & { manifest: CacheManifest } {
+export function openCacheTable(
+  cacheDir: string,
+  repeatTimes?: Record<string, number>,
+): SampleTable & { manifest: CacheManifest } {
   const root = resolve(cacheDir);
   const m = openManifest(root);
   const n = m.samples;
@@ -469,11 +540,24 @@ export function openCacheTable(cacheDir: string, repeatTimes?: Record<string, nu
   const tiles = new Int32Array(n);
   const images = new Int32Array(n);
   const multimodal = new Uint8Array(n);
-  const perDs: { dir: string; first: number; tokOffset: Float64Array; imgOffset: Float64Array; ctx: Int32Array; imgTiles: Int32Array }[] = [];
+  const perDs: {
+    dir: string;
+    first: number;
+    tokOffset: Float64Array;
+    imgOffset: Float64Array;
+    ctx: Int32Array;
+    imgTiles: Int32Array;
+  }[] = [];
   for (const d of m.datasets) {
     const dir = join(root, d.dir);
-    const info = JSON.parse(readFileSync(join(dir, "dataset.json"), "utf8")) as { fingerprint: string; columns: Record<string, ColumnSpec> };
-    if (info.fingerprint !== d.fingerprint) throw new UserError(`${dir}: fingerprint differs from the manifest; run \`tessera data prepare\` again`);
+    const info = JSON.parse(readFileSync(join(dir, "dataset.json"), "utf8")) as {
+      fingerprint: string;
+      columns: Record<string, ColumnSpec>;
+    };
+    if (info.fingerprint !== d.fingerprint)
+      throw new UserError(
+        `${dir}: fingerprint differs from the manifest; run \`tessera data prepare\` again`,
+      );
     const c = (name: string) => readColumn(dir, info.columns[name]);
     lengths.set(c("length") as Int32Array, d.first_sample);
     learned.set(c("learned") as Int32Array, d.first_sample);
@@ -488,7 +572,14 @@ export function openCacheTable(cacheDir: string, repeatTimes?: Record<string, nu
       tiles[i] = t;
       images[i] = imgOffset[k + 1] - imgOffset[k];
     }
-    perDs.push({ dir, first: d.first_sample, tokOffset: c("tok_offset") as Float64Array, imgOffset, ctx: c("img_context_start") as Int32Array, imgTiles });
+    perDs.push({
+      dir,
+      first: d.first_sample,
+      tokOffset: c("tok_offset") as Float64Array,
+      imgOffset,
+      ctx: c("img_context_start") as Int32Array,
+      imgTiles,
+    });
   }
   const locate = (s: number) => {
     let lo = 0;
@@ -541,7 +632,8 @@ export function openCacheTable(cacheDir: string, repeatTimes?: Record<string, nu
 
 /** Removes a cache folder (used by tests and `--rebuild`). */
 export async function removeCache(cacheDir: string): Promise<void> {
-  if ((await stat(cacheDir).catch(() => null))?.isDirectory()) await rm(cacheDir, { recursive: true, force: true });
+  if ((await stat(cacheDir).catch(() => null))?.isDirectory())
+    await rm(cacheDir, { recursive: true, force: true });
 }
 
 /** A short form of a fingerprint for messages. */

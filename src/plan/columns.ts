@@ -1,6 +1,6 @@
 /** Flat little-endian column files: written whole or streamed, read whole into typed arrays. */
 import { closeSync, openSync, readSync, statSync } from "node:fs";
-import { open, writeFile, type FileHandle } from "node:fs/promises";
+import { type FileHandle, open, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 
 export type Dtype = "<i4" | "<i8" | "|u1" | "<f8";
@@ -22,7 +22,12 @@ function bytesOf(a: ArrayBufferView): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
-export async function writeColumn(dir: string, name: string, dtype: Dtype, data: ArrayBufferView): Promise<ColumnSpec> {
+export async function writeColumn(
+  dir: string,
+  name: string,
+  dtype: Dtype,
+  data: ArrayBufferView,
+): Promise<ColumnSpec> {
   const file = columnFile(name, dtype);
   await writeFile(join(dir, file), bytesOf(data));
   return { file, dtype, count: data.byteLength / SIZE[dtype] };

@@ -5,9 +5,12 @@
 import { join } from "node:path";
 import { accumulationSteps, type TrainConfig } from "../train/config.ts";
 import { openCacheTable, type PrepareOptions, type PrepareResult, prepareCache } from "./cache.ts";
-import { type Plan, type PlanOptions, buildPlan } from "./plan.ts";
+import { buildPlan, type Plan, type PlanOptions } from "./plan.ts";
 
-export function prepareOptionsFromConfig(c: TrainConfig, extra: Partial<PrepareOptions> = {}): PrepareOptions {
+export function prepareOptionsFromConfig(
+  c: TrainConfig,
+  extra: Partial<PrepareOptions> = {},
+): PrepareOptions {
   return {
     meta: c.meta,
     model: c.model,
@@ -41,7 +44,10 @@ export function planDir(c: TrainConfig): string {
 }
 
 /** Bring the cache up to date, then plan: the two steps before training. */
-export async function prepareAndPlan(c: TrainConfig, extra: Partial<PrepareOptions> = {}): Promise<{ prepared: PrepareResult; plan: Plan }> {
+export async function prepareAndPlan(
+  c: TrainConfig,
+  extra: Partial<PrepareOptions> = {},
+): Promise<{ prepared: PrepareResult; plan: Plan }> {
   const prepared = await prepareCache(prepareOptionsFromConfig(c, extra));
   const plan = buildPlan(openCacheTable(c.cache_dir!), planOptionsFromConfig(c));
   return { prepared, plan };

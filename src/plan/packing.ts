@@ -55,25 +55,37 @@ export class Rows {
     this.tiles.push(tiles);
   }
   endRow(): void {
-    if (this.sample.length > this.rowOffset.data[this.rowOffset.length - 1]) this.rowOffset.push(this.sample.length);
+    if (this.sample.length > this.rowOffset.data[this.rowOffset.length - 1])
+      this.rowOffset.push(this.sample.length);
   }
   rowTokens(r: number): number {
     let t = 0;
-    for (let p = this.rowOffset.data[r]; p < this.rowOffset.data[r + 1]; p++) t += this.length.data[p];
+    for (let p = this.rowOffset.data[r]; p < this.rowOffset.data[r + 1]; p++)
+      t += this.length.data[p];
     return t;
   }
 }
 
 function checkFits(len: number, tiles: number, sample: number, o: PackOptions): void {
   if (len > o.packMaxLength) {
-    throw new UserError(`sample ${sample} has ${len} tokens, above pack_max_length ${o.packMaxLength}: raise pack_max_length to at least max_length`);
+    throw new UserError(
+      `sample ${sample} has ${len} tokens, above pack_max_length ${o.packMaxLength}: raise pack_max_length to at least max_length`,
+    );
   }
   if (o.maxTilesPerPack !== undefined && tiles > o.maxTilesPerPack) {
-    throw new UserError(`sample ${sample} has ${tiles} tiles, above max_tiles_per_pack ${o.maxTilesPerPack}`);
+    throw new UserError(
+      `sample ${sample} has ${tiles} tiles, above max_tiles_per_pack ${o.maxTilesPerPack}`,
+    );
   }
 }
 
-export function pack(kind: PackingKind, order: Int32Array, src: PackSource, o: PackOptions, out = new Rows(order.length)): Rows {
+export function pack(
+  kind: PackingKind,
+  order: Int32Array,
+  src: PackSource,
+  o: PackOptions,
+  out = new Rows(order.length),
+): Rows {
   switch (kind) {
     case "soft":
       return packSoft(order, src, o, out);
@@ -135,7 +147,10 @@ function packConcat(order: Int32Array, src: PackSource, o: PackOptions, out: Row
         usedTiles = 0;
         continue;
       }
-      if (t > tcap) throw new UserError(`sample ${s} has ${t} tiles in ${take} tokens, above max_tiles_per_pack ${tcap}`);
+      if (t > tcap)
+        throw new UserError(
+          `sample ${s} has ${t} tiles in ${take} tokens, above max_tiles_per_pack ${tcap}`,
+        );
       out.add(s, start, take, t);
       used += take;
       usedTiles += t;
@@ -190,7 +205,8 @@ function packFirstFit(order: Int32Array, src: PackSource, o: PackOptions, out: R
     if (b >= bins) bins = b + 1;
   }
   for (let b = 0; b < bins; b++) {
-    for (let p = first[b]; p >= 0; p = next[p]) out.add(order[p], 0, src.lengths[order[p]], src.tiles[order[p]]);
+    for (let p = first[b]; p >= 0; p = next[p])
+      out.add(order[p], 0, src.lengths[order[p]], src.tiles[order[p]]);
     out.endRow();
   }
   return out;
@@ -291,7 +307,8 @@ function packSoft(order: Int32Array, src: PackSource, o: PackOptions, out: Rows)
     return b;
   };
   const emit = (b: number) => {
-    for (let p = first[b]; p >= 0; p = next[p]) out.add(order[p], 0, src.lengths[order[p]], src.tiles[order[p]]);
+    for (let p = first[b]; p >= 0; p = next[p])
+      out.add(order[p], 0, src.lengths[order[p]], src.tiles[order[p]]);
     out.endRow();
     free.push(b);
   };

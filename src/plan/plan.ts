@@ -12,8 +12,8 @@ import { IntVec, Rng } from "./arrays.ts";
 import { type ColumnSpec, writeColumn } from "./columns.ts";
 import { canonicalJson, updateArray } from "./fingerprint.ts";
 import { epochMixture, type MixtureDataset } from "./mixture.ts";
-import { type PackingKind, Rows, pack } from "./packing.ts";
-import { type SamplerKind, groupByLength, groupByModalityLength } from "./samplers.ts";
+import { type PackingKind, pack, Rows } from "./packing.ts";
+import { groupByLength, groupByModalityLength, type SamplerKind } from "./samplers.ts";
 import { shard } from "./sharding.ts";
 
 export const PLAN_VERSION = 1;
@@ -79,7 +79,9 @@ export interface Plan {
   fingerprint: string;
   cacheFingerprint: string;
   cacheDir?: string;
-  options: Required<Pick<PlanOptions, "worldSize" | "microBatchSize" | "sampler" | "packing" | "seed">> & {
+  options: Required<
+    Pick<PlanOptions, "worldSize" | "microBatchSize" | "sampler" | "packing" | "seed">
+  > & {
     gradAccum: number;
     packMaxLength: number | null;
     maxTilesPerPack: number | null;
@@ -113,20 +115,28 @@ export interface Plan {
 function normalize(table: SampleTable, o: PlanOptions): Plan["options"] {
   const W = o.worldSize;
   const B = o.microBatchSize;
-  if (!(Number.isInteger(W) && W >= 1)) throw new UserError(`world size must be a positive integer, got ${W}`);
-  if (!(Number.isInteger(B) && B >= 1)) throw new UserError(`micro batch size must be a positive integer, got ${B}`);
+  if (!(Number.isInteger(W) && W >= 1))
+    throw new UserError(`world size must be a positive integer, got ${W}`);
+  if (!(Number.isInteger(B) && B >= 1))
+    throw new UserError(`micro batch size must be a positive integer, got ${B}`);
   let A = o.gradAccum;
   if (A === undefined) {
     const gbs = o.globalBatchSize ?? W * B;
-    if (gbs % (W * B) !== 0) throw new UserError(`global batch size ${gbs} must be a multiple of micro batch size × world size = ${B} × ${W}`);
+    if (gbs % (W * B) !== 0)
+      throw new UserError(
+        `global batch size ${gbs} must be a multiple of micro batch size × world size = ${B} × ${W}`,
+      );
     A = gbs / (W * B);
   }
-  if (!(Number.isInteger(A) && A >= 1)) throw new UserError(`gradient accumulation must be a positive integer, got ${A}`);
+  if (!(Number.isInteger(A) && A >= 1))
+    throw new UserError(`gradient accumulation must be a positive integer, got ${A}`);
   const packed = o.packing !== "none";
   let maxLen = 0;
-  for (let i = 0; i < table.lengths.length; i++) if (table.lengths[i] > maxLen) maxLen = table.lengths[i];
+  for (let i = 0; i < table.lengths.length; i++)
+    if (table.lengths[i] > maxLen) maxLen = table.lengths[i];
   const pml = packed ? (o.packMaxLength ?? maxLen) : null;
-  if (packed && !(pml !== null && pml >= 1)) throw new UserError(`pack_max_length must be a positive integer`);
+  if (packed && !(pml !== null && pml >= 1))
+    throw new UserError(`pack_max_length must be a positive integer`);
   const epochs = o.epochs ?? 1;
   if (!(epochs > 0)) throw new UserError(`epochs must be above 0, got ${epochs}`);
   return {
@@ -145,7 +155,12 @@ function normalize(table: SampleTable, o: PlanOptions): Plan["options"] {
 }
 
 /** The row order of one epoch: mixture, sampler, packing (rows appended to `rows`). */
-function epochRows(table: SampleTable, opt: Plan["options"], epoch: number, rows: Rows): Int32Array {
+function epochRows(
+  table: SampleTable,
+  opt: Plan["options"],
+  epoch: number,
+  rows: Rows,
+): Int32Array {
   const order = epochMixture(table.datasets, opt.seed, epoch);
   const rng = new Rng(opt.seed, epoch, 0x73616d70);
   const mega = opt.worldSize * opt.microBatchSize;
@@ -161,7 +176,8 @@ function epochRows(table: SampleTable, opt: Plan["options"], epoch: number, rows
     if (opt.sampler === "length") o2 = groupByLength(order, table.lengths, mega);
     else if (opt.sampler === "modality_length") {
       const signed = new Int32Array(table.lengths.length);
-      for (let i = 0; i < signed.length; i++) signed[i] = table.multimodal[i] ? table.lengths[i] : -table.lengths[i];
+      for (let i = 0; i < signed.length; i++)
+        signed[i] = table.multimodal[i] ? table.lengths[i] : -table.lengths[i];
       o2 = groupByModalityLength(order, signed, mega, rng).order;
     }
     pack("none", o2, src, packOpts, rows);
@@ -223,7 +239,8 @@ export function buildPlan(table: SampleTable, options: PlanOptions): Plan {
     });
     let steps = sh.steps;
     if (opt.maxSteps !== null) steps = Math.min(steps, opt.maxSteps - totalSteps);
-    else if (e === fullEpochs - 1 && opt.epochs < fullEpochs) steps = Math.max(1, Math.round(sh.steps * (opt.epochs - e)));
+    else if (e === fullEpochs - 1 && opt.epochs < fullEpochs)
+      steps = Math.max(1, Math.round(sh.steps * (opt.epochs - e)));
     stepsPerEpochGuess = sh.steps;
     const nMb = steps * W * A;
     const base = finalRows.length;
@@ -231,7 +248,8 @@ export function buildPlan(table: SampleTable, options: PlanOptions): Plan {
     for (let k = 0; k < sh.mbOffset[nMb]; k++) finalRows.push(sh.rowOrder[k]);
     for (let k = 0; k < sh.mbOffset[nMb]; k++) {
       const r = sh.rowOrder[k];
-      for (let p = rows.rowOffset.data[r]; p < rows.rowOffset.data[r + 1]; p++) if (rows.start.data[p] === 0) samples++;
+      for (let p = rows.rowOffset.data[r]; p < rows.rowOffset.data[r + 1]; p++)
+        if (rows.start.data[p] === 0) samples++;
     }
     epochFirstStep.push(totalSteps);
     epochSteps.push(steps);
@@ -239,7 +257,17 @@ export function buildPlan(table: SampleTable, options: PlanOptions): Plan {
   }
   void stepsPerEpochGuess;
   mbRows.push(finalRows.length);
-  return assemble(table, opt, rows, finalRows.take(), mbRows.take(), epochSteps, epochFirstStep, totalSteps, samples);
+  return assemble(
+    table,
+    opt,
+    rows,
+    finalRows.take(),
+    mbRows.take(),
+    epochSteps,
+    epochFirstStep,
+    totalSteps,
+    samples,
+  );
 }
 
 function assemble(
@@ -332,7 +360,10 @@ function assemble(
             }
           }
         }
-        padded += opt.packMaxLength !== null ? (mbOffset[m + 1] - mbOffset[m]) * opt.packMaxLength : (mbOffset[m + 1] - mbOffset[m]) * longest;
+        padded +=
+          opt.packMaxLength !== null
+            ? (mbOffset[m + 1] - mbOffset[m]) * opt.packMaxLength
+            : (mbOffset[m + 1] - mbOffset[m]) * longest;
         stepTokens[g] += mbTokens[m];
         stepLearned[g] += mbLearned[m];
         rankTok[r] += mbTokens[m];
@@ -461,7 +492,8 @@ export async function writePlan(plan: Plan, dir: string): Promise<void> {
   await mkdir(tmp, { recursive: true });
   try {
     const columns: Record<string, ColumnSpec> = {};
-    for (const [name, dtype, data] of planColumns(plan)) columns[name] = await writeColumn(tmp, name, dtype, data);
+    for (const [name, dtype, data] of planColumns(plan))
+      columns[name] = await writeColumn(tmp, name, dtype, data);
     const header = {
       ...planHeader(plan),
       fingerprint: plan.fingerprint,

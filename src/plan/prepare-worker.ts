@@ -1,7 +1,13 @@
 /** A prepare worker: turns batches of records into flattened samples (sample-batch.ts). */
 import { parentPort } from "node:worker_threads";
 import type { DataRecord } from "../data/record.ts";
-import { type MakerModule, type MakerOptions, type SampleMaker, makeBatch, transferList } from "./sample-batch.ts";
+import {
+  type MakerModule,
+  type MakerOptions,
+  makeBatch,
+  type SampleMaker,
+  transferList,
+} from "./sample-batch.ts";
 
 type Msg =
   | { type: "dataset"; key: string; makerModule: string; options: MakerOptions }
@@ -23,6 +29,11 @@ port.on("message", async (m: Msg) => {
     const batch = await makeBatch(m.seq, m.items, maker);
     port.postMessage({ type: "batch", batch }, transferList(batch));
   } catch (e) {
-    port.postMessage({ type: "fatal", seq: m.type === "batch" ? m.seq : -1, message: (e as Error).message, stack: (e as Error).stack });
+    port.postMessage({
+      type: "fatal",
+      seq: m.type === "batch" ? m.seq : -1,
+      message: (e as Error).message,
+      stack: (e as Error).stack,
+    });
   }
 });

@@ -37,7 +37,10 @@ export const FLAG_MULTIMODAL = 1;
 export const FLAG_TRUNCATED = 2;
 
 /** What turns one record into a sample (null: dropped on purpose). */
-export type SampleMaker = (record: DataRecord, line: number) => Sample | null | Promise<Sample | null>;
+export type SampleMaker = (
+  record: DataRecord,
+  line: number,
+) => Sample | null | Promise<Sample | null>;
 
 export interface MakerOptions {
   model: string;
@@ -45,7 +48,14 @@ export interface MakerOptions {
   maxDynamicPatch?: number;
   template?: string;
   truncate?: "truncate" | "drop";
-  dataset: { name: string; mediaRoot: string; annotation: string; metaPath: string; repeatTime: number; extra: Record<string, unknown> };
+  dataset: {
+    name: string;
+    mediaRoot: string;
+    annotation: string;
+    metaPath: string;
+    repeatTime: number;
+    extra: Record<string, unknown>;
+  };
 }
 
 /** A module that builds a SampleMaker: `export async function createSampleMaker(o: MakerOptions)`. */
@@ -53,7 +63,11 @@ export interface MakerModule {
   createSampleMaker(o: MakerOptions): Promise<SampleMaker> | SampleMaker;
 }
 
-export async function makeBatch(seq: number, items: { line: number; record: DataRecord }[], maker: SampleMaker): Promise<SampleBatch> {
+export async function makeBatch(
+  seq: number,
+  items: { line: number; record: DataRecord }[],
+  maker: SampleMaker,
+): Promise<SampleBatch> {
   const line = new IntVec(items.length);
   const length = new IntVec(items.length);
   const learned = new IntVec(items.length);
@@ -85,8 +99,15 @@ export async function makeBatch(seq: number, items: { line: number; record: Data
       dropped++;
       continue;
     }
-    if (s.inputIds.length !== s.length || s.labels.length !== s.length || s.contextStarts.length !== s.images.length) {
-      errors.push({ line: it.line, message: `inconsistent sample: ${s.inputIds.length} ids, ${s.labels.length} labels, length ${s.length}` });
+    if (
+      s.inputIds.length !== s.length ||
+      s.labels.length !== s.length ||
+      s.contextStarts.length !== s.images.length
+    ) {
+      errors.push({
+        line: it.line,
+        message: `inconsistent sample: ${s.inputIds.length} ids, ${s.labels.length} labels, length ${s.length}`,
+      });
       continue;
     }
     line.push(it.line);
@@ -137,7 +158,21 @@ export async function makeBatch(seq: number, items: { line: number; record: Data
 }
 
 export function transferList(b: SampleBatch): ArrayBuffer[] {
-  return [b.line, b.length, b.learned, b.flags, b.imgCount, b.inputIds, b.labels, b.imgW, b.imgH, b.imgCols, b.imgRows, b.imgTiles, b.imgThumb, b.imgFrame, b.imgContext].map(
-    (a) => a.buffer as ArrayBuffer,
-  );
+  return [
+    b.line,
+    b.length,
+    b.learned,
+    b.flags,
+    b.imgCount,
+    b.inputIds,
+    b.labels,
+    b.imgW,
+    b.imgH,
+    b.imgCols,
+    b.imgRows,
+    b.imgTiles,
+    b.imgThumb,
+    b.imgFrame,
+    b.imgContext,
+  ].map((a) => a.buffer as ArrayBuffer);
 }

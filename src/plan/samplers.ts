@@ -2,7 +2,7 @@
  * Samplers: the order in which an epoch's (already shuffled) samples are batched.
  * docs/samplers.md describes the algorithms.
  */
-import { IntVec, Rng, sortByKeyDesc } from "./arrays.ts";
+import { IntVec, type Rng, sortByKeyDesc } from "./arrays.ts";
 
 export type SamplerKind = "random" | "length" | "modality_length";
 
@@ -11,7 +11,11 @@ export type SamplerKind = "random" | "length" | "modality_length";
  * (world_size × micro_batch_size), sort each by length, longest first; the mega-batch holding
  * the longest sample goes first so an out-of-memory shows at step one.
  */
-export function groupByLength(order: Int32Array, lengths: Int32Array, megaBatch: number): Int32Array {
+export function groupByLength(
+  order: Int32Array,
+  lengths: Int32Array,
+  megaBatch: number,
+): Int32Array {
   const out = order.slice();
   const abs = (i: number) => Math.abs(lengths[i]);
   const scratch = new Float64Array(megaBatch);
@@ -55,11 +59,19 @@ export interface Groups {
  * and the full mega-batches of both kinds shuffled together; the two remainders follow
  * at the end, each its own group, so no mega-batch mixes modalities.
  */
-export function groupByModalityLength(order: Int32Array, signedLengths: Int32Array, megaBatch: number, rng: Rng): Groups {
+export function groupByModalityLength(
+  order: Int32Array,
+  signedLengths: Int32Array,
+  megaBatch: number,
+  rng: Rng,
+): Groups {
   const mm = new IntVec(order.length);
   const text = new IntVec(order.length);
   for (let i = 0; i < order.length; i++) (signedLengths[order[i]] < 0 ? text : mm).push(order[i]);
-  const parts = [groupByLength(mm.view(), signedLengths, megaBatch), groupByLength(text.view(), signedLengths, megaBatch)];
+  const parts = [
+    groupByLength(mm.view(), signedLengths, megaBatch),
+    groupByLength(text.view(), signedLengths, megaBatch),
+  ];
   const full: Int32Array[] = [];
   const rest: Int32Array[] = [];
   for (const p of parts) {

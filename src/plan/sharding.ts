@@ -53,7 +53,8 @@ function fillLastStep(rows: Rows, order: IntVec, from: number, slots: number): v
     const hi = rows.rowOffset.data[r + 1];
     const mid = lo + Math.floor((hi - lo) / 2);
     const copyRow = (a: number, b: number): number => {
-      for (let p = a; p < b; p++) rows.add(rows.sample.data[p], rows.start.data[p], rows.length.data[p], rows.tiles.data[p]);
+      for (let p = a; p < b; p++)
+        rows.add(rows.sample.data[p], rows.start.data[p], rows.length.data[p], rows.tiles.data[p]);
       rows.endRow();
       return rows.rows - 1;
     };
@@ -64,7 +65,12 @@ function fillLastStep(rows: Rows, order: IntVec, from: number, slots: number): v
   }
 }
 
-export function shard(rows: Rows, rowOrderIn: Int32Array, rowTokens: (r: number) => number, o: ShardOptions): Sharded {
+export function shard(
+  rows: Rows,
+  rowOrderIn: Int32Array,
+  rowTokens: (r: number) => number,
+  o: ShardOptions,
+): Sharded {
   const W = o.world;
   const perStep = W * o.perMicro * o.accum;
   const order = new IntVec(rowOrderIn.length + perStep);
@@ -86,7 +92,8 @@ export function shard(rows: Rows, rowOrderIn: Int32Array, rowTokens: (r: number)
     const s1 = Math.min(order.length, s0 + perStep);
     const n = s1 - s0;
     // rows per micro-step: all full but in a short last step, where they spread evenly
-    const perMicroStep = (a: number) => Math.floor((n * (a + 1)) / o.accum) - Math.floor((n * a) / o.accum);
+    const perMicroStep = (a: number) =>
+      Math.floor((n * (a + 1)) / o.accum) - Math.floor((n * a) / o.accum);
     let at = s0;
     // slot (rank, a) -> rows, collected per rank then written rank-major
     const perRankMb: Int32Array[][] = Array.from({ length: W }, () => []);
@@ -102,7 +109,8 @@ export function shard(rows: Rows, rowOrderIn: Int32Array, rowTokens: (r: number)
       }
       for (const row of ms) {
         let best = -1;
-        for (let r = 0; r < W; r++) if (rankRoom[r] > 0 && (best < 0 || rankTokens[r] < rankTokens[best])) best = r;
+        for (let r = 0; r < W; r++)
+          if (rankRoom[r] > 0 && (best < 0 || rankTokens[r] < rankTokens[best])) best = r;
         rankRoom[best]--;
         rankTokens[best] += tokOf(row);
         rankRows[best].push(row);

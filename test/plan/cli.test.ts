@@ -7,7 +7,10 @@ import { makeModelFolder } from "../helpers/model-folder.ts";
 import { writeDatasets } from "./helpers.ts";
 
 function tessera(args: string[]) {
-  const r = spawnSync(process.execPath, [join(PACKAGE_ROOT, "bin/tessera.mjs"), ...args], { encoding: "utf8", timeout: 120_000 });
+  const r = spawnSync(process.execPath, [join(PACKAGE_ROOT, "bin/tessera.mjs"), ...args], {
+    encoding: "utf8",
+    timeout: 120_000,
+  });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
@@ -20,7 +23,22 @@ describe("data prepare / data plan", () => {
   const model = makeModelFolder({ vocab: "qwen2", maxDynamicPatch: 6 });
 
   it("data plan META --model … --json prints samples, packs, fill_ratio and steps", () => {
-    const r = tessera(["data", "plan", meta, "--model", model, "--pack-max-length", "8192", "--world-size", "2", "--workers", "0", "--json", "--out", join(root, "plan")]);
+    const r = tessera([
+      "data",
+      "plan",
+      meta,
+      "--model",
+      model,
+      "--pack-max-length",
+      "8192",
+      "--world-size",
+      "2",
+      "--workers",
+      "0",
+      "--json",
+      "--out",
+      join(root, "plan"),
+    ]);
     expect(r.err).toBe("");
     expect(r.code).toBe(0);
     const j = JSON.parse(r.out);
@@ -36,7 +54,10 @@ describe("data prepare / data plan", () => {
 
   it("data prepare CONFIG writes the cache, keeps it when nothing changed, and data plan CONFIG plans it", () => {
     const cfg = join(root, "train.yaml");
-    writeFileSync(cfg, `model: ${model}\nmeta: ${meta}\nmax_length: 8192\ncache_dir: cache\nwork_dir: run\nsampler: modality_length\nglobal_batch_size: 4\n`);
+    writeFileSync(
+      cfg,
+      `model: ${model}\nmeta: ${meta}\nmax_length: 8192\ncache_dir: cache\nwork_dir: run\nsampler: modality_length\nglobal_batch_size: 4\n`,
+    );
     const a = tessera(["data", "prepare", cfg, "--workers", "0", "--json"]);
     expect(a.code, a.err).toBe(0);
     const ja = JSON.parse(a.out);

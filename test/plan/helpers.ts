@@ -8,7 +8,13 @@ export const CHAR_MAKER = new URL("./fixtures/char-maker.ts", import.meta.url).h
 
 /** A tiny-tile model folder: 28-pixel tiles, 1 context token per tile, up to 6 tiles. */
 export function tinyModel(): string {
-  return makeModelFolder({ tokenizerFiles: "none", imageSize: 28, patchSize: 14, downsampleRatio: 0.5, maxDynamicPatch: 6 });
+  return makeModelFolder({
+    tokenizerFiles: "none",
+    imageSize: 28,
+    patchSize: 14,
+    downsampleRatio: 0.5,
+    maxDynamicPatch: 6,
+  });
 }
 
 function rnd(seed: number) {
@@ -43,19 +49,33 @@ export function writeDatasets(defs: DatasetDef[], seed = 1): { root: string; met
     for (let i = 0; i < d.n; i++) {
       if (d.badAt?.includes(i)) lines.push(`{"conversations": 5}`);
       const q = "q".repeat(5 + Math.floor(r() * 40));
-      const a = `${d.name}#${i}:` + "a".repeat(1 + Math.floor(r() * 60 * (r() < 0.1 ? 8 : 1)));
+      const a = `${d.name}#${i}:${"a".repeat(1 + Math.floor(r() * 60 * (r() < 0.1 ? 8 : 1)))}`;
       const rec: Record<string, unknown> = { id: i };
-      if (d.kind === "text") rec.conversations = [{ from: "human", value: q }, { from: "gpt", value: a }];
+      if (d.kind === "text")
+        rec.conversations = [
+          { from: "human", value: q },
+          { from: "gpt", value: a },
+        ];
       else {
         const k = d.kind === "multi" ? 2 + Math.floor(r() * 3) : 1;
         rec.image = k === 1 ? "img/0.png" : Array.from({ length: k }, (_, j) => `img/${j}.png`);
-        rec.image_wh = Array.from({ length: k }, () => [20 + Math.floor(r() * 200), 20 + Math.floor(r() * 200)]);
-        rec.conversations = [{ from: "human", value: `${"<image>\n".repeat(k)}${q}` }, { from: "gpt", value: a }];
+        rec.image_wh = Array.from({ length: k }, () => [
+          20 + Math.floor(r() * 200),
+          20 + Math.floor(r() * 200),
+        ]);
+        rec.conversations = [
+          { from: "human", value: `${"<image>\n".repeat(k)}${q}` },
+          { from: "gpt", value: a },
+        ];
       }
       lines.push(JSON.stringify(rec));
     }
     writeFileSync(join(root, `${d.name}.jsonl`), `${lines.join("\n")}\n`);
-    meta[d.name] = { media_root: d.kind === "text" ? "" : `${d.name}/`, annotation: `${d.name}.jsonl`, repeat_time: d.repeat ?? 1 };
+    meta[d.name] = {
+      media_root: d.kind === "text" ? "" : `${d.name}/`,
+      annotation: `${d.name}.jsonl`,
+      repeat_time: d.repeat ?? 1,
+    };
   }
   const metaPath = join(root, "meta.json");
   writeFileSync(metaPath, JSON.stringify(meta, null, 2));

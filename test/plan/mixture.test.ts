@@ -26,6 +26,8 @@ describe("mixture", () => {
     expect(Array.from(e1)).not.toEqual(Array.from(e0));
     expect(Array.from(epochMixture(ds, 43, 0))).not.toEqual(Array.from(e0));
     // a shuffle, not a change of content
-    expect(Array.from(e1).sort((x, y) => x - y)).toEqual(Array.from(mixtureList(ds)).sort((x, y) => x - y));
+    expect(Array.from(e1).sort((x, y) => x - y)).toEqual(
+      Array.from(mixtureList(ds)).sort((x, y) => x - y),
+    );
   });
 });

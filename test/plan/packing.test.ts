@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { Rng } from "../../src/plan/arrays.ts";
-import { PACKING_KINDS, type Rows, pack } from "../../src/plan/packing.ts";
+import { PACKING_KINDS, pack, type Rows } from "../../src/plan/packing.ts";
 import { syntheticTable } from "./synthetic.ts";
 
 const N = 5000;
@@ -19,7 +19,11 @@ describe("packing", () => {
     for (const maxTiles of [undefined, 24]) {
       it(`${kind}${maxTiles ? ` with max_tiles_per_pack ${maxTiles}` : ""}: every pack within limits, every sample's tokens exactly once`, () => {
         const cap = 8192;
-        const rows = pack(kind, order, src, { packMaxLength: cap, maxTilesPerPack: maxTiles, window: 512 });
+        const rows = pack(kind, order, src, {
+          packMaxLength: cap,
+          maxTilesPerPack: maxTiles,
+          window: 512,
+        });
         const covered = new Int32Array(N);
         const bad: string[] = [];
         for (let r = 0; r < rows.rows; r++) {
@@ -38,7 +42,9 @@ describe("packing", () => {
           if (tok > (kind === "none" ? 4096 : cap)) bad.push(`row ${r}: ${tok} tokens`);
           if (maxTiles && kind !== "none" && til > maxTiles) bad.push(`row ${r}: ${til} tiles`);
         }
-        for (let s = 0; s < N; s++) if (covered[s] !== t.lengths[s]) bad.push(`sample ${s}: ${covered[s]} of ${t.lengths[s]} tokens`);
+        for (let s = 0; s < N; s++)
+          if (covered[s] !== t.lengths[s])
+            bad.push(`sample ${s}: ${covered[s]} of ${t.lengths[s]} tokens`);
         expect(bad.slice(0, 5)).toEqual([]);
         if (kind !== "concat") expect(rows.pieces).toBe(N);
       });
@@ -62,7 +68,9 @@ describe("packing", () => {
       posOf[s] = p;
     });
     for (let r = 0; r < rows.rows; r++) {
-      const ps = Array.from(rows.sample.data.subarray(rows.rowOffset.data[r], rows.rowOffset.data[r + 1])).map((s) => posOf[s]);
+      const ps = Array.from(
+        rows.sample.data.subarray(rows.rowOffset.data[r], rows.rowOffset.data[r + 1]),
+      ).map((s) => posOf[s]);
       expect(Math.max(...ps) - Math.min(...ps)).toBeLessThan(256 * 4);
     }
   });

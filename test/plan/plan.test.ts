@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { mixtureList } from "../../src/plan/mixture.ts";
-import { type Plan, type PlanOptions, buildPlan, writePlan } from "../../src/plan/plan.ts";
+import { buildPlan, type Plan, type PlanOptions, writePlan } from "../../src/plan/plan.ts";
 import { syntheticTable } from "./synthetic.ts";
 
 const table = syntheticTable(4000, 13, [
@@ -11,7 +11,16 @@ const table = syntheticTable(4000, 13, [
   { name: "b", count: 2000, repeatTime: 0.25 },
   { name: "c", count: 500, repeatTime: 1 },
 ]);
-const base: PlanOptions = { worldSize: 4, microBatchSize: 1, gradAccum: 2, sampler: "random", packing: "soft", packMaxLength: 8192, seed: 3, epochs: 2 };
+const base: PlanOptions = {
+  worldSize: 4,
+  microBatchSize: 1,
+  gradAccum: 2,
+  sampler: "random",
+  packing: "soft",
+  packMaxLength: 8192,
+  seed: 3,
+  epochs: 2,
+};
 
 /** Micro-batch contents as plain data: [[rows: [[sample, start, length], …]], …]. */
 function microBatches(p: Plan, from = 0, to = p.mbTokens.length): number[][][][] {
@@ -20,7 +29,8 @@ function microBatches(p: Plan, from = 0, to = p.mbTokens.length): number[][][][]
     const rows: number[][][] = [];
     for (let k = p.mbOffset[m]; k < p.mbOffset[m + 1]; k++) {
       const pieces: number[][] = [];
-      for (let q = p.rowOffset[k]; q < p.rowOffset[k + 1]; q++) pieces.push([p.pieceSample[q], p.pieceStart[q], p.pieceLength[q]]);
+      for (let q = p.rowOffset[k]; q < p.rowOffset[k + 1]; q++)
+        pieces.push([p.pieceSample[q], p.pieceStart[q], p.pieceLength[q]]);
       rows.push(pieces);
     }
     out.push(rows);
@@ -32,7 +42,8 @@ async function planBytes(p: Plan): Promise<Record<string, string>> {
   const dir = mkdtempSync(join(tmpdir(), "tessera-plan-out-"));
   await writePlan(p, join(dir, "plan"));
   const out: Record<string, string> = {};
-  for (const f of readdirSync(join(dir, "plan")).sort()) out[f] = readFileSync(join(dir, "plan", f)).toString("base64");
+  for (const f of readdirSync(join(dir, "plan")).sort())
+    out[f] = readFileSync(join(dir, "plan", f)).toString("base64");
   return out;
 }
 
@@ -48,11 +59,18 @@ describe("plan", () => {
 
   for (const packing of ["soft", "concat", "none", "first_fit", "next_fit"] as const) {
     it(`${packing}: over a full epoch no sample is lost or duplicated beyond repeat_time`, () => {
-      const p = buildPlan(table, { ...base, packing, epochs: 1, microBatchSize: packing === "none" ? 3 : 1 });
+      const p = buildPlan(table, {
+        ...base,
+        packing,
+        epochs: 1,
+        microBatchSize: packing === "none" ? 3 : 1,
+      });
       const expected = new Map<number, number>();
-      for (const s of mixtureList(table.datasets)) expected.set(s, (expected.get(s) ?? 0) + table.lengths[s]);
+      for (const s of mixtureList(table.datasets))
+        expected.set(s, (expected.get(s) ?? 0) + table.lengths[s]);
       const got = new Map<number, number>();
-      for (let q = 0; q < p.pieceSample.length; q++) got.set(p.pieceSample[q], (got.get(p.pieceSample[q]) ?? 0) + p.pieceLength[q]);
+      for (let q = 0; q < p.pieceSample.length; q++)
+        got.set(p.pieceSample[q], (got.get(p.pieceSample[q]) ?? 0) + p.pieceLength[q]);
       expect(got.size).toBe(expected.size);
       let diff = 0;
       for (const [s, n] of expected) if (got.get(s) !== n) diff++;
@@ -80,14 +98,20 @@ describe("plan", () => {
     expect(p.mbOffset.length).toBe(p.totalSteps * 8 * 2 + 1);
     expect(p.stats.empty_micro_batches).toBe(0);
     expect(p.stats.rank_balance_mean).toBeLessThan(1.05);
-    const unpacked = buildPlan(table, { ...base, packing: "none", microBatchSize: 4, worldSize: 8 });
+    const unpacked = buildPlan(table, {
+      ...base,
+      packing: "none",
+      microBatchSize: 4,
+      worldSize: 8,
+    });
     expect(unpacked.stats.rank_balance_mean).toBeLessThan(1.15);
   });
 
   it("every pack stays within pack_max_length and max_tiles_per_pack", () => {
     const p = buildPlan(table, { ...base, maxTilesPerPack: 24 });
     let over = 0;
-    for (let k = 0; k < p.rowTokens.length; k++) if (p.rowTokens[k] > 8192 || p.rowTiles[k] > 24) over++;
+    for (let k = 0; k < p.rowTokens.length; k++)
+      if (p.rowTokens[k] > 8192 || p.rowTiles[k] > 24) over++;
     expect(over).toBe(0);
     expect(p.stats.max_tiles_per_pack).toBeLessThanOrEqual(24);
     expect(p.stats.fill_ratio).toBeGreaterThan(0.8);

@@ -9,7 +9,9 @@ describe("samplers", () => {
     const t = syntheticTable(1000, 3);
     const order = new Rng(1).shuffle(Int32Array.from({ length: 1000 }, (_, i) => i));
     const out = groupByLength(order, t.lengths, 32);
-    expect(Array.from(out).sort((a, b) => a - b)).toEqual(Array.from({ length: 1000 }, (_, i) => i));
+    expect(Array.from(out).sort((a, b) => a - b)).toEqual(
+      Array.from({ length: 1000 }, (_, i) => i),
+    );
     let max = 0;
     for (const i of out) max = Math.max(max, t.lengths[i]);
     expect(t.lengths[out[0]]).toBe(max);
@@ -24,10 +26,16 @@ describe("samplers", () => {
     const signed = Int32Array.from(t.lengths, (l, i) => (t.multimodal[i] ? l : -l));
     const order = new Rng(2).shuffle(Int32Array.from({ length: 997 }, (_, i) => i));
     const g = groupByModalityLength(order, signed, 16, new Rng(9));
-    expect(Array.from(g.order).sort((a, b) => a - b)).toEqual(Array.from({ length: 997 }, (_, i) => i));
+    expect(Array.from(g.order).sort((a, b) => a - b)).toEqual(
+      Array.from({ length: 997 }, (_, i) => i),
+    );
     let kinds = 0;
     for (let k = 0; k + 1 < g.groupOffsets.length; k++) {
-      const mm = new Set(Array.from(g.order.subarray(g.groupOffsets[k], g.groupOffsets[k + 1])).map((i) => t.multimodal[i]));
+      const mm = new Set(
+        Array.from(g.order.subarray(g.groupOffsets[k], g.groupOffsets[k + 1])).map(
+          (i) => t.multimodal[i],
+        ),
+      );
       expect(mm.size).toBe(1);
       kinds |= 1 << [...mm][0];
     }
@@ -38,7 +46,15 @@ describe("samplers", () => {
     it(`plan with modality_length and packing ${packing}: every micro-step across ranks is one modality`, () => {
       const t = syntheticTable(3000, 11);
       const W = 4;
-      const p = buildPlan(t, { worldSize: W, microBatchSize: 2, gradAccum: 2, sampler: "modality_length", packing, packMaxLength: 8192, seed: 5 });
+      const p = buildPlan(t, {
+        worldSize: W,
+        microBatchSize: 2,
+        gradAccum: 2,
+        sampler: "modality_length",
+        packing,
+        packMaxLength: 8192,
+        seed: 5,
+      });
       let mixedSteps = 0;
       let mmSteps = 0;
       let textSteps = 0;
@@ -48,7 +64,8 @@ describe("samplers", () => {
           for (let r = 0; r < W; r++) {
             const m = (g * W + r) * 2 + a;
             for (let k = p.mbOffset[m]; k < p.mbOffset[m + 1]; k++)
-              for (let q = p.rowOffset[k]; q < p.rowOffset[k + 1]; q++) kinds.add(t.multimodal[p.pieceSample[q]]);
+              for (let q = p.rowOffset[k]; q < p.rowOffset[k + 1]; q++)
+                kinds.add(t.multimodal[p.pieceSample[q]]);
           }
           if (kinds.size > 1) mixedSteps++;
           else if (kinds.has(1)) mmSteps++;

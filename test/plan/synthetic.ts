@@ -1,7 +1,11 @@
 /** Synthetic sample tables for planner tests: no cache, just lengths. */
 import type { SampleTable } from "../../src/plan/plan.ts";
 
-export function syntheticTable(n: number, seed = 7, datasets?: { name: string; count: number; repeatTime: number }[]): SampleTable {
+export function syntheticTable(
+  n: number,
+  seed = 7,
+  datasets?: { name: string; count: number; repeatTime: number }[],
+): SampleTable {
   let x = seed >>> 0 || 1;
   const r = () => {
     x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
@@ -35,7 +39,8 @@ export function syntheticTable(n: number, seed = 7, datasets?: { name: string; c
     images,
     multimodal,
     // learned tokens are the sample's last `learned` tokens; images sit at its start
-    learnedIn: (s, a, b) => Math.max(0, Math.min(b, lengths[s]) - Math.max(a, lengths[s] - learned[s])),
+    learnedIn: (s, a, b) =>
+      Math.max(0, Math.min(b, lengths[s]) - Math.max(a, lengths[s] - learned[s])),
     tilesIn: (s, a) => (a < tiles[s] * 256 ? tiles[s] : 0),
   };
 }
