@@ -4,7 +4,7 @@ import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { HeaderReader, ImageHeaderError } from "../vision/headers.ts";
 import { type DataIssue, issue } from "./issues.ts";
-import { displayPath, lineAlignedRanges, readRecords } from "./jsonl.ts";
+import { displayPath, lineAlignedRanges, readRecordBatches } from "./jsonl.ts";
 import { MediaPathError, resolveMediaPath } from "./media.ts";
 import { type DatasetSpec, loadMetaChecked, selectedRecordCount } from "./meta.ts";
 import type { DataRecord } from "./record.ts";
@@ -229,35 +229,37 @@ export async function checkRange(
     }
   };
 
-  for await (const item of readRecords(spec, {
+  const batches = readRecordBatches(spec, {
     onBytes: opts.onBytes,
     start: opts.start,
     end: opts.end,
-  })) {
-    s.lines = item.line;
-    for (const i of item.issues) add(i);
-    const rec = item.record;
-    if (!rec) {
-      if (item.issues.some((i) => i.severity === "error")) s.invalid++;
-    } else {
-      s.records++;
-      if (rec.images.length > 0) {
-        s.multimodal++;
-        s.images += rec.images.length;
-        if (!rec.imageWh) s.missingImageWh++;
-      } else if (rec.video !== undefined) {
-        s.multimodal++;
-        s.video++;
-      } else s.text++;
-      if (checkMedia && (rec.images.length > 0 || rec.video !== undefined))
-        checkRecordMedia(rec, item.line);
+  });
+  outer: for await (const batch of batches)
+    for (const item of batch) {
+      s.lines = item.line;
+      for (const i of item.issues) add(i);
+      const rec = item.record;
+      if (!rec) {
+        if (item.issues.some((i) => i.severity === "error")) s.invalid++;
+      } else {
+        s.records++;
+        if (rec.images.length > 0) {
+          s.multimodal++;
+          s.images += rec.images.length;
+          if (!rec.imageWh) s.missingImageWh++;
+        } else if (rec.video !== undefined) {
+          s.multimodal++;
+          s.video++;
+        } else s.text++;
+        if (checkMedia && (rec.images.length > 0 || rec.video !== undefined))
+          checkRecordMedia(rec, item.line);
+      }
+      if (outstanding.length >= 4096) {
+        await Promise.all(outstanding);
+        outstanding = [];
+      }
+      if (stopped) break outer;
     }
-    if (outstanding.length >= 4096) {
-      await Promise.all(outstanding);
-      outstanding = [];
-    }
-    if (stopped) break;
-  }
   await Promise.all(outstanding);
   s.distinctImages = reader.reads;
   s.selected = selectedRecordCount(s.records, spec.repeatTime);

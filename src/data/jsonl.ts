@@ -127,16 +127,18 @@ const EMPTY: DataIssue[] = [];
  * Every line of a dataset's annotation file, parsed and validated, in order. Empty lines
  * yield a warning and no record; lines that are not usable records yield their errors.
  * File-level notes (BOM, CRLF line ends) come once, with the line they were first seen on.
+ * Items come in batches (one per read chunk) so hot loops pay one await per batch.
  */
-export async function* readRecords(
+export async function* readRecordBatches(
   spec: Pick<DatasetSpec, "annotation">,
   opts: ReadRecordsOptions = {},
-): AsyncGenerator<ReadItem> {
+): AsyncGenerator<ReadItem[]> {
   const file = opts.displayName ?? displayPath(spec.annotation);
   const keep = opts.keepRaw === true;
   const gen = readLineBatches(spec.annotation, opts);
   let sawCrlf = false;
   for await (const batch of gen) {
+    const out: ReadItem[] = [];
     for (const l of batch) {
       let issues = EMPTY;
       if (l.bom) issues = [bomIssue(file)];
@@ -170,7 +172,7 @@ export async function* readRecords(
           ],
         };
         if (keep) item.text = t;
-        yield item;
+        out.push(item);
         continue;
       }
       let value: unknown;
@@ -187,9 +189,11 @@ export async function* readRecords(
               `the last line is cut short (no line end and not valid JSON: ${msg}); the file looks truncated`,
             )
           : issue(file, l.line, "(line)", "invalid-json", `not valid JSON: ${msg}`);
-        yield keep
-          ? { line: l.line, issues: [...issues, bad], text: l.text }
-          : { line: l.line, issues: [...issues, bad] };
+        out.push(
+          keep
+            ? { line: l.line, issues: [...issues, bad], text: l.text }
+            : { line: l.line, issues: [...issues, bad] },
+        );
         continue;
       }
       const v = validateRecord(value, file, l.line);
@@ -200,9 +204,18 @@ export async function* readRecords(
         item.raw = value;
         item.text = l.text;
       }
-      yield item;
+      out.push(item);
     }
+    yield out;
   }
+}
+
+/** readRecordBatches one item at a time. */
+export async function* readRecords(
+  spec: Pick<DatasetSpec, "annotation">,
+  opts: ReadRecordsOptions = {},
+): AsyncGenerator<ReadItem> {
+  for await (const batch of readRecordBatches(spec, opts)) yield* batch;
 }
 
 function bomIssue(file: string): DataIssue {
