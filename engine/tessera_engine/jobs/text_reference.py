@@ -7,6 +7,27 @@ from __future__ import annotations
 import os
 
 
+def load_tokenizer(d: str):
+    """The folder's tokenizer.json exactly as written (transformers 5 rebuilds some classes, e.g.
+    LlamaTokenizer, from its own defaults instead); AutoTokenizer for folders without one."""
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = os.path.join(d, "tokenizer.json")
+    if not os.path.exists(path):
+        return AutoTokenizer.from_pretrained(d)
+    cfg_path = os.path.join(d, "tokenizer_config.json")
+    cfg = json.load(open(cfg_path, encoding="utf-8")) if os.path.exists(cfg_path) else {}
+    names = {}
+    for k in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        v = cfg.get(k)
+        v = v.get("content") if isinstance(v, dict) else v
+        if isinstance(v, str):
+            names[k] = v
+    return PreTrainedTokenizerFast(tokenizer_file=path, **names)
+
+
 def run(job: dict) -> dict:
     from ..reference import internvl
 
@@ -15,9 +36,7 @@ def run(job: dict) -> dict:
 
     def hf(d: str):
         if d not in tokenizers:
-            from transformers import AutoTokenizer
-
-            tokenizers[d] = AutoTokenizer.from_pretrained(d)
+            tokenizers[d] = load_tokenizer(d)
         return tokenizers[d]
 
     def sp(path: str):

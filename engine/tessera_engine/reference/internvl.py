@@ -176,7 +176,10 @@ def _preprocess_internvl2_5(source, tok, tokens_per_image):
     for s in source:
         role = "user" if s["from"] == "human" else "assistant"
         parts.append((s["from"], f"<|im_start|>{role}\n{s['value']}<|im_end|>\n"))
-    add_bos = bool(getattr(tok, "add_bos_token", False)) and tok.bos_token is not None
+    # The official code asks `tokenizer.add_bos_token`; ask the tokenizer's behaviour instead,
+    # which is the same for the slow and fast tokenizers of the family.
+    empty = tok("").input_ids
+    add_bos = tok.bos_token is not None and len(empty) > 0 and empty[0] == tok.bos_token_id
     texts = [p for _, p in parts]
     if add_bos:
         texts[0] = tok.bos_token + texts[0]
