@@ -299,7 +299,16 @@ function runWorker(
   onBytes: (n: number) => void,
 ): Promise<RangeResult> {
   return new Promise((resolve, reject) => {
-    const { onBytes: _drop, ...opts } = job.opts;
+    // Only plain data crosses to the worker (no callbacks).
+    const o = job.opts;
+    const opts: RangeOptions = {
+      maxErrors: o.maxErrors,
+      checkMedia: o.checkMedia,
+      allowOutside: o.allowOutside,
+      concurrency: o.concurrency,
+      start: o.start,
+      end: o.end,
+    };
     const w = new Worker(new URL("./check-worker.mjs", import.meta.url), {
       workerData: { spec: job.spec, opts },
     });

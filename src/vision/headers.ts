@@ -3,7 +3,7 @@
  * image-size package; pixels are never decoded. Sizes are the stored width and height, as
  * PIL's Image.open(...).size reports them (EXIF orientation is not applied, as in training).
  */
-import { open } from "node:fs/promises";
+import { close as fsClose, open as fsOpen, read as fsRead } from "node:fs";
 import { imageSize } from "image-size";
 
 export interface ImageHeader {
@@ -31,54 +31,57 @@ const MAX_READ = 4 * 1024 * 1024;
 
 /** Reads the header of one image file. Throws ImageHeaderError. */
 export async function readImageHeader(path: string): Promise<ImageHeader> {
-  let h: Awaited<ReturnType<typeof open>>;
-  try {
-    h = await open(path, "r");
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ENOENT" || code === "ENOTDIR")
-      throw new ImageHeaderError("missing", path, "the file does not exist");
-    throw new ImageHeaderError("unreadable", path, `cannot open the file: ${(e as Error).message}`);
-  }
-  try {
-    let size = FIRST_READ;
-    for (;;) {
-      const buf = Buffer.allocUnsafe(size);
-      let n: number;
-      try {
-        ({ bytesRead: n } = await h.read(buf, 0, size, 0));
-      } catch (e) {
-        throw new ImageHeaderError(
-          "unreadable",
-          path,
-          `cannot read the file: ${(e as Error).message}`,
-        );
-      }
-      if (n === 0) throw new ImageHeaderError("unreadable", path, "the file is empty");
-      let lastError: Error | undefined;
-      try {
-        const r = imageSize(buf.subarray(0, n));
-        if (Number.isInteger(r.width) && Number.isInteger(r.height) && r.width > 0 && r.height > 0)
-          return { width: r.width, height: r.height, type: r.type ?? "unknown" };
-        lastError = new Error(`the header gives no size (${r.width}×${r.height})`);
-      } catch (e) {
-        lastError = e as Error;
-      }
-      // Whole file seen, or an unknown format: no larger read will help.
-      const unknown = /unsupported file type: undefined/.test(lastError.message);
-      if (n < size || size >= MAX_READ || unknown)
-        throw new ImageHeaderError(
-          "unreadable",
-          path,
-          unknown
-            ? "not a known image format (unrecognised header bytes)"
-            : `not a readable image header: ${lastError.message}`,
-        );
-      size *= 8;
+  let size = FIRST_READ;
+  for (;;) {
+    const { buf, n } = await readHead(path, size);
+    if (n === 0) throw new ImageHeaderError("unreadable", path, "the file is empty");
+    let lastError: Error;
+    try {
+      const r = imageSize(buf.subarray(0, n));
+      if (Number.isInteger(r.width) && Number.isInteger(r.height) && r.width > 0 && r.height > 0)
+        return { width: r.width, height: r.height, type: r.type ?? "unknown" };
+      lastError = new Error(`the header gives no size (${r.width}×${r.height})`);
+    } catch (e) {
+      lastError = e as Error;
     }
-  } finally {
-    await h.close();
+    // Whole file seen, or an unknown format: no larger read will help.
+    const unknown = /unsupported file type: undefined/.test(lastError.message);
+    if (n < size || size >= MAX_READ || unknown)
+      throw new ImageHeaderError(
+        "unreadable",
+        path,
+        unknown
+          ? "not a known image format (unrecognised header bytes)"
+          : `not a readable image header: ${lastError.message}`,
+      );
+    size *= 8;
   }
+}
+
+/** The first `size` bytes of a file. Callback fs calls: far less overhead than FileHandle. */
+function readHead(path: string, size: number): Promise<{ buf: Buffer; n: number }> {
+  return new Promise((resolve, reject) => {
+    fsOpen(path, "r", (e, fd) => {
+      if (e) {
+        const missing = e.code === "ENOENT" || e.code === "ENOTDIR";
+        reject(
+          new ImageHeaderError(
+            missing ? "missing" : "unreadable",
+            path,
+            missing ? "the file does not exist" : `cannot open the file: ${e.message}`,
+          ),
+        );
+        return;
+      }
+      const buf = Buffer.allocUnsafe(size);
+      fsRead(fd, buf, 0, size, 0, (e2, n) => {
+        fsClose(fd, () => {});
+        if (e2)
+          reject(new ImageHeaderError("unreadable", path, `cannot read the file: ${e2.message}`));
+        else resolve({ buf, n });
+      });
+    });
+  });
 }
 
 /**

@@ -1,4 +1,4 @@
-import { readFileSync, symlinkSync } from "node:fs";
+import { readFileSync, statSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { checkMeta } from "../../src/data/check.ts";
@@ -241,7 +241,15 @@ describe("data check in parallel", () => {
     const p = join(dir, "ds.jsonl");
     write(p, readFileSync(p, "utf8").replaceAll("\n", "\r\n"));
     const one = await checkMeta(m, { workers: 1 });
-    const par = await checkMeta(m, { workers: 2, parallelMinBytes: 1 });
+    let progress = [0, 0];
+    const par = await checkMeta(m, {
+      workers: 2,
+      parallelMinBytes: 1,
+      onProgress: (d, t) => (progress = [d, t]),
+    });
+    // Progress crosses from the workers and ends at the file's size.
+    expect(progress[0]).toBe(statSync(p).size);
+    expect(progress[1]).toBe(progress[0]);
     expect(one.errorCount).toBe(3);
     expect(par.issues).toEqual(one.issues);
     expect(par.errorCount).toBe(one.errorCount);
