@@ -68,6 +68,45 @@ function sourceFiles(vocab: Vocab) {
   return s;
 }
 
+const built = new Map<string, { files: Record<string, string>; vocabSize: number }>();
+
+/** The tokenizer files of a vocabulary with the template's role tokens and InternVL's tokens added (memoized). */
+function buildTokenizerFiles(vocab: Vocab, template: string, files: "tokenizer.json" | "vocab+merges") {
+  const key = `${vocab}|${template}|${files}`;
+  const hit = built.get(key);
+  if (hit) return hit;
+  const { tok: tokText, cfg: cfgText } = sourceFiles(vocab);
+  const tok = JSON.parse(tokText);
+  const cfg = JSON.parse(cfgText);
+  delete cfg.chat_template;
+  const taken = new Set<string>([...Object.keys(tok.model.vocab), ...tok.added_tokens.map((t: { content: string }) => t.content)]);
+  let next = 0;
+  for (const id of Object.values(tok.model.vocab as Record<string, number>)) if (id >= next) next = id + 1;
+  for (const t of tok.added_tokens as { id: number }[]) if (t.id >= next) next = t.id + 1;
+  cfg.added_tokens_decoder ??= {};
+  for (const content of [...(ROLE_TOKENS[template] ?? []), ...INTERNVL_TOKENS]) {
+    if (taken.has(content)) continue;
+    taken.add(content);
+    const t = { id: next++, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true };
+    tok.added_tokens.push(t);
+    const { id, ...rest } = t;
+    cfg.added_tokens_decoder[String(id)] = rest;
+  }
+  if (template === "phi3-chat") cfg.eos_token = "<|end|>";
+  const out: Record<string, string> = {};
+  if (files === "tokenizer.json") out["tokenizer.json"] = JSON.stringify(tok);
+  else {
+    if (vocab !== "qwen2") throw new Error("vocab+merges is only for the qwen2 vocabulary");
+    out["vocab.json"] = JSON.stringify(tok.model.vocab);
+    const merges = (tok.model.merges as (string | string[])[]).map((m) => (Array.isArray(m) ? m.join(" ") : m));
+    out["merges.txt"] = `#version: 0.2\n${merges.join("\n")}\n`;
+  }
+  out["tokenizer_config.json"] = JSON.stringify(cfg, null, 2);
+  const result = { files: out, vocabSize: next };
+  built.set(key, result);
+  return result;
+}
+
 export function makeModelFolder(opts: ModelFolderOptions = {}): string {
   const vocab = opts.vocab ?? "qwen2";
   const template = opts.template ?? (vocab === "llama2" ? "internlm2-chat" : "Hermes-2");
@@ -81,34 +120,9 @@ export function makeModelFolder(opts: ModelFolderOptions = {}): string {
   const files = opts.tokenizerFiles ?? "tokenizer.json";
   let vocabSize = 0;
   if (files !== "none") {
-    const { tok: tokText, cfg: cfgText } = sourceFiles(vocab);
-    const tok = JSON.parse(tokText);
-    const cfg = JSON.parse(cfgText);
-    delete cfg.chat_template;
-    const taken = new Set<string>([...Object.keys(tok.model.vocab), ...tok.added_tokens.map((t: { content: string }) => t.content)]);
-    let next = 0;
-    for (const id of Object.values(tok.model.vocab as Record<string, number>)) if (id >= next) next = id + 1;
-    for (const t of tok.added_tokens as { id: number }[]) if (t.id >= next) next = t.id + 1;
-    cfg.added_tokens_decoder ??= {};
-    for (const content of [...(ROLE_TOKENS[template] ?? []), ...INTERNVL_TOKENS]) {
-      if (taken.has(content)) continue;
-      taken.add(content);
-      const t = { id: next++, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true };
-      tok.added_tokens.push(t);
-      const { id, ...rest } = t;
-      cfg.added_tokens_decoder[String(id)] = rest;
-    }
-    vocabSize = next;
-    if (template === "phi3-chat") cfg.eos_token = "<|end|>";
-    if (files === "tokenizer.json") {
-      writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tok));
-    } else {
-      if (vocab !== "qwen2") throw new Error("vocab+merges is only for the qwen2 vocabulary");
-      writeFileSync(join(dir, "vocab.json"), JSON.stringify(tok.model.vocab));
-      const merges = (tok.model.merges as (string | string[])[]).map((m) => (Array.isArray(m) ? m.join(" ") : m));
-      writeFileSync(join(dir, "merges.txt"), `#version: 0.2\n${merges.join("\n")}\n`);
-    }
-    writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(cfg, null, 2));
+    const built = buildTokenizerFiles(vocab, template, files);
+    for (const [name, text] of Object.entries(built.files)) writeFileSync(join(dir, name), text);
+    vocabSize = built.vocabSize;
   }
   if (opts.tokenizerModel) copyFileSync(opts.tokenizerModel, join(dir, "tokenizer.model"));
   llmConfig.vocab_size = vocabSize;
