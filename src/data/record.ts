@@ -42,6 +42,20 @@ function countInHuman(turns: Turn[], needle: string): number {
   return n;
 }
 
+// A module-level helper, not a closure per record: this runs millions of times.
+function fail(
+  issues: DataIssue[],
+  file: string,
+  line: number,
+  field: string,
+  kind: string,
+  message: string,
+  expected?: string,
+  found?: string,
+): void {
+  issues.push(issue(file, line, field, kind, message, { expected, found }));
+}
+
 /**
  * Validates one parsed JSONL line. Returns the record when it is usable (warnings only)
  * and every problem found; a record with any error is not returned.
@@ -62,13 +76,14 @@ export function validateRecord(
     return { issues };
   }
   const o = obj as Record<string, unknown>;
-  const err = (field: string, kind: string, message: string, expected?: string, found?: string) =>
-    issues.push(issue(file, line, field, kind, message, { expected, found }));
 
   // id
   const id = o.id;
   if (id !== undefined && typeof id !== "string" && typeof id !== "number")
-    err(
+    fail(
+      issues,
+      file,
+      line,
       "id",
       "wrong-type",
       "id must be a string or a number",
@@ -80,7 +95,10 @@ export function validateRecord(
   let turns: Turn[] = [];
   const conv = o.conversations;
   if (conv === undefined)
-    err(
+    fail(
+      issues,
+      file,
+      line,
       "conversations",
       "missing-field",
       "the record has no conversations",
@@ -88,7 +106,10 @@ export function validateRecord(
       "nothing",
     );
   else if (!Array.isArray(conv))
-    err(
+    fail(
+      issues,
+      file,
+      line,
       "conversations",
       "wrong-type",
       "conversations must be a list of turns",
@@ -96,7 +117,10 @@ export function validateRecord(
       describe(conv),
     );
   else if (conv.length === 0)
-    err(
+    fail(
+      issues,
+      file,
+      line,
       "conversations",
       "empty-conversation",
       "conversations is empty",
@@ -108,7 +132,10 @@ export function validateRecord(
     for (let i = 0; i < conv.length; i++) {
       const t = conv[i] as Record<string, unknown>;
       if (t === null || typeof t !== "object" || Array.isArray(t)) {
-        err(
+        fail(
+          issues,
+          file,
+          line,
           `conversations[${i}]`,
           "wrong-type",
           "each turn must be an object with from and value",
@@ -120,7 +147,10 @@ export function validateRecord(
       }
       const from = t.from;
       if (from !== "human" && from !== "gpt" && from !== "system") {
-        err(
+        fail(
+          issues,
+          file,
+          line,
           `conversations[${i}].from`,
           "bad-role",
           'from must be "human", "gpt" or "system"',
@@ -130,7 +160,10 @@ export function validateRecord(
         shapeOk = false;
       }
       if (typeof t.value !== "string") {
-        err(
+        fail(
+          issues,
+          file,
+          line,
           `conversations[${i}].value`,
           "wrong-type",
           "value must be a string",
@@ -156,7 +189,10 @@ export function validateRecord(
                 : i === start
                   ? "the first turn (after an optional system turn) must be human"
                   : "turns must alternate human, gpt";
-          err(
+          fail(
+            issues,
+            file,
+            line,
             `conversations[${i}].from`,
             "bad-alternation",
             why,
@@ -187,7 +223,10 @@ export function validateRecord(
             );
             turns = turns.slice(0, last);
           } else {
-            err(
+            fail(
+              issues,
+              file,
+              line,
               "conversations",
               "no-answer",
               "the conversation has no gpt turn to learn from",
@@ -204,12 +243,25 @@ export function validateRecord(
   let images: string[] = [];
   const img = o.image;
   if (typeof img === "string") {
-    if (img === "") err("image", "wrong-type", "image must not be an empty string", "a path", '""');
+    if (img === "")
+      fail(
+        issues,
+        file,
+        line,
+        "image",
+        "wrong-type",
+        "image must not be an empty string",
+        "a path",
+        '""',
+      );
     else images = [img];
   } else if (Array.isArray(img)) {
     for (let i = 0; i < img.length; i++)
       if (typeof img[i] !== "string" || img[i] === "")
-        err(
+        fail(
+          issues,
+          file,
+          line,
           `image[${i}]`,
           "wrong-type",
           "each image must be a non-empty path string",
@@ -218,7 +270,10 @@ export function validateRecord(
         );
     images = img as string[];
   } else if (img !== undefined && img !== null)
-    err(
+    fail(
+      issues,
+      file,
+      line,
       "image",
       "wrong-type",
       "image must be a path or a list of paths",
@@ -232,7 +287,16 @@ export function validateRecord(
   if (typeof vid === "string") {
     if (vid !== "") video = vid;
   } else if (vid !== undefined && vid !== null)
-    err("video", "wrong-type", "video must be a path", "a string", describe(vid));
+    fail(
+      issues,
+      file,
+      line,
+      "video",
+      "wrong-type",
+      "video must be a path",
+      "a string",
+      describe(vid),
+    );
   if (video !== undefined && images.length > 0) {
     // The official code takes the images and ignores the video; say so rather than guess.
     issues.push(
@@ -257,7 +321,10 @@ export function validateRecord(
   const wh = o.image_wh;
   if (wh !== undefined && wh !== null) {
     if (!Array.isArray(wh))
-      err(
+      fail(
+        issues,
+        file,
+        line,
         "image_wh",
         "wrong-type",
         "image_wh must be a list of [width, height] pairs",
@@ -269,7 +336,10 @@ export function validateRecord(
       for (let i = 0; i < wh.length; i++) {
         const p = wh[i];
         if (!Array.isArray(p) || p.length !== 2) {
-          err(
+          fail(
+            issues,
+            file,
+            line,
             `image_wh[${i}]`,
             "bad-image-wh",
             "each image_wh entry must be a [width, height] pair",
@@ -278,7 +348,10 @@ export function validateRecord(
           );
           ok = false;
         } else if (!(Number.isInteger(p[0]) && p[0] > 0 && Number.isInteger(p[1]) && p[1] > 0)) {
-          err(
+          fail(
+            issues,
+            file,
+            line,
             `image_wh[${i}]`,
             "bad-image-wh",
             "width and height must be positive integers",
@@ -289,7 +362,10 @@ export function validateRecord(
         }
       }
       if (wh.length !== images.length) {
-        err(
+        fail(
+          issues,
+          file,
+          line,
           "image_wh",
           "image-wh-count",
           "image_wh must give one [width, height] per image",
@@ -318,7 +394,10 @@ export function validateRecord(
     }
     if (video !== undefined) {
       if (nImg > 0)
-        err(
+        fail(
+          issues,
+          file,
+          line,
           "conversations",
           "placeholder-mismatch",
           "a video record must not contain <image> placeholders (its frames replace <video>)",
@@ -326,7 +405,10 @@ export function validateRecord(
           `${nImg}`,
         );
       if (nVid > 1)
-        err(
+        fail(
+          issues,
+          file,
+          line,
           "conversations",
           "placeholder-mismatch",
           "a video record takes at most one <video> placeholder",
@@ -335,7 +417,10 @@ export function validateRecord(
         );
     } else {
       if (nVid > 0)
-        err(
+        fail(
+          issues,
+          file,
+          line,
           "conversations",
           "placeholder-mismatch",
           "<video> placeholder in a record without a video",
@@ -343,7 +428,10 @@ export function validateRecord(
           `${nVid}`,
         );
       if (nImg > 0 && nImg !== images.length)
-        err(
+        fail(
+          issues,
+          file,
+          line,
           "conversations",
           "placeholder-mismatch",
           "the number of <image> placeholders differs from the number of images",
