@@ -1,7 +1,12 @@
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import type { DataIssue } from "../../src/data/issues.ts";
-import { type ReadItem, readRecords } from "../../src/data/jsonl.ts";
+import {
+  lineAlignedRanges,
+  type ReadItem,
+  readLineBatches,
+  readRecords,
+} from "../../src/data/jsonl.ts";
 import { normalizePlaceholders, validateRecord } from "../../src/data/record.ts";
 import { expectNamed, tempDir, turns, write } from "./fixtures.ts";
 
@@ -319,5 +324,27 @@ describe("normalizePlaceholders", () => {
       1,
     ).record!;
     expect(normalizePlaceholders(vid).conversations[0].value).toBe("<video>\nwhat happens?");
+  });
+});
+
+describe("lineAlignedRanges", () => {
+  it("cuts a file into ranges that start at line starts and cover it exactly", async () => {
+    const text = ["a", "bb", "x".repeat(300), "", "ccc", "d".repeat(50), "e"].join("\n");
+    const p = write(join(tempDir(), "r.jsonl"), text);
+    for (const parts of [1, 2, 3, 5, 40]) {
+      const ranges = await lineAlignedRanges(p, text.length, parts);
+      expect(ranges[0][0]).toBe(0);
+      expect(ranges[ranges.length - 1][1]).toBe(text.length);
+      for (let k = 1; k < ranges.length; k++) {
+        expect(ranges[k][0]).toBe(ranges[k - 1][1]);
+        expect(text[ranges[k][0] - 1]).toBe("\n");
+      }
+      // Reading every range gives every line once, in order.
+      const lines: string[] = [];
+      for (const [start, end] of ranges)
+        for await (const b of readLineBatches(p, { start, end }))
+          lines.push(...b.map((l) => l.text));
+      expect(lines).toEqual(text.split("\n"));
+    }
   });
 });
