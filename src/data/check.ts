@@ -58,9 +58,9 @@ export interface CheckOptions {
   allowOutside?: boolean;
   /** Header reads in flight at once. Default 64. */
   concurrency?: number;
-  /** Worker threads for large files (default: one per core, at most 8); 1 checks in this thread. */
+  /** Worker threads (default: one per core, at most 8); 1 checks in this thread. */
   workers?: number;
-  /** Files smaller than this are checked in this thread (default 32 MiB). */
+  /** Meta files whose annotations hold fewer bytes in all are checked in this thread (default 32 MiB). */
   parallelMinBytes?: number;
   /** Progress over all annotation files, in bytes. */
   onProgress?: (done: number, total: number) => void;
@@ -291,67 +291,92 @@ export async function checkRangeJob(
   };
 }
 
-/** Files above this size are split over worker threads (one range each). */
+/** Below this many bytes in all, a meta file is checked in this thread. */
 const PARALLEL_MIN_BYTES = 32 << 20;
+/** A file is cut into ranges of about this size (and into at least one per worker when larger). */
+const RANGE_BYTES = 16 << 20;
 
-function runWorker(
-  job: { spec: DatasetSpec; opts: RangeOptions },
-  onBytes: (n: number) => void,
-): Promise<RangeResult> {
-  return new Promise((resolve, reject) => {
-    // Only plain data crosses to the worker (no callbacks).
-    const o = job.opts;
-    const opts: RangeOptions = {
-      maxErrors: o.maxErrors,
-      checkMedia: o.checkMedia,
-      allowOutside: o.allowOutside,
-      concurrency: o.concurrency,
-      start: o.start,
-      end: o.end,
-    };
-    const w = new Worker(new URL("./check-worker.mjs", import.meta.url), {
-      workerData: { spec: job.spec, opts },
+type Job = { spec: DatasetSpec; opts: RangeOptions };
+
+/** Persistent worker threads taking range jobs one at a time each; startup is paid once. */
+class CheckPool {
+  private readonly idle: Worker[] = [];
+  private readonly all: Worker[] = [];
+  private readonly queue: {
+    job: Job;
+    onBytes: (n: number) => void;
+    resolve: (r: RangeResult) => void;
+    reject: (e: Error) => void;
+  }[] = [];
+  private failed: Error | undefined;
+
+  constructor(size: number) {
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(new URL("./check-worker.mjs", import.meta.url));
+      w.on("error", (e) => this.fail(e));
+      w.on("exit", (code) => {
+        if (code !== 0) this.fail(new Error(`a check worker stopped (exit code ${code})`));
+      });
+      this.all.push(w);
+      this.idle.push(w);
+    }
+  }
+
+  run(job: Job, onBytes: (n: number) => void): Promise<RangeResult> {
+    return new Promise((resolve, reject) => {
+      if (this.failed) return reject(this.failed);
+      this.queue.push({ job, onBytes, resolve, reject });
+      this.pump();
     });
-    let done = false;
-    w.on("message", (m: { bytes?: number; result?: RangeResult; error?: string }) => {
-      if (m.bytes) onBytes(m.bytes);
-      if (m.result) {
-        done = true;
-        resolve(m.result);
-      }
-      if (m.error) {
-        done = true;
-        reject(new Error(m.error));
-      }
-    });
-    w.on("error", reject);
-    w.on("exit", (code) => {
-      if (!done) reject(new Error(`a check worker stopped (exit code ${code})`));
-    });
-  });
+  }
+
+  private pump(): void {
+    while (this.idle.length && this.queue.length) {
+      const w = this.idle.pop() as Worker;
+      const t = this.queue.shift() as (typeof this.queue)[number];
+      const onMessage = (m: { bytes?: number; result?: RangeResult; error?: string }) => {
+        if (m.bytes) t.onBytes(m.bytes);
+        if (m.result === undefined && m.error === undefined) return;
+        w.off("message", onMessage);
+        this.idle.push(w);
+        if (m.error !== undefined) t.reject(new Error(m.error));
+        else t.resolve(m.result as RangeResult);
+        this.pump();
+      };
+      w.on("message", onMessage);
+      w.postMessage(t.job);
+    }
+  }
+
+  private fail(e: Error): void {
+    this.failed ??= e;
+    for (const t of this.queue.splice(0)) t.reject(e);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.all.map((w) => w.terminate()));
+  }
 }
 
-/**
- * Checks one dataset. A large file is cut into line-aligned ranges checked in parallel by
- * worker threads (one per core), and their findings are merged as if read in one pass.
- */
-export async function checkDataset(
+/** Only plain data crosses to a worker (no callbacks). */
+function plainOptions(o: RangeOptions, start: number, end: number): RangeOptions {
+  return {
+    maxErrors: o.maxErrors,
+    checkMedia: o.checkMedia,
+    allowOutside: o.allowOutside,
+    concurrency: o.concurrency,
+    start,
+    end,
+  };
+}
+
+/** Merges the ranges of one file, in order, as if the file had been read in one pass. */
+function mergeRanges(
   spec: DatasetSpec,
   d: number,
   list: IssueList,
-  opts: CheckOptions & { onBytes?: (n: number) => void },
-): Promise<DatasetSummary> {
-  const workers = opts.workers ?? Math.min(availableParallelism(), 8);
-  const size = (await stat(spec.annotation)).size;
-  if (workers < 2 || opts.failFast || size < (opts.parallelMinBytes ?? PARALLEL_MIN_BYTES))
-    return checkRange(spec, d, list, opts);
-  const ranges = await lineAlignedRanges(spec.annotation, size, workers);
-  const { onBytes, ...rest } = opts;
-  const results = await Promise.all(
-    ranges.map(([start, end]) =>
-      runWorker({ spec, opts: { ...rest, start, end } }, (n) => onBytes?.(n)),
-    ),
-  );
+  results: RangeResult[],
+): DatasetSummary {
   const s = newSummary(spec);
   let offset = 0;
   let crlfSeen = false;
@@ -382,6 +407,41 @@ export async function checkDataset(
   s.lines = offset;
   s.selected = selectedRecordCount(s.records, spec.repeatTime);
   return s;
+}
+
+/**
+ * Checks datasets on a pool of worker threads: every file is cut into line-aligned ranges
+ * (large files into at least one per worker), all ranges of all files share the pool, and the
+ * findings are merged per file as if read in one pass.
+ */
+async function checkParallel(
+  specs: DatasetSpec[],
+  sizes: number[],
+  list: IssueList,
+  workers: number,
+  opts: RangeOptions,
+): Promise<DatasetSummary[]> {
+  const pool = new CheckPool(workers);
+  try {
+    const perFile = await Promise.all(
+      specs.map(async (spec, d) => {
+        const parts = Math.max(
+          1,
+          Math.ceil(sizes[d] / RANGE_BYTES),
+          sizes[d] >= RANGE_BYTES ? workers : 1,
+        );
+        const ranges = await lineAlignedRanges(spec.annotation, sizes[d], parts);
+        return Promise.all(
+          ranges.map(([start, end]) =>
+            pool.run({ spec, opts: plainOptions(opts, start, end) }, (n) => opts.onBytes?.(n)),
+          ),
+        );
+      }),
+    );
+    return perFile.map((results, d) => mergeRanges(specs[d], d, list, results));
+  } finally {
+    await pool.close();
+  }
 }
 
 async function resolveMedia(
@@ -452,18 +512,22 @@ export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Prom
   for (const i of metaIssues) list.add(-1, i, metaSummary);
   let stoppedEarly = opts.failFast === true && metaIssues.some((i) => i.severity === "error");
   const datasets: DatasetSummary[] = [];
-  let total = 0;
-  for (const s of specs) total += (await stat(s.annotation)).size;
+  const sizes = await Promise.all(specs.map(async (s) => (await stat(s.annotation)).size));
+  const total = sizes.reduce((a, b) => a + b, 0);
   let done = 0;
   const onBytes = (n: number) => {
     done += n;
     opts.onProgress?.(done, total);
   };
-  for (let d = 0; d < specs.length && !stoppedEarly; d++) {
-    const before = list.errors;
-    datasets.push(await checkDataset(specs[d], d, list, { ...opts, onBytes }));
-    if (opts.failFast && list.errors > before) stoppedEarly = true;
-  }
+  const workers = opts.workers ?? Math.min(availableParallelism(), 8);
+  if (workers >= 2 && !opts.failFast && total >= (opts.parallelMinBytes ?? PARALLEL_MIN_BYTES)) {
+    datasets.push(...(await checkParallel(specs, sizes, list, workers, { ...opts, onBytes })));
+  } else
+    for (let d = 0; d < specs.length && !stoppedEarly; d++) {
+      const before = list.errors;
+      datasets.push(await checkRange(specs[d], d, list, { ...opts, onBytes }));
+      if (opts.failFast && list.errors > before) stoppedEarly = true;
+    }
   return {
     meta: displayPath(metaSummary.annotation),
     datasets,

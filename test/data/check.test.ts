@@ -265,3 +265,32 @@ describe("data check in parallel", () => {
     ]);
   }, 30_000);
 });
+
+describe("data check on a worker pool", () => {
+  it("checks several datasets on shared workers and lists problems in meta order", async () => {
+    const dir = tempDir();
+    const rec = (k: number) => JSON.stringify({ id: k, conversations: turns(`q${k}`, `a${k}`) });
+    const file = (bad: number) =>
+      `${Array.from({ length: 300 }, (_, k) => (k === bad ? "{oops" : rec(k))).join("\n")}\n`;
+    write(join(dir, "a.jsonl"), file(200));
+    write(join(dir, "b.jsonl"), file(5));
+    const m = write(
+      join(dir, "meta.json"),
+      JSON.stringify({
+        a: { annotation: "a.jsonl" },
+        b: { annotation: "b.jsonl", repeat_time: 2 },
+      }),
+    );
+    const one = await checkMeta(m, { workers: 1 });
+    const par = await checkMeta(m, { workers: 2, parallelMinBytes: 1 });
+    expect(par.issues).toEqual(one.issues);
+    expect(par.issues.map((i) => `${i.file.split("/").pop()}:${i.line}`)).toEqual([
+      "a.jsonl:201",
+      "b.jsonl:6",
+    ]);
+    expect(par.datasets.map((d) => [d.name, d.records, d.selected, d.lines])).toEqual([
+      ["a", 299, 299, 300],
+      ["b", 299, 598, 300],
+    ]);
+  }, 30_000);
+});
