@@ -16,6 +16,7 @@
  * lengths is not counted in the planning time but is in the peak memory.
  */
 import { spawnSync } from "node:child_process";
+import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Rng } from "../src/plan/arrays.ts";
 import { PACKING_KINDS, type PackingKind } from "../src/plan/packing.ts";
@@ -148,8 +149,11 @@ function child(kind: PackingKind): void {
   );
 }
 
+const isMain = process.argv[1] !== undefined && fileURLToPath(import.meta.url) === resolve(process.argv[1]);
 const arg = process.argv.indexOf("--child");
-if (arg >= 0) child(process.argv[arg + 1] as PackingKind);
+if (!isMain) {
+  // imported for its generator: run nothing
+} else if (arg >= 0) child(process.argv[arg + 1] as PackingKind);
 else {
   console.log(
     `plan: ${N.toLocaleString("en-US")} samples, pack_max_length ${PML}, world 8 × accumulation 4`,
