@@ -23,6 +23,8 @@ JOBS = {
     "text_reference": "text_reference",
     "train": "train",
     "build-tiny": "build_tiny",
+    "render": "render",
+    "generate": "generate",
 }
 
 

@@ -1,0 +1,83 @@
+"""Batched generation: prompts already tokenized and tiled by TypeScript, new token ids back.
+
+Used by `tessera eval` and `tessera chat`. TypeScript builds each prompt (template, image
+placeholders expanded to <img> + <IMG_CONTEXT>×tiles + </img>), decides each image's tile grid
+and the order of the prompts (batches are consecutive runs of `batch_size`); this job makes the
+pixels, runs the model's generation helper and returns the ids.
+
+Job fields:
+  model: an original InternVL2 folder
+  prompts: [{input_ids: [int], images: [{path, wh: [w, h], cols, rows, thumbnail, max_num?}]}]
+  max_new_tokens (16), batch_size (8), do_sample (false), temperature (1), top_p (1), top_k (0),
+  seed (0), device ("auto"), threads (optional: torch CPU threads)
+Result: {outputs: [[int]], tokens_per_s, seconds}  (each stopped before the end-of-turn token)
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..protocol import emit
+
+
+def prompt_pixels(prompt: dict, tile: int, min_num: int, use_thumbnail: bool, where: str):
+    """The tiles of one prompt's images, in order ([N, 3, tile, tile] float32), or None."""
+    import numpy as np
+    import torch
+
+    from ..data.pixels import check_grid, load_tiles
+
+    parts = []
+    for k, im in enumerate(prompt.get("images") or []):
+        wh = tuple(int(v) for v in im["wh"])
+        cols, rows, thumb = int(im["cols"]), int(im["rows"]), bool(im["thumbnail"])
+        if im.get("max_num") is not None:
+            check_grid(wh, cols, rows, thumb, cols * rows + int(thumb), tile=tile, min_num=min_num,
+                       max_num=int(im["max_num"]), use_thumbnail=use_thumbnail, where=f"{where} image {k + 1}")
+        parts.append(load_tiles(im["path"], wh, cols, rows, thumb, tile))
+    if not parts:
+        return None
+    return torch.from_numpy(np.concatenate(parts))
+
+
+def run(job: dict) -> dict:
+    import torch
+
+    from ..model.load import load_internvl
+    from ..model.packed import generate
+
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    prompts = job.get("prompts") or []
+    device = job.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    loaded = load_internvl(job["model"], dtype=dtype, device=device)
+    model, info = loaded.model, loaded.info
+    model.eval()
+    batch = max(1, int(job.get("batch_size", 8)))
+    kw = dict(
+        max_new_tokens=int(job.get("max_new_tokens", 16)),
+        do_sample=bool(job.get("do_sample", False)),
+        temperature=float(job.get("temperature", 1.0)),
+        top_p=float(job.get("top_p", 1.0)),
+        top_k=int(job.get("top_k", 0)),
+        eos_token_ids=info.eos_token_ids,
+        pad_token_id=info.pad_token_id,
+    )
+    seed = int(job.get("seed", 0))
+    outputs: list[list[int]] = []
+    new_tokens = 0
+    t0 = time.perf_counter()
+    for b, start in enumerate(range(0, len(prompts), batch)):
+        chunk = prompts[start:start + batch]
+        pixels = [prompt_pixels(p, info.tile_size, info.min_dynamic_patch, info.use_thumbnail, f"prompt {start + i}")
+                  for i, p in enumerate(chunk)]
+        # Seeded per batch: sampled outputs do not depend on what ran before.
+        out = generate(model, [p["input_ids"] for p in chunk], pixels, seed=seed + b, **kw)
+        outputs.extend(out)
+        new_tokens += sum(len(o) for o in out)
+        emit("progress", stage="generate", done=len(outputs), total=len(prompts))
+    seconds = time.perf_counter() - t0
+    return {"outputs": outputs, "seconds": seconds, "tokens_per_s": new_tokens / seconds if seconds > 0 else None}

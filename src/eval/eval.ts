@@ -1,0 +1,146 @@
+/**
+ * `tessera eval`: ask a model the questions of a meta file (or one JSONL) and score its
+ * answers by exact match, overall and per question type. The question is every turn up to
+ * the last human turn; the answer is the last assistant turn; the type is the record's
+ * `type` field (else its dataset's name). Prompts are built exactly as in training, and the
+ * engine's generate job answers them in batches.
+ */
+import { dirname, resolve } from "node:path";
+import { readRecords } from "../data/jsonl.ts";
+import { loadMeta } from "../data/meta.ts";
+import type { DataRecord } from "../data/record.ts";
+import { type EngineEvent, runEngine } from "../engine/protocol.ts";
+import { loadModelInfo } from "../text/model-info.ts";
+import { buildGenerationPrompt, makeSampleContext } from "../text/sample.ts";
+import { loadTokenizer } from "../text/tokenizer.ts";
+import { perImageMaxNum } from "../vision/tiling.ts";
+import { UserError } from "../util/errors.ts";
+import { type Scored, type ScoreReport, scoreAnswers } from "./score.ts";
+
+export interface EvalOptions {
+  python: string;
+  /** Media root of a lone JSONL (default: its folder). */
+  mediaRoot?: string;
+  /** At most this many questions per dataset (all by default). */
+  limit?: number;
+  batchSize?: number;
+  maxNewTokens?: number;
+  maxDynamicPatch?: number;
+  onEvent?: (e: EngineEvent) => void;
+}
+
+/** One prompt of the engine's generate job (engine/tessera_engine/jobs/generate.py). */
+export interface GeneratePrompt {
+  input_ids: number[];
+  images: { path: string; wh: [number, number]; cols: number; rows: number; thumbnail: boolean; max_num?: number }[];
+}
+
+export interface Question {
+  id: string;
+  type: string;
+  dataset: string;
+  record: DataRecord;
+  answer: string;
+}
+
+export interface EvalResult extends ScoreReport {
+  model: string;
+  source: string;
+  items: (Scored & { id: string })[];
+  seconds: number;
+  /** Generated tokens per second (the engine's count). */
+  tokensPerS: number | null;
+}
+
+/** The questions of a meta file or a JSONL: records whose last turn is the assistant's. */
+export async function loadQuestions(source: string, opts: Pick<EvalOptions, "mediaRoot" | "limit"> = {}): Promise<{ questions: Question[]; skipped: number; mediaRoots: Map<string, string> }> {
+  const abs = resolve(source);
+  const specs = abs.endsWith(".jsonl")
+    ? [{ name: "questions", annotation: abs, mediaRoot: resolve(opts.mediaRoot ?? dirname(abs)) }]
+    : (await loadMeta(abs)).map((s) => ({ name: s.name, annotation: s.annotation, mediaRoot: s.mediaRoot }));
+  const questions: Question[] = [];
+  const mediaRoots = new Map<string, string>();
+  let skipped = 0;
+  for (const spec of specs) {
+    mediaRoots.set(spec.name, spec.mediaRoot);
+    let n = 0;
+    for await (const item of readRecords(spec)) {
+      if (opts.limit !== undefined && n >= opts.limit) break;
+      const errors = item.issues.filter((i) => i.severity === "error");
+      if (!item.record || errors.length) throw new UserError(`${spec.annotation}:${item.line}: ${errors[0]?.message ?? "not a usable record"}`);
+      const r = item.record;
+      let last = r.conversations.length - 1;
+      while (last >= 0 && r.conversations[last].from !== "gpt") last--;
+      if (last < 1) {
+        skipped++;
+        continue;
+      }
+      const type = typeof r.extra.type === "string" ? r.extra.type : spec.name;
+      questions.push({
+        id: String(r.id ?? `${spec.name}:${item.line}`),
+        type,
+        dataset: spec.name,
+        record: { ...r, conversations: r.conversations.slice(0, last) },
+        answer: r.conversations[last].value,
+      });
+      n++;
+    }
+  }
+  return { questions, skipped, mediaRoots };
+}
+
+/** Evaluate a model on the questions of `source`. */
+export async function evaluate(model: string, source: string, opts: EvalOptions): Promise<EvalResult> {
+  const modelDir = resolve(model);
+  const info = loadModelInfo(modelDir, opts.maxDynamicPatch ? { maxDynamicPatch: opts.maxDynamicPatch } : {});
+  const tokenizer = await loadTokenizer(modelDir, { python: opts.python });
+  const { questions, mediaRoots } = await loadQuestions(source, opts);
+  if (!questions.length) throw new UserError(`${source}: no questions (records ending with an assistant answer) to evaluate`);
+  const contexts = new Map([...mediaRoots].map(([name, root]) => [name, makeSampleContext({ tokenizer, model: info, mediaRoot: root })]));
+  const prompts: GeneratePrompt[] = [];
+  for (const q of questions) {
+    const p = await buildGenerationPrompt(q.record, contexts.get(q.dataset)!);
+    const maxNum = perImageMaxNum(info.maxDynamicPatch, p.images.length);
+    prompts.push({
+      input_ids: Array.from(p.inputIds),
+      images: p.images.map((im) => ({ path: im.path, wh: im.wh, cols: im.cols, rows: im.rows, thumbnail: im.thumbnail, max_num: im.frame === undefined ? maxNum : undefined })),
+    });
+  }
+  // Batches of similar lengths waste the least on padding; the answers go back in input order.
+  const order = prompts.map((_, i) => i).sort((a, b) => prompts[a].input_ids.length - prompts[b].input_ids.length || a - b);
+  const t0 = Date.now();
+  const res = await runEngine(
+    {
+      kind: "generate",
+      model: modelDir,
+      prompts: order.map((i) => prompts[i]),
+      batch_size: opts.batchSize ?? 16,
+      max_new_tokens: opts.maxNewTokens ?? 8,
+    },
+    { python: opts.python, onEvent: opts.onEvent },
+  );
+  const outputs = res.outputs as number[][];
+  if (!Array.isArray(outputs) || outputs.length !== prompts.length)
+    throw new Error(`the engine answered ${Array.isArray(outputs) ? outputs.length : "no"} prompts, expected ${prompts.length}`);
+  const predictions: string[] = new Array(prompts.length);
+  for (const [k, i] of order.entries()) predictions[i] = await tokenizer.decode(outputs[k], true);
+  const { report, scored } = scoreAnswers(questions.map((q, i) => ({ type: q.type, answer: q.answer, prediction: predictions[i] })));
+  return {
+    model: modelDir,
+    source: resolve(source),
+    ...report,
+    items: scored.map((s, i) => ({ ...s, id: questions[i].id })),
+    seconds: (Date.now() - t0) / 1000,
+    tokensPerS: typeof res.tokens_per_s === "number" ? res.tokens_per_s : null,
+  };
+}
+
+/** The per-type table `tessera eval` prints. */
+export function formatEval(r: ScoreReport): string {
+  const rows = Object.entries(r.byType).map(([t, a]) => [t, `${a.correct}/${a.total}`, `${(a.accuracy * 100).toFixed(1)}%`]);
+  rows.push(["overall", `${r.overall.correct}/${r.overall.total}`, `${(r.overall.accuracy * 100).toFixed(1)}%`]);
+  const w = [Math.max(4, ...rows.map((x) => x[0].length)), Math.max(7, ...rows.map((x) => x[1].length))];
+  const lines = [`${"type".padEnd(w[0])}  ${"correct".padStart(w[1])}  accuracy`];
+  for (const [t, c, a] of rows) lines.push(`${t.padEnd(w[0])}  ${c.padStart(w[1])}  ${a.padStart(8)}`);
+  return lines.join("\n");
+}
