@@ -60,6 +60,8 @@ export interface CheckOptions {
   concurrency?: number;
   /** Worker threads (default: one per core, at most 8); 1 checks in this thread. */
   workers?: number;
+  /** Size of the ranges files are cut into for the workers (default 16 MiB). */
+  rangeBytes?: number;
   /** Meta files whose annotations hold fewer bytes in all are checked in this thread (default 32 MiB). */
   parallelMinBytes?: number;
   /** Progress over all annotation files, in bytes. */
@@ -141,6 +143,43 @@ function newSummary(spec: DatasetSpec): DatasetSummary {
   };
 }
 
+/**
+ * Media paths resolved and checked once each: settled results answer synchronously (the
+ * common case once a dataset's images have been seen), pending ones share one promise.
+ */
+export class MediaChecker {
+  readonly reader: HeaderReader;
+  private readonly settled = new Map<string, MediaResult>();
+  private readonly pending = new Map<string, Promise<MediaResult>>();
+  constructor(concurrency: number) {
+    this.reader = new HeaderReader(concurrency);
+  }
+  lookup(
+    spec: DatasetSpec,
+    rel: string,
+    video: boolean,
+    allowOutside: boolean,
+  ): MediaResult | Promise<MediaResult> {
+    const key = `${spec.mediaRoot}\0${video ? "v" : "i"}${allowOutside ? "o" : "-"}${rel}`;
+    const hit = this.settled.get(key);
+    if (hit) return hit;
+    let p = this.pending.get(key);
+    if (!p) {
+      p = resolveMedia(spec, rel, video, this.reader, allowOutside).then((r) => {
+        if (this.settled.size >= 1_000_000) this.settled.clear();
+        this.settled.set(key, r);
+        this.pending.delete(key);
+        return r;
+      });
+      this.pending.set(key, p);
+    }
+    return p;
+  }
+}
+
+/** One per worker thread, shared by the ranges it checks, so each image is read once per thread. */
+let threadMedia: MediaChecker | undefined;
+
 type RangeOptions = CheckOptions & { onBytes?: (n: number) => void; start?: number; end?: number };
 
 /**
@@ -152,14 +191,13 @@ export async function checkRange(
   d: number,
   list: IssueList,
   opts: RangeOptions,
+  media = new MediaChecker(opts.concurrency ?? 64),
 ): Promise<DatasetSummary> {
   const s = newSummary(spec);
   const file = s.annotation;
   const checkMedia = opts.checkMedia !== false;
-  const reader = new HeaderReader(opts.concurrency ?? 64);
-  // Distinct media paths: settled results answer synchronously, pending ones by promise.
-  const settled = new Map<string, MediaResult>();
-  const pendingMedia = new Map<string, Promise<MediaResult>>();
+  const readsBefore = media.reader.reads;
+  const allowOutside = opts.allowOutside === true;
   let outstanding: Promise<void>[] = [];
   const failFast = opts.failFast === true;
   let stopped = false;
@@ -167,23 +205,7 @@ export async function checkRange(
     list.add(d, i, s);
     if (failFast && i.severity === "error") stopped = true;
   };
-
-  const lookup = (rel: string, video: boolean): MediaResult | Promise<MediaResult> => {
-    const key = video ? `\0v${rel}` : rel;
-    const hit = settled.get(key);
-    if (hit) return hit;
-    let p = pendingMedia.get(key);
-    if (!p) {
-      p = resolveMedia(spec, rel, video, reader, opts.allowOutside === true).then((r) => {
-        if (settled.size >= 1_000_000) settled.clear();
-        settled.set(key, r);
-        pendingMedia.delete(key);
-        return r;
-      });
-      pendingMedia.set(key, p);
-    }
-    return p;
-  };
+  const lookup = (rel: string, video: boolean) => media.lookup(spec, rel, video, allowOutside);
 
   const judge = (
     r: MediaResult,
@@ -261,7 +283,7 @@ export async function checkRange(
       if (stopped) break outer;
     }
   await Promise.all(outstanding);
-  s.distinctImages = reader.reads;
+  s.distinctImages = media.reader.reads - readsBefore;
   s.selected = selectedRecordCount(s.records, spec.repeatTime);
   return s;
 }
@@ -281,7 +303,8 @@ export async function checkRangeJob(
   onBytes: (n: number) => void,
 ): Promise<RangeResult> {
   const list = new IssueList(job.opts.maxErrors ?? 100);
-  const summary = await checkRange(job.spec, 0, list, { ...job.opts, onBytes });
+  threadMedia ??= new MediaChecker(job.opts.concurrency ?? 64);
+  const summary = await checkRange(job.spec, 0, list, { ...job.opts, onBytes }, threadMedia);
   return {
     summary,
     issues: list.result(),
@@ -425,11 +448,8 @@ async function checkParallel(
   try {
     const perFile = await Promise.all(
       specs.map(async (spec, d) => {
-        const parts = Math.max(
-          1,
-          Math.ceil(sizes[d] / RANGE_BYTES),
-          sizes[d] >= RANGE_BYTES ? workers : 1,
-        );
+        const rb = opts.rangeBytes ?? RANGE_BYTES;
+        const parts = Math.max(1, Math.ceil(sizes[d] / rb), sizes[d] >= rb ? workers : 1);
         const ranges = await lineAlignedRanges(spec.annotation, sizes[d], parts);
         return Promise.all(
           ranges.map(([start, end]) =>
@@ -522,12 +542,14 @@ export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Prom
   const workers = opts.workers ?? Math.min(availableParallelism(), 8);
   if (workers >= 2 && !opts.failFast && total >= (opts.parallelMinBytes ?? PARALLEL_MIN_BYTES)) {
     datasets.push(...(await checkParallel(specs, sizes, list, workers, { ...opts, onBytes })));
-  } else
+  } else {
+    const media = new MediaChecker(opts.concurrency ?? 64);
     for (let d = 0; d < specs.length && !stoppedEarly; d++) {
       const before = list.errors;
-      datasets.push(await checkRange(specs[d], d, list, { ...opts, onBytes }));
+      datasets.push(await checkRange(specs[d], d, list, { ...opts, onBytes }, media));
       if (opts.failFast && list.errors > before) stoppedEarly = true;
     }
+  }
   return {
     meta: displayPath(metaSummary.annotation),
     datasets,

@@ -245,6 +245,7 @@ describe("data check in parallel", () => {
     const par = await checkMeta(m, {
       workers: 2,
       parallelMinBytes: 1,
+      rangeBytes: 4096,
       onProgress: (d, t) => (progress = [d, t]),
     });
     // Progress crosses from the workers and ends at the file's size.
@@ -257,6 +258,9 @@ describe("data check in parallel", () => {
     const { distinctImages: _a, ...a } = one.datasets[0];
     const { distinctImages: _b, ...b } = par.datasets[0];
     expect(b).toEqual(a);
+    // Each worker reads each image once, however many ranges it checks.
+    expect(par.datasets[0].distinctImages).toBeGreaterThanOrEqual(3);
+    expect(par.datasets[0].distinctImages).toBeLessThanOrEqual(6);
     expect(par.issues.map((i) => [i.line, i.field])).toEqual([
       [1, "(line)"],
       [38, "(line)"],
@@ -282,7 +286,7 @@ describe("data check on a worker pool", () => {
       }),
     );
     const one = await checkMeta(m, { workers: 1 });
-    const par = await checkMeta(m, { workers: 2, parallelMinBytes: 1 });
+    const par = await checkMeta(m, { workers: 2, parallelMinBytes: 1, rangeBytes: 1000 });
     expect(par.issues).toEqual(one.issues);
     expect(par.issues.map((i) => `${i.file.split("/").pop()}:${i.line}`)).toEqual([
       "a.jsonl:201",
