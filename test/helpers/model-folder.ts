@@ -16,6 +16,11 @@ export interface ModelFolderOptions {
   dir?: string;
   /** Which real vocabulary: qwen2 (byte-level BPE, InternVL2-1B), llama2 (SentencePiece-style BPE), llama3. */
   vocab?: Vocab;
+  /**
+   * llama2 only: false drops SentencePiece's dummy prefix (the "▁" put before each text
+   * segment), as InternLM2's tokenizer does. Default true.
+   */
+  dummyPrefix?: boolean;
   /** config.json `template`; default Hermes-2 (qwen2, llama3) or internlm2-chat (llama2). */
   template?: string;
   imageSize?: number;
@@ -71,14 +76,19 @@ function sourceFiles(vocab: Vocab) {
 const built = new Map<string, { files: Record<string, string>; vocabSize: number }>();
 
 /** The tokenizer files of a vocabulary with the template's role tokens and InternVL's tokens added (memoized). */
-function buildTokenizerFiles(vocab: Vocab, template: string, files: "tokenizer.json" | "vocab+merges") {
-  const key = `${vocab}|${template}|${files}`;
+function buildTokenizerFiles(vocab: Vocab, template: string, files: "tokenizer.json" | "vocab+merges", dummyPrefix: boolean) {
+  const key = `${vocab}|${template}|${files}|${dummyPrefix}`;
   const hit = built.get(key);
   if (hit) return hit;
   const { tok: tokText, cfg: cfgText } = sourceFiles(vocab);
   const tok = JSON.parse(tokText);
   const cfg = JSON.parse(cfgText);
   delete cfg.chat_template;
+  if (!dummyPrefix) {
+    if (vocab !== "llama2") throw new Error("dummyPrefix: false is only for the llama2 vocabulary");
+    tok.normalizer.normalizers = tok.normalizer.normalizers.filter((n: { type: string }) => n.type !== "Prepend");
+    tok.decoder.decoders = tok.decoder.decoders.filter((d: { type: string }) => d.type !== "Strip");
+  }
   const taken = new Set<string>([...Object.keys(tok.model.vocab), ...tok.added_tokens.map((t: { content: string }) => t.content)]);
   let next = 0;
   for (const id of Object.values(tok.model.vocab as Record<string, number>)) if (id >= next) next = id + 1;
@@ -120,7 +130,7 @@ export function makeModelFolder(opts: ModelFolderOptions = {}): string {
   const files = opts.tokenizerFiles ?? "tokenizer.json";
   let vocabSize = 0;
   if (files !== "none") {
-    const built = buildTokenizerFiles(vocab, template, files);
+    const built = buildTokenizerFiles(vocab, template, files, opts.dummyPrefix ?? true);
     for (const [name, text] of Object.entries(built.files)) writeFileSync(join(dir, name), text);
     vocabSize = built.vocabSize;
   }

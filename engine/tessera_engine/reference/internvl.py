@@ -64,7 +64,9 @@ def normalize_record(conversations: list[dict], num_images: int, video_frames: i
 def _messages(conv: Conv, source: list[dict], strip: bool) -> tuple[list[tuple[str, str]], str | None]:
     system = None
     if source and source[0]["from"] == "system":
+        # A system turn is a turn like the others: stripped where turns are.
         system, source = source[0]["value"], source[1:]
+        system = system.strip() if strip else system
     while source and source[0]["from"] != "human":
         source = source[1:]
     if len(source) % 2:
