@@ -16,6 +16,7 @@
  * lengths is not counted in the planning time but is in the peak memory.
  */
 import { spawnSync } from "node:child_process";
+import { cpus, loadavg } from "node:os";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Rng } from "../src/plan/arrays.ts";
@@ -121,6 +122,7 @@ function child(kind: PackingKind): void {
   const table = syntheticMixture(N);
   const genS = (performance.now() - t0) / 1000;
   const t1 = performance.now();
+  const c1 = process.cpuUsage();
   const plan = buildPlan(table, {
     worldSize: 8,
     microBatchSize: kind === "none" ? 4 : 1,
@@ -131,6 +133,8 @@ function child(kind: PackingKind): void {
     seed: 1,
   });
   const planS = (performance.now() - t1) / 1000;
+  const cpu = process.cpuUsage(c1);
+  const planCpuS = (cpu.user + cpu.system) / 1e6;
   const maxRssMiB = process.resourceUsage().maxRSS / 1024;
   console.log(
     JSON.stringify({
@@ -141,6 +145,7 @@ function child(kind: PackingKind): void {
       steps: plan.stats.steps,
       generate_s: genS,
       plan_s: planS,
+      plan_cpu_s: planCpuS,
       peak_mib: maxRssMiB,
       balance: plan.stats.rank_balance_mean,
       samples_per_pack: plan.stats.samples_per_pack,
@@ -149,7 +154,8 @@ function child(kind: PackingKind): void {
   );
 }
 
-const isMain = process.argv[1] !== undefined && fileURLToPath(import.meta.url) === resolve(process.argv[1]);
+const isMain =
+  process.argv[1] !== undefined && fileURLToPath(import.meta.url) === resolve(process.argv[1]);
 const arg = process.argv.indexOf("--child");
 if (!isMain) {
   // imported for its generator: run nothing
@@ -159,7 +165,10 @@ else {
     `plan: ${N.toLocaleString("en-US")} samples, pack_max_length ${PML}, world 8 × accumulation 4`,
   );
   console.log(
-    "strategy   | packs      | fill     | plan time | peak RSS | samples/pack | rank balance",
+    "strategy   | packs      | fill     | plan wall | plan CPU | peak RSS | samples/pack | rank balance",
+  );
+  console.log(
+    `load average ${loadavg()[0].toFixed(1)} on ${cpus().length} CPUs: wall time suffers from load, CPU time much less`,
   );
   const me = fileURLToPath(import.meta.url);
   for (const kind of PACKING_KINDS) {
@@ -185,7 +194,7 @@ else {
             ? "  (no packing: micro-batch 4, padded)"
             : "";
     console.log(
-      `${kind.padEnd(10)} | ${String(j.packs).padStart(10)} | ${(100 * j.fill).toFixed(2).padStart(6)}% | ${j.plan_s.toFixed(1).padStart(7)} s | ${j.peak_mib.toFixed(0).padStart(5)} MiB | ${j.samples_per_pack.toFixed(2).padStart(12)} | ${j.balance.toFixed(4)}${note}`,
+      `${kind.padEnd(10)} | ${String(j.packs).padStart(10)} | ${(100 * j.fill).toFixed(2).padStart(6)}% | ${j.plan_s.toFixed(1).padStart(7)} s | ${j.plan_cpu_s.toFixed(1).padStart(6)} s | ${j.peak_mib.toFixed(0).padStart(5)} MiB | ${j.samples_per_pack.toFixed(2).padStart(12)} | ${j.balance.toFixed(4)}${note}`,
     );
   }
 }

@@ -218,8 +218,8 @@ function packFirstFit(order: Int32Array, src: PackSource, o: PackOptions, out: R
  * (so the window's small samples can fill the last rows), then close; rows are emitted in
  * closing order, so packs stay as random across the epoch as the shuffle.
  *
- * Open rows are bucketed by remaining tokens; a count tree over 0..pack_max_length finds the
- * smallest remaining space that fits in O(log pack_max_length).
+ * Open rows are bucketed by remaining tokens; a two-level bitmap over 0..pack_max_length
+ * finds the smallest remaining space that fits in a few word operations.
  */
 function packSoft(order: Int32Array, src: PackSource, o: PackOptions, out: Rows): Rows {
   const cap = o.packMaxLength;
@@ -227,9 +227,11 @@ function packSoft(order: Int32Array, src: PackSource, o: PackOptions, out: Rows)
   const window = Math.max(1, o.window ?? 4096);
   const maxAge = o.maxAge ?? 2;
   const n = order.length;
-  let size = 1;
-  while (size < cap + 1) size *= 2;
-  const count = new Int32Array(2 * size);
+  // Non-empty buckets as a two-level bitmap over remaining space 0..cap: "smallest remaining
+  // ≥ n" is a masked word test plus a short scan of the summary words.
+  const words = (cap >> 5) + 1;
+  const bits = new Uint32Array(words);
+  const summary = new Uint32Array((words >> 5) + 1);
   const head = new Int32Array(cap + 1).fill(-1);
   // per open-row state, indexed by row id (ids reused through a free list)
   let capRows = 1024;
@@ -244,38 +246,44 @@ function packSoft(order: Int32Array, src: PackSource, o: PackOptions, out: Rows)
   let rowsMade = 0;
   const next = new Int32Array(n);
   const open = new IntVec();
-  const bump = (r: number, d: number) => {
-    for (let i = r + size; i >= 1; i >>= 1) count[i] += d;
-  };
+  const ctz = (m: number) => 31 - Math.clz32(m & -m);
   const link = (b: number) => {
     const r = rem[b];
     bprev[b] = -1;
     bnext[b] = head[r];
     if (head[r] >= 0) bprev[head[r]] = b;
+    else {
+      bits[r >> 5] |= 1 << (r & 31);
+      summary[r >> 10] |= 1 << ((r >> 5) & 31);
+    }
     head[r] = b;
-    bump(r, 1);
   };
   const unlink = (b: number) => {
     const r = rem[b];
     if (bprev[b] >= 0) bnext[bprev[b]] = bnext[b];
     else head[r] = bnext[b];
     if (bnext[b] >= 0) bprev[bnext[b]] = bprev[b];
-    bump(r, -1);
+    if (head[r] < 0) {
+      const w = r >> 5;
+      bits[w] &= ~(1 << (r & 31));
+      if (bits[w] === 0) summary[w >> 5] &= ~(1 << (w & 31));
+    }
   };
   const firstAtLeast = (x: number): number => {
     if (x > cap) return -1;
-    let i = x + size;
-    if (count[i] > 0) return x;
-    for (;;) {
-      if (i === 1) return -1;
-      if ((i & 1) === 0 && count[i + 1] > 0) {
-        i++;
-        break;
-      }
-      i >>= 1;
+    let w = x >> 5;
+    const m = bits[w] & (-1 << (x & 31));
+    if (m !== 0) return (w << 5) + ctz(m);
+    w++;
+    let sw = w >> 5;
+    if (sw >= summary.length) return -1;
+    let sm = (w & 31) === 0 ? summary[sw] : summary[sw] & (-1 << (w & 31));
+    while (sm === 0) {
+      if (++sw >= summary.length) return -1;
+      sm = summary[sw];
     }
-    while (i < size) i = count[2 * i] > 0 ? 2 * i : 2 * i + 1;
-    return i - size;
+    w = (sw << 5) + ctz(sm);
+    return (w << 5) + ctz(bits[w]);
   };
   const newRow = (w: number): number => {
     let b: number;

@@ -231,7 +231,9 @@ export function buildPlan(table: SampleTable, options: PlanOptions): Plan {
     if (opt.maxSteps !== null && totalSteps >= opt.maxSteps) break;
     const ids = epochRows(table, opt, e, rows);
     if (ids.length === 0) throw new UserError("the mixture is empty: no samples to plan");
-    const sh = shard(rows, ids, (r) => rows.rowTokens(r), {
+    const tok = new Int32Array(rows.rows);
+    for (const r of ids) tok[r] = rows.rowTokens(r);
+    const sh = shard(rows, ids, (r) => (r < tok.length ? tok[r] : rows.rowTokens(r)), {
       world: W,
       perMicro: opt.microBatchSize,
       accum: A,
@@ -294,6 +296,7 @@ function assemble(
   const pieceLength = new Int32Array(P);
   const pieceLearned = new Int32Array(P);
   let at = 0;
+  const concat = opt.packing === "concat";
   let splitSamples = 0;
   let images = 0;
   let maxTiles = 0;
@@ -309,7 +312,8 @@ function assemble(
       pieceSample[at] = s;
       pieceStart[at] = st;
       pieceLength[at] = len;
-      const whole = st === 0 && len === table.lengths[s];
+      // only concat splits samples; other strategies' pieces are whole by construction
+      const whole = !concat || (st === 0 && len === table.lengths[s]);
       if (!whole) {
         if (st === 0) splitSamples++;
         if (!table.learnedIn) throw new Error("concat packing needs the table's learnedIn");
