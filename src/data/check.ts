@@ -146,27 +146,42 @@ function newSummary(spec: DatasetSpec): DatasetSummary {
 /**
  * Media paths resolved and checked once each: settled results answer synchronously (the
  * common case once a dataset's images have been seen), pending ones share one promise.
+ * Results are kept per media_root, keyed by the path as written.
  */
 export class MediaChecker {
   readonly reader: HeaderReader;
-  private readonly settled = new Map<string, MediaResult>();
-  private readonly pending = new Map<string, Promise<MediaResult>>();
+  private readonly roots = new Map<string, MediaLookup>();
   constructor(concurrency: number) {
     this.reader = new HeaderReader(concurrency);
   }
-  lookup(
-    spec: DatasetSpec,
-    rel: string,
-    video: boolean,
-    allowOutside: boolean,
-  ): MediaResult | Promise<MediaResult> {
-    const key = `${spec.mediaRoot}\0${video ? "v" : "i"}${allowOutside ? "o" : "-"}${rel}`;
+  /** The lookup for one dataset's media paths. */
+  forSpec(spec: DatasetSpec, allowOutside: boolean): MediaLookup {
+    const key = `${spec.mediaRoot}\0${allowOutside}`;
+    let m = this.roots.get(key);
+    if (!m) {
+      m = new MediaLookup(spec, allowOutside, this.reader);
+      this.roots.set(key, m);
+    }
+    return m;
+  }
+}
+
+export class MediaLookup {
+  private settled = new Map<string, MediaResult>();
+  private readonly pending = new Map<string, Promise<MediaResult>>();
+  constructor(
+    private readonly spec: DatasetSpec,
+    private readonly allowOutside: boolean,
+    private readonly reader: HeaderReader,
+  ) {}
+  get(rel: string, video: boolean): MediaResult | Promise<MediaResult> {
+    const key = video ? `\0${rel}` : rel;
     const hit = this.settled.get(key);
     if (hit) return hit;
     let p = this.pending.get(key);
     if (!p) {
-      p = resolveMedia(spec, rel, video, this.reader, allowOutside).then((r) => {
-        if (this.settled.size >= 1_000_000) this.settled.clear();
+      p = resolveMedia(this.spec, rel, video, this.reader, this.allowOutside).then((r) => {
+        if (this.settled.size >= 1_000_000) this.settled = new Map();
         this.settled.set(key, r);
         this.pending.delete(key);
         return r;
@@ -205,7 +220,8 @@ export async function checkRange(
     list.add(d, i, s);
     if (failFast && i.severity === "error") stopped = true;
   };
-  const lookup = (rel: string, video: boolean) => media.lookup(spec, rel, video, allowOutside);
+  const paths = media.forSpec(spec, allowOutside);
+  const lookup = (rel: string, video: boolean) => paths.get(rel, video);
 
   const judge = (
     r: MediaResult,
