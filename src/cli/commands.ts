@@ -5,6 +5,7 @@ import { registerDataCheck } from "./data-check.ts";
 import { registerDataFillWh } from "./data-fill-wh.ts";
 import { registerDataPlan } from "./data-plan.ts";
 import { registerDataPrepare } from "./data-prepare.ts";
+import { registerDataPreview } from "./data-preview.ts";
 import { registerDataStats } from "./data-stats.ts";
 import { registerDoctor } from "./doctor.ts";
 import { registerEval } from "./eval.ts";
@@ -23,5 +24,6 @@ export function registerCommands(program: Command): void {
   registerDataStats(data);
   registerDataPrepare(data);
   registerDataPlan(data);
+  registerDataPreview(data);
   void data;
 }

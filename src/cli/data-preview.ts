@@ -1,0 +1,54 @@
+/**
+ * `tessera data preview META --model DIR --dataset NAME --index N [--json]`: one sample the
+ * way the model sees it.
+ */
+import type { Command } from "commander";
+import { readRecords } from "../data/jsonl.ts";
+import { loadMeta } from "../data/meta.ts";
+import type { DataRecord } from "../data/record.ts";
+import { addModelOptions, modelContextFromOptions } from "../text/options.ts";
+import { type PreviewStyle, renderPreview } from "../text/preview.ts";
+import { UserError } from "../util/errors.ts";
+
+export function registerDataPreview(data: Command): void {
+  const cmd = data
+    .command("preview")
+    .description("show one record as the model sees it: special tokens, image tiles, learned spans, counts")
+    .argument("<meta>", "the meta file (JSON object of datasets)")
+    .requiredOption("--dataset <name>", "the dataset (a key of the meta file)")
+    .requiredOption("--index <n>", "the record, counting lines of the annotation file from 0")
+    .option("--video-frames <n>", "frames of a video record", "8")
+    .option("--max-length <n>", "truncate as training would (whole rounds dropped)")
+    .option("--json", "print the sample as JSON (ids and labels included)")
+    .option("--no-color", "no ANSI colours");
+  addModelOptions(cmd).action(async (meta: string, o) => {
+    const index = Number(o.index);
+    if (!Number.isInteger(index) || index < 0) throw new UserError(`--index must be a whole number >= 0, got ${o.index}`);
+    const specs = await loadMeta(meta);
+    const spec = specs.find((s) => s.name === o.dataset);
+    if (!spec) throw new UserError(`${meta}: no dataset "${o.dataset}"; it has: ${specs.map((s) => s.name).join(", ")}`);
+    let record: DataRecord | undefined;
+    let seen = 0;
+    for await (const item of readRecords(spec)) {
+      if (seen++ !== index) continue;
+      if (!item.record) {
+        const errors = item.issues.filter((i) => i.severity === "error");
+        throw new UserError(
+          `${spec.annotation}:${item.line}: not a usable record: ${errors.map((e) => `${e.field}: ${e.message}`).join("; ")}`,
+        );
+      }
+      record = item.record;
+      break;
+    }
+    if (!record) throw new UserError(`${spec.annotation}: has ${seen} records; --index ${index} is past the end`);
+    const maxLength = o.maxLength === undefined ? undefined : Number(o.maxLength);
+    const { model, tokenizer, ctx } = await modelContextFromOptions(o, {
+      mediaRoot: spec.mediaRoot,
+      videoFrames: Number(o.videoFrames),
+      maxLength,
+    });
+    const style: PreviewStyle = { color: o.color !== false && process.stdout.isTTY === true };
+    const out = await renderPreview(record, { ctx, model, tokenizer }, o.json ? "json" : style);
+    process.stdout.write(`${out}\n`);
+  });
+}

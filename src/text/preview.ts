@@ -1,0 +1,100 @@
+/** One sample rendered for people: special tokens visible, image tokens collapsed, learned spans marked. */
+import type { DataRecord } from "../data/record.ts";
+import { describeGrid } from "../vision/tiling.ts";
+import type { ModelInfo } from "./model-info.ts";
+import { recordToSample, type SampleContext } from "./sample.ts";
+import { IMG_CONTEXT, type TextTokenizer } from "./tokenizer.ts";
+import { IGNORE_INDEX, type Sample } from "./types.ts";
+
+export interface PreviewStyle {
+  /** ANSI colours (a TTY); otherwise learned spans are wrapped in «…». */
+  color: boolean;
+}
+
+const GREEN = "\x1b[32m";
+const CYAN = "\x1b[36m";
+const DIM = "\x1b[2m";
+const RESET = "\x1b[0m";
+
+export interface PreviewContext {
+  ctx: SampleContext;
+  model: ModelInfo;
+  tokenizer: TextTokenizer;
+}
+
+/** The text of a sample with image blocks collapsed, as segments marked learned or not. */
+export async function previewSegments(sample: Sample, tk: TextTokenizer, model: ModelInfo) {
+  const segs: { text: string; learned: boolean; image?: boolean }[] = [];
+  const ids = sample.inputIds;
+  const labels = sample.labels;
+  let i = 0;
+  let img = 0;
+  while (i < ids.length) {
+    if (img < sample.contextStarts.length && i === sample.contextStarts[img] - 1) {
+      const plan = sample.images[img];
+      const n = plan.tiles * model.tokensPerTile;
+      const what = plan.frame !== undefined ? `frame ${plan.frame + 1}` : `${plan.tiles} tile${plan.tiles === 1 ? "" : "s"}: ${describeGrid(plan)}`;
+      segs.push({
+        text: `${tk.idToToken(ids[i])}${IMG_CONTEXT}×${n} (${what})${tk.idToToken(ids[i + n + 1])}`,
+        learned: false,
+        image: true,
+      });
+      i += n + 2;
+      img++;
+      continue;
+    }
+    const learned = labels[i] !== IGNORE_INDEX;
+    let j = i;
+    const stop = img < sample.contextStarts.length ? sample.contextStarts[img] - 1 : ids.length;
+    while (j < stop && (labels[j] !== IGNORE_INDEX) === learned) j++;
+    segs.push({ text: await tk.decode(ids.subarray(i, j), false), learned });
+    i = j;
+  }
+  return segs;
+}
+
+export async function renderPreview(record: DataRecord, pc: PreviewContext, style: PreviewStyle | "json"): Promise<string> {
+  const sample = await recordToSample(record, pc.ctx);
+  if (!sample) {
+    const msg = `the record does not fit max_length ${pc.ctx.maxLength} (policy: ${pc.ctx.truncation})`;
+    return style === "json" ? JSON.stringify({ id: record.id ?? null, dropped: true, reason: msg }) : `dropped: ${msg}`;
+  }
+  const contextTokens = sample.images.reduce((a, im) => a + im.tiles * pc.model.tokensPerTile, 0);
+  const segs = await previewSegments(sample, pc.tokenizer, pc.model);
+  if (style === "json")
+    return JSON.stringify(
+      {
+        id: record.id ?? null,
+        template: pc.ctx.template.name,
+        length: sample.length,
+        imageContextTokens: contextTokens,
+        learned: sample.learned,
+        images: sample.images,
+        contextStarts: Array.from(sample.contextStarts),
+        truncated: sample.truncated ?? null,
+        text: segs.map((s) => s.text).join(""),
+        segments: segs,
+        inputIds: Array.from(sample.inputIds),
+        labels: Array.from(sample.labels),
+      },
+      null,
+      2,
+    );
+  const body = segs
+    .map((s) => {
+      if (style.color) return s.image ? `${CYAN}${s.text}${RESET}` : s.learned ? `${GREEN}${s.text}${RESET}` : s.text;
+      return s.learned ? `«${s.text}»` : s.text;
+    })
+    .join("");
+  const tiles = sample.images.reduce((a, im) => a + im.tiles, 0);
+  const lines = [
+    body,
+    "",
+    `${style.color ? DIM : ""}template ${pc.ctx.template.name}, ${pc.model.tokensPerTile} tokens per tile${style.color ? RESET : ""}`,
+    `total tokens ${sample.length}, image context tokens ${contextTokens} (${sample.images.length} image${sample.images.length === 1 ? "" : "s"}, ${tiles} tiles), learned tokens ${sample.learned}`,
+  ];
+  if (sample.truncated)
+    lines.push(`truncated from ${sample.truncated.originalLength} tokens: ${sample.truncated.droppedTurns} turns dropped${sample.truncated.cut ? ", last round cut" : ""}`);
+  if (!style.color) lines.push("(learned spans are shown «like this»)");
+  return lines.join("\n");
+}
