@@ -113,6 +113,19 @@ def test_resume_from_a_step_yields_the_rest(written: Path):
     assert resumed == full[3:]
 
 
+def test_the_plan_fingerprint_is_recomputed_from_the_files(written: Path, tmp_path: Path):
+    plan = TrainingPlan(str(written / "plan"))
+    assert plan.verify() == plan.fingerprint
+    plan_dir = tmp_path / "plan"
+    shutil.copytree(written / "plan", plan_dir)
+    with open(plan_dir / "piece_sample.i32", "r+b") as f:
+        first = f.read(4)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 1]) + first[1:])
+    with pytest.raises(CacheFormatError, match="hash"):
+        TrainingPlan(str(plan_dir)).verify()
+
+
 def test_a_plan_for_another_cache_is_refused(written: Path, tmp_path: Path):
     plan_dir = tmp_path / "plan"
     shutil.copytree(written / "plan", plan_dir)

@@ -6,6 +6,7 @@ It never re-tokenizes or re-plans.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -319,6 +320,33 @@ class TrainingPlan:
         expect = self.total_steps * self.world_size * self.micro_batches_per_step + 1
         if len(self.cols["mb_offset"]) != expect:
             raise CacheFormatError(f"{self.path}: mb_offset has {len(self.cols['mb_offset'])} entries, expected {expect}")
+
+    _HEADER_KEYS = (
+        "format", "version", "cache_fingerprint", "world_size", "micro_batches_per_step", "epochs",
+        "epoch_steps", "epoch_first_step", "total_steps", "options",
+    )
+
+    def compute_fingerprint(self) -> str:
+        """Recompute the fingerprint from the files, exactly as the planner computed it."""
+        h = hashlib.sha256()
+        header = {k: self.manifest[k] for k in self._HEADER_KEYS}
+        h.update(json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        for name, col in self.manifest["columns"].items():
+            h.update(name.encode("utf-8"))
+            with open(os.path.join(self.path, col["file"]), "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    h.update(chunk)
+        return h.hexdigest()
+
+    def verify(self) -> str:
+        """Check that the files are the plan plan.json names; returns its fingerprint.
+
+        Each rank calls this, then compares fingerprints with the others (all ranks must agree).
+        """
+        got = self.compute_fingerprint()
+        if got != self.fingerprint:
+            raise CacheFormatError(f"{self.path}: files hash to {got[:12]}, plan.json says {self.fingerprint[:12]}")
+        return got
 
     @property
     def gradient_accumulation(self) -> int:
