@@ -143,3 +143,56 @@ describe("plan", () => {
     expect(p.stats.split_samples).toBeGreaterThan(0);
   });
 });
+
+describe("plan invariants over many option combinations", () => {
+  const small = syntheticTable(600, 29, [
+    { name: "a", count: 200, repeatTime: 3 },
+    { name: "b", count: 300, repeatTime: 0.5 },
+    { name: "c", count: 100, repeatTime: 1 },
+  ]);
+  const packings = ["soft", "first_fit", "next_fit", "concat", "none"] as const;
+  const samplers = ["random", "length", "modality_length"] as const;
+  let k = 0;
+  for (const packing of packings) {
+    for (const sampler of samplers) {
+      const W = 1 + (k % 5);
+      const B = 1 + (k % 3);
+      const A = 1 + ((k >> 1) % 3);
+      k++;
+      it(`${packing} × ${sampler}, world ${W}, micro-batch ${B}, accumulation ${A}`, () => {
+        const p = buildPlan(small, {
+          worldSize: W,
+          microBatchSize: B,
+          gradAccum: A,
+          sampler,
+          packing,
+          packMaxLength: 8192,
+          maxTilesPerPack: packing === "none" ? undefined : 40,
+          seed: k,
+          epochs: 1,
+        });
+        expect(p.mbOffset.length).toBe(p.totalSteps * W * A + 1);
+        const want = new Map<number, number>();
+        for (const s of mixtureList(small.datasets))
+          want.set(s, (want.get(s) ?? 0) + small.lengths[s]);
+        const got = new Map<number, number>();
+        const problems: string[] = [];
+        for (let m = 0; m < p.mbTokens.length; m++) {
+          const rows = p.mbOffset[m + 1] - p.mbOffset[m];
+          if (rows > B) problems.push(`micro-batch ${m} has ${rows} rows`);
+          for (let r = p.mbOffset[m]; r < p.mbOffset[m + 1]; r++) {
+            if (packing !== "none" && (p.rowTokens[r] > 8192 || p.rowTiles[r] > 40))
+              problems.push(`row ${r} over limits`);
+            for (let q = p.rowOffset[r]; q < p.rowOffset[r + 1]; q++)
+              got.set(p.pieceSample[q], (got.get(p.pieceSample[q]) ?? 0) + p.pieceLength[q]);
+          }
+        }
+        for (const [s, n] of want)
+          if (got.get(s) !== n) problems.push(`sample ${s}: ${got.get(s)} of ${n} tokens`);
+        if (got.size !== want.size)
+          problems.push(`${got.size} samples planned, ${want.size} in the mixture`);
+        expect(problems.slice(0, 5)).toEqual([]);
+      });
+    }
+  }
+});
