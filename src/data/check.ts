@@ -6,8 +6,9 @@ import { HeaderReader, ImageHeaderError } from "../vision/headers.ts";
 import { type DataIssue, issue } from "./issues.ts";
 import { displayPath, lineAlignedRanges, readRecordBatches } from "./jsonl.ts";
 import { MediaPathError, resolveMediaPath } from "./media.ts";
-import { type DatasetSpec, loadMetaChecked, selectedRecordCount } from "./meta.ts";
+import type { DatasetSpec } from "./meta.ts";
 import type { DataRecord } from "./record.ts";
+import { selectedRecordCount } from "./repeat.ts";
 
 export interface DatasetSummary {
   name: string;
@@ -536,6 +537,8 @@ async function resolveMedia(
 export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Promise<CheckReport> {
   const maxErrors = opts.maxErrors ?? 100;
   const list = new IssueList(maxErrors);
+  // Loaded here, not at the top: worker threads import this module and never need zod.
+  const { loadMetaChecked } = await import("./meta.ts");
   const { specs, issues: metaIssues } = await loadMetaChecked(metaPath);
   const metaSummary = newSummary({
     name: "(meta)",
