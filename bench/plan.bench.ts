@@ -165,10 +165,10 @@ else {
     `plan: ${N.toLocaleString("en-US")} samples, pack_max_length ${PML}, world 8 × accumulation 4`,
   );
   console.log(
-    "strategy   | packs      | fill     | plan wall | plan CPU | peak RSS | samples/pack | rank balance",
+    `load average ${loadavg()[0].toFixed(1)} on ${cpus().length} CPUs: wall time suffers from load, CPU time much less`,
   );
   console.log(
-    `load average ${loadavg()[0].toFixed(1)} on ${cpus().length} CPUs: wall time suffers from load, CPU time much less`,
+    "strategy   | packs      | fill     | plan wall | plan CPU | peak RSS | samples/pack | rank balance",
   );
   const me = fileURLToPath(import.meta.url);
   for (const kind of PACKING_KINDS) {
