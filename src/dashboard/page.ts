@@ -51,6 +51,11 @@ function seriesFor(keys) {
   return groups;
 }
 
+// Small values (learning rates) in exponent form, the rest with 3-4 significant digits.
+function fmt(v) {
+  if (v == null) return "--";
+  return v !== 0 && Math.abs(v) < 0.01 ? v.toExponential(1) : String(+v.toPrecision(4));
+}
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
 function render() {
   const keys = new Set();
@@ -66,8 +71,9 @@ function render() {
       el.innerHTML = "<h2></h2>";
       el.querySelector("h2").textContent = title;
       document.getElementById("charts").appendChild(el);
-      const plot = new uPlot({ width: 440, height: 220, scales: { x: { time: false } },
-        series: [{ label: "step" }, ...names.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length], width: 1.5 }))] }, data, el);
+      const plot = new uPlot({ width: Math.max(300, el.clientWidth - 16), height: 220, scales: { x: { time: false } },
+        axes: [{}, { size: 60, values: (u, vals) => vals.map(fmt) }],
+        series: [{ label: "step" }, ...names.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length], width: 1.5, value: (u, v) => fmt(v) }))] }, data, el);
       c = { el, plot, names };
       charts.set(title, c);
     } else c.plot.setData(data);
