@@ -30,11 +30,13 @@ const GROUPS = [
   ["learning rate", ["lr"]],
   ["throughput (tokens/s per GPU)", ["tokens_per_s_per_gpu", "tokens_per_s"]],
   ["packing fill", ["pack_fill"]],
-  ["time per step (s)", ["step_time_s", "data_wait_s"]],
+  ["time per step (s)", ["step_time", "data_wait"]],
   ["gradient norm", ["grad_norm"]],
   ["peak memory (GiB)", ["peak_memory_gib"]],
+  ["samples/s", ["samples_per_s"]],
+  ["tokens per step", ["tokens"]],
 ];
-const SKIP = new Set(["step", "time", "rank", "epoch", "event"]);
+const SKIP = new Set(["step", "total", "time", "rank", "epoch", "event", "peak_memory"]);
 const CARDS = ["step", "loss", "lr", "tokens_per_s_per_gpu", "pack_fill"];
 const rows = [];
 const charts = new Map();
@@ -86,7 +88,10 @@ function render() {
 let scheduled = false;
 const es = new EventSource("/api/metrics");
 es.onmessage = (m) => {
-  try { rows.push(JSON.parse(m.data)); } catch { return; }
+  let r;
+  try { r = JSON.parse(m.data); } catch { return; }
+  if (typeof r.peak_memory === "number") r.peak_memory_gib = r.peak_memory / 2 ** 30; // bytes on the wire
+  rows.push(r);
   document.getElementById("status").textContent = rows.length + " steps logged";
   if (!scheduled) { scheduled = true; requestAnimationFrame(() => { scheduled = false; render(); }); }
 };
