@@ -120,16 +120,20 @@ class TrainModule(nn.Module):
     def forward(self, item: dict, totals: StepTotals, device: torch.device) -> torch.Tensor:
         from ..model.packed import image_features, packed_forward
 
+        pixels = None if item["empty"] else item["pixel_values"].to(device, non_blocking=True)
+        touch = None
+        if pixels is None or not pixels.shape[0]:
+            # Before the language model, as a real image would be: every rank then runs its
+            # layers in the same order, so their collectives pair up.
+            touch = image_features(self.model, torch.zeros(1, 3, self.tile, self.tile, device=device)).sum() * 0.0
+            pixels = None
         if item["empty"]:
             # A slot the plan left empty: a one-token row with zero weight keeps the ranks in step.
             ids = torch.zeros(1, dtype=torch.long, device=device)
             cu = torch.tensor([0, 1], dtype=torch.int32, device=device)
             out = packed_forward(self.model, ids, ids.clone(), cu, None, torch.zeros(1, dtype=torch.long, device=device))
             loss = _touch(out.token_losses) * 0.0
-            pixels = None
         else:
-            pixels = item["pixel_values"].to(device, non_blocking=True)
-            pixels = pixels if pixels.shape[0] else None
             out = packed_forward(
                 self.model,
                 item["input_ids"].to(device, non_blocking=True),
@@ -140,10 +144,7 @@ class TrainModule(nn.Module):
             )
             loss = reduce_loss(out.token_losses, out.sample_index, out.learned_counts, self.reduction,
                                _global_norm(totals, self.reduction))
-        if pixels is None:
-            dummy = image_features(self.model, torch.zeros(1, 3, self.tile, self.tile, device=device))
-            loss = loss + dummy.sum() * 0.0
-        return loss
+        return loss if touch is None else loss + touch
 
 
 def reduce_loss(token_losses: torch.Tensor, sample_index: torch.Tensor, counts: torch.Tensor, mode: str,

@@ -58,13 +58,16 @@ def init_distributed(device: str = "auto") -> World:
 
 def transformer_layers(model: nn.Module) -> list[nn.Module]:
     """The vision encoder's and the LLM's layers: the units of sharding and recomputation."""
-    inner = model.model
+    inner = model
+    while not hasattr(inner, "vision_tower"):  # TrainModule -> ForConditionalGeneration -> InternVLModel
+        inner = inner.model
     return list(inner.vision_tower.encoder.layer) + list(inner.language_model.layers)
 
 
 def apply_ac(model: nn.Module) -> None:
     """Recompute each layer's activations in backward (non-reentrant, per layer)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
 
 

@@ -1,0 +1,64 @@
+"""Two ranks (torchrun, gloo, CPU) give the same losses as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import train_fixtures as F  # noqa: E402
+
+from tessera_engine.train import loop  # noqa: E402
+
+STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    model = F.tiny_model(root / "model")
+    cache = F.write_cache(root, model, n_samples=32)
+    return root, model, cache
+
+
+def _torchrun(job: dict, root: Path, name: str) -> list[dict]:
+    job_path = root / f"{name}.json"
+    events = root / f"{name}.events.jsonl"
+    job_path.write_text(json.dumps(job))
+    env = F.env_with_engine()
+    env["TESSERA_EVENTS"] = f"file:{events}"
+    env["OMP_NUM_THREADS"] = "1"
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+         "-m", "tessera_engine", str(job_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "ddp"])
+def test_two_ranks_match_one_process(data, strategy):
+    root, model, cache = data
+    steps = STEPS if strategy == "zero2" else 5
+    cfg = dict(lr=5e-3, warmup_ratio=0.1, min_lr=1e-4, weight_decay=0.05, shard_strategy=strategy,
+               gradient_checkpointing=strategy == "zero2")
+    one_plan = F.write_plan(root / f"plan1-{strategy}", cache, steps=steps, slots_per_step=2, world_size=1)
+    one = loop.train(F.job(model, cache, one_plan, root / f"one-{strategy}", **cfg))["losses"]
+
+    two_plan = F.write_plan(root / f"plan2-{strategy}", cache, steps=steps, slots_per_step=2, world_size=2)
+    events = _torchrun(F.job(model, cache, two_plan, root / f"two-{strategy}", **cfg), root, f"two-{strategy}")
+    results = {e["rank"]: e for e in events if e["event"] == "result"}
+    assert set(results) == {0, 1}
+    metrics = [e for e in events if e["event"] == "metric"]
+    assert {e["rank"] for e in metrics} == {0} and len(metrics) == steps
+    two = results[0]["losses"]
+    assert results[1]["losses"] == two  # every rank reports the same global loss
+    assert len(two) == len(one) == steps
+    for k, (a, b) in enumerate(zip(one, two)):
+        assert abs(a - b) < 1e-4, f"step {k + 1}: one process {a}, two ranks {b}"
+    assert two[-1] < two[0]
