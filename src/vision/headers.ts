@@ -34,15 +34,18 @@ export async function readImageHeader(path: string): Promise<ImageHeader> {
   let size = FIRST_READ;
   for (;;) {
     const { buf, n } = await readHead(path, size);
-    if (n === 0) throw new ImageHeaderError("unreadable", path, "the file is empty");
     let lastError: Error;
     try {
+      if (n === 0) throw new ImageHeaderError("unreadable", path, "the file is empty");
       const r = imageSize(buf.subarray(0, n));
       if (Number.isInteger(r.width) && Number.isInteger(r.height) && r.width > 0 && r.height > 0)
         return { width: r.width, height: r.height, type: r.type ?? "unknown" };
       lastError = new Error(`the header gives no size (${r.width}×${r.height})`);
     } catch (e) {
+      if (e instanceof ImageHeaderError) throw e;
       lastError = e as Error;
+    } finally {
+      release(buf);
     }
     // Whole file seen, or an unknown format: no larger read will help.
     const unknown = /unsupported file type: undefined/.test(lastError.message);
@@ -56,6 +59,13 @@ export async function readImageHeader(path: string): Promise<ImageHeader> {
       );
     size *= 8;
   }
+}
+
+// First-read buffers are reused: image-size keeps no reference to its input, and a fresh
+// 16 KiB buffer per image would be most of the garbage a check makes.
+const spare: Buffer[] = [];
+function release(buf: Buffer): void {
+  if (buf.length === FIRST_READ && spare.length < 256) spare.push(buf);
 }
 
 /** The first `size` bytes of a file. Callback fs calls: far less overhead than FileHandle. */
@@ -73,12 +83,13 @@ function readHead(path: string, size: number): Promise<{ buf: Buffer; n: number 
         );
         return;
       }
-      const buf = Buffer.allocUnsafe(size);
+      const buf = (size === FIRST_READ && spare.pop()) || Buffer.allocUnsafe(size);
       fsRead(fd, buf, 0, size, 0, (e2, n) => {
         fsClose(fd, () => {});
-        if (e2)
+        if (e2) {
+          release(buf);
           reject(new ImageHeaderError("unreadable", path, `cannot read the file: ${e2.message}`));
-        else resolve({ buf, n });
+        } else resolve({ buf, n });
       });
     });
   });
