@@ -66,8 +66,10 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
 
 def apply_ac(model: nn.Module) -> None:
     """Recompute each layer's activations in backward (non-reentrant, per layer)."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
 
 
