@@ -243,18 +243,8 @@ export function validateRecord(
   let images: string[] = [];
   const img = o.image;
   if (typeof img === "string") {
-    if (img === "")
-      fail(
-        issues,
-        file,
-        line,
-        "image",
-        "wrong-type",
-        "image must not be an empty string",
-        "a path",
-        '""',
-      );
-    else images = [img];
+    // An empty string is no image, as in the official code (`len(data_item['image']) != 0`).
+    if (img !== "") images = [img];
   } else if (Array.isArray(img)) {
     for (let i = 0; i < img.length; i++)
       if (typeof img[i] !== "string" || img[i] === "")

@@ -348,3 +348,14 @@ describe("lineAlignedRanges", () => {
     }
   });
 });
+
+describe("validateRecord: empty media fields", () => {
+  it("treats an empty image string or list and an empty video as a text record, as the official code does", () => {
+    for (const o of [{ image: "" }, { image: [] }, { video: "" }, { image: null }]) {
+      const r = validateRecord({ ...o, conversations: turns("hi", "ho") }, "f", 1);
+      expect(r.issues).toEqual([]);
+      expect(r.record?.images).toEqual([]);
+      expect(r.record?.video).toBeUndefined();
+    }
+  });
+});
