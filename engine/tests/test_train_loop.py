@@ -99,8 +99,9 @@ def test_lora_merge_equals_adapter_at_run_time(data):
 
     root, model, cache = data
     plan = F.write_plan(root / "plan-lora", cache, steps=4, slots_per_step=2, world_size=1)
-    cfg = dict(lr=2e-2, freeze_vit=True, llm_lora_rank=4, llm_lora_alpha=8, vit_lora_rank=2)
+    cfg = dict(lr=2e-2, freeze_vit=True, llm_lora_rank=4, llm_lora_alpha=8, vit_lora_rank=2, export="original")
     r = loop.train(F.job(model, cache, plan, root / "lora", **cfg))
+    assert r["export"]["dir"] == str(root / "lora" / "export")
     settings = loop.TrainSettings.from_config(F.job(model, cache, plan, root / "x", **cfg)["config"])
 
     # The adapter at run time: the LoRA model with the trained checkpoint loaded.
@@ -118,9 +119,9 @@ def test_lora_merge_equals_adapter_at_run_time(data):
         if k.startswith("model.vision_tower") and ".base." in k:
             assert torch.equal(v, base[k.replace(".base.", ".")]), k  # frozen base weights unchanged
 
-    # Merged: a plain model with W + scale·B·A.
-    merged = load_internvl(model).model
-    merged.load_state_dict(lora.merge_state_dict(trained, lora.lora_scales(with_lora)))
+    # Merged: the exported original-format folder, a plain model with W + scale·B·A.
+    merged = load_internvl(r["export"]["dir"]).model
+    assert not lora.lora_layers(merged)
 
     ids = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17]])
     cu = [torch.tensor([0, 5, 8], dtype=torch.int32)]

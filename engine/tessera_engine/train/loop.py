@@ -118,6 +118,7 @@ class TrainModule(nn.Module):
         self.reduction = reduction
 
     def forward(self, item: dict, totals: StepTotals, device: torch.device) -> torch.Tensor:
+        from ..model.loss import reduce_loss
         from ..model.packed import image_features, packed_forward
 
         pixels = None if item["empty"] else item["pixel_values"].to(device, non_blocking=True)
@@ -142,38 +143,23 @@ class TrainModule(nn.Module):
                 pixels,
                 item["labels"].to(device, non_blocking=True),
             )
-            loss = reduce_loss(out.token_losses, out.sample_index, out.learned_counts, self.reduction,
-                               _global_norm(totals, self.reduction))
+            if out.token_losses.numel():
+                loss = reduce_loss(out.token_losses, out.sample_index, self.reduction, _global_norm(totals),
+                                   num_samples=out.num_samples)
+            else:
+                loss = _touch(out.token_losses) * 0.0
         return loss if touch is None else loss + touch
-
-
-def reduce_loss(token_losses: torch.Tensor, sample_index: torch.Tensor, counts: torch.Tensor, mode: str,
-                global_norm: float) -> torch.Tensor:
-    """This micro-batch's share of the global-batch loss (its terms summed, divided by the global total)."""
-    if token_losses.numel() == 0 or global_norm == 0:
-        return _touch(token_losses) * 0.0
-    if mode == "token":
-        return token_losses.sum() / global_norm
-    n = counts.to(token_losses.dtype)[sample_index]
-    if mode == "sample":
-        return (token_losses / n).sum() / global_norm
-    if mode == "square":
-        return (token_losses / n.sqrt()).sum() / global_norm
-    raise ValueError(f"unknown loss reduction {mode!r}")
 
 
 def _touch(x: torch.Tensor) -> torch.Tensor:
     return x.sum() if x.numel() else x.new_zeros(())
 
 
-def _global_norm(t: StepTotals, mode: str) -> float:
-    if mode == "token":
-        return float(t.learned_tokens)
-    if mode == "sample":
-        return float(t.learned_samples)
-    if mode == "square":
-        return float(t.sqrt_learned)
-    raise ValueError(f"unknown loss reduction {mode!r}")
+def _global_norm(t: StepTotals):
+    from ..model.loss import GlobalNorm
+
+    # The plan's totals over every rank and micro-batch of the step: the loss denominators.
+    return GlobalNorm(tokens=float(t.learned_tokens), samples=float(t.learned_samples), sqrt_sum=float(t.sqrt_learned))
 
 
 def compute_dtype(s: TrainSettings, device: torch.device) -> torch.dtype:
@@ -405,16 +391,25 @@ def export(job: dict, s: TrainSettings, world: parallel.World, root: nn.Module, 
             result["adapter"] = os.path.join(out_dir, "adapter")
         merged = lora.merge_state_dict(sd, scales)
         if not (scales and s.lora_export == "adapter"):
-            _write_model(merged, s.export, out_dir, job["model"], info)
+            _write_model(merged, s.export, out_dir, job["model"])
         out = result
     parallel.barrier(world)
     return out
 
 
-def _write_model(sd: dict, fmt: str, out_dir: str, source: str, info) -> None:
+def _write_model(sd: dict, fmt: str, out_dir: str, source: str) -> None:
+    """Load the trained weights into a plain model (strictly: every key must match) and export it."""
     from ..model.export import export_native, export_original
+    from ..model.load import load_internvl
 
+    plain = load_internvl(source, dtype=torch.float32, device="cpu").model
+    if getattr(plain.config, "tie_word_embeddings", False):
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    missing, unexpected = plain.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and plain.config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise KeyError(f"trained weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if fmt == "original":
-        export_original(sd, source, out_dir)
+        export_original(plain, out_dir, source)
     else:
-        export_native(sd, source, out_dir)
+        export_native(plain, out_dir, source)
