@@ -348,14 +348,16 @@ class CheckPool {
     resolve: (r: RangeResult) => void;
     reject: (e: Error) => void;
   }[] = [];
+  private readonly busy = new Map<Worker, (typeof this.queue)[number]>();
   private failed: Error | undefined;
+  private closing = false;
 
   constructor(size: number) {
     for (let i = 0; i < size; i++) {
       const w = new Worker(new URL("./check-worker.mjs", import.meta.url));
-      w.on("error", (e) => this.fail(e));
+      w.on("error", (e) => this.fail(e, w));
       w.on("exit", (code) => {
-        if (code !== 0) this.fail(new Error(`a check worker stopped (exit code ${code})`));
+        if (!this.closing) this.fail(new Error(`a check worker stopped (exit code ${code})`), w);
       });
       this.all.push(w);
       this.idle.push(w);
@@ -378,22 +380,28 @@ class CheckPool {
         if (m.bytes) t.onBytes(m.bytes);
         if (m.result === undefined && m.error === undefined) return;
         w.off("message", onMessage);
+        this.busy.delete(w);
         this.idle.push(w);
         if (m.error !== undefined) t.reject(new Error(m.error));
         else t.resolve(m.result as RangeResult);
         this.pump();
       };
       w.on("message", onMessage);
+      this.busy.set(w, t);
       w.postMessage(t.job);
     }
   }
 
-  private fail(e: Error): void {
+  /** A worker died: its job and every queued job fail (the check cannot be complete). */
+  private fail(e: Error, w: Worker): void {
     this.failed ??= e;
+    this.busy.get(w)?.reject(e);
+    this.busy.delete(w);
     for (const t of this.queue.splice(0)) t.reject(e);
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await Promise.all(this.all.map((w) => w.terminate()));
   }
 }
