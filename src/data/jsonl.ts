@@ -175,6 +175,22 @@ export async function* readRecordBatches(
         out.push(item);
         continue;
       }
+      // Bytes that are not UTF-8 decode to U+FFFD; Python's strict reader would refuse them.
+      if (t.indexOf("\uFFFD") !== -1)
+        issues = [
+          ...issues,
+          issue(
+            file,
+            l.line,
+            "(line)",
+            "not-utf8",
+            "the line holds U+FFFD: the file is probably not valid UTF-8 here",
+            {
+              severity: "warning",
+              expected: "UTF-8 text",
+            },
+          ),
+        ];
       let value: unknown;
       try {
         value = JSON.parse(t);
