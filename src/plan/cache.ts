@@ -3,7 +3,7 @@
  * the per-sample columns the planner needs.
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -628,15 +628,4 @@ export function openCacheTable(
       return t;
     },
   };
-}
-
-/** Removes a cache folder (used by tests and `--rebuild`). */
-export async function removeCache(cacheDir: string): Promise<void> {
-  if ((await stat(cacheDir).catch(() => null))?.isDirectory())
-    await rm(cacheDir, { recursive: true, force: true });
-}
-
-/** A short form of a fingerprint for messages. */
-export function shortFingerprint(fp: string): string {
-  return fp.slice(0, 12);
 }

@@ -43,7 +43,6 @@ export class ColumnWriter {
   private used = 0;
   count = 0;
   private fh?: FileHandle;
-  private pending: Promise<unknown> = Promise.resolve();
   readonly file: string;
   constructor(
     readonly dir: string,
@@ -96,7 +95,6 @@ export class ColumnWriter {
     this.count += b.byteLength / SIZE[this.dtype];
   }
   async close(): Promise<ColumnSpec> {
-    await this.pending;
     await this.flush();
     await this.fh!.sync();
     await this.fh!.close();

@@ -225,7 +225,6 @@ export function buildPlan(table: SampleTable, options: PlanOptions): Plan {
   const mbRows = new IntVec();
   let samples = 0;
   let totalSteps = 0;
-  let stepsPerEpochGuess = 0;
   for (let e = 0; ; e++) {
     if (opt.maxSteps === null && e >= fullEpochs) break;
     if (opt.maxSteps !== null && totalSteps >= opt.maxSteps) break;
@@ -243,7 +242,6 @@ export function buildPlan(table: SampleTable, options: PlanOptions): Plan {
     if (opt.maxSteps !== null) steps = Math.min(steps, opt.maxSteps - totalSteps);
     else if (e === fullEpochs - 1 && opt.epochs < fullEpochs)
       steps = Math.max(1, Math.round(sh.steps * (opt.epochs - e)));
-    stepsPerEpochGuess = sh.steps;
     const nMb = steps * W * A;
     const base = finalRows.length;
     for (let m = 0; m < nMb; m++) mbRows.push(base + sh.mbOffset[m]);
@@ -257,7 +255,6 @@ export function buildPlan(table: SampleTable, options: PlanOptions): Plan {
     epochSteps.push(steps);
     totalSteps += steps;
   }
-  void stepsPerEpochGuess;
   mbRows.push(finalRows.length);
   return assemble(
     table,
