@@ -27,7 +27,7 @@ export interface DatasetSummary {
   video: number;
   /** Image references (a multi-image record counts each). */
   images: number;
-  /** Distinct image files whose headers were read. */
+  /** Image headers read: each distinct file once (once per worker thread in a parallel check). */
   distinctImages: number;
   /** Multimodal image records that have no image_wh (needed for length grouping and packing). */
   missingImageWh: number;
@@ -70,7 +70,7 @@ export interface CheckOptions {
 }
 
 /** Keeps the first `max` problems in (dataset, line) order while counting all of them. */
-class IssueList {
+export class IssueList {
   private list: { d: number; i: DataIssue }[] = [];
   errors = 0;
   warnings = 0;
@@ -587,5 +587,3 @@ export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Prom
     stoppedEarly,
   };
 }
-
-export { IssueList };
