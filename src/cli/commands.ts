@@ -10,12 +10,14 @@ import { registerDataStats } from "./data-stats.ts";
 import { registerDoctor } from "./doctor.ts";
 import { registerEval } from "./eval.ts";
 import { registerSetup } from "./setup.ts";
+import { registerTrain } from "./train.ts";
 
 export function registerCommands(program: Command): void {
   registerSetup(program);
   registerDoctor(program);
   registerDashboard(program);
   registerEval(program);
+  registerTrain(program);
 
   // `tessera data <sub>`: one file per sub-command (data-*.ts).
   const data = program.command("data").description("check, fix, inspect, prepare and plan datasets");

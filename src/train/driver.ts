@@ -1,0 +1,215 @@
+/**
+ * The `train` driver: config → prepared cache → plan → engine (one process or torchrun) →
+ * checkpoints and export. The engine emits metric events; this side owns metrics.jsonl
+ * (one line per logged step, written by the process that hears rank 0) and the progress bar.
+ */
+import { appendFileSync, existsSync, mkdirSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import cliProgress from "cli-progress";
+import { stringify as toYaml } from "yaml";
+import { ensureEngine } from "../engine/setup.ts";
+import { isDistributed, launchEngine, slurmTopology, type Topology } from "../engine/launch.ts";
+import type { EngineEvent } from "../engine/protocol.ts";
+import { planDir, prepareAndPlan } from "../plan/from-config.ts";
+import { writePlan } from "../plan/plan.ts";
+import { writeFileAtomic } from "../util/atomic.ts";
+import { UserError } from "../util/errors.ts";
+import type { TrainConfig } from "./config.ts";
+
+export interface TrainOptions {
+  /** The engine's python (default: set up on first use). */
+  python?: string;
+  venv?: string;
+  /** Continue from the work dir's latest checkpoint. */
+  resume?: boolean;
+  /** Show a progress bar (default: when stderr is a terminal). */
+  progress?: boolean;
+  log?: (line: string) => void;
+  onEvent?: (e: EngineEvent) => void;
+  /** Lines the engine prints (default: kept, shown only when it fails). */
+  onOutput?: (line: string) => void;
+  /** Worker threads for preparing the cache (0: this thread). */
+  prepareWorkers?: number;
+  /** Extra environment for the engine processes. */
+  env?: NodeJS.ProcessEnv;
+  /** Install SIGINT/SIGTERM handlers that ask the engine to checkpoint and stop (the CLI does). */
+  handleSignals?: boolean;
+}
+
+export interface TrainResult {
+  workDir: string;
+  stepsDone: number;
+  totalSteps: number;
+  losses: number[];
+  checkpoint: string | null;
+  export: { dir: string; format: string; adapter?: string } | null;
+  stopped: boolean;
+  metricsPath: string;
+  trainableParameters: number | null;
+}
+
+/** The fields of a metric event that go to metrics.jsonl. */
+export const METRIC_FIELDS = [
+  "step", "total", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s_per_gpu", "samples_per_s",
+  "step_time", "data_wait", "peak_memory", "pack_fill", "time",
+] as const;
+
+export function metricLine(e: EngineEvent): string {
+  const out: Record<string, unknown> = {};
+  for (const k of METRIC_FIELDS) if (e[k] !== undefined) out[k] = e[k];
+  return JSON.stringify(out);
+}
+
+/** The processes and nodes of a run: the config's, or Slurm's when it describes several nodes. */
+export function topologyOf(c: TrainConfig, env: NodeJS.ProcessEnv = process.env): Topology {
+  const t: Topology = {
+    nprocPerNode: c.nproc_per_node,
+    nnodes: c.nnodes,
+    nodeRank: c.node_rank,
+    masterAddr: c.master_addr,
+    masterPort: c.master_port,
+  };
+  const slurm = c.nnodes === 1 ? slurmTopology(env) : undefined;
+  if (slurm) Object.assign(t, slurm, c.nproc_per_node > 1 ? { nprocPerNode: c.nproc_per_node } : {});
+  return t;
+}
+
+function hasCheckpoints(workDir: string): boolean {
+  const dir = join(workDir, "checkpoints");
+  return existsSync(dir) && readdirSync(dir).some((n) => /^step-\d{8}$/.test(n));
+}
+
+const fmt = (x: unknown, digits = 4) => (typeof x === "number" && Number.isFinite(x) ? x.toPrecision(digits) : "-");
+
+/** Train a model as the config says; resolves when the engine has finished (or stopped on a signal). */
+export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<TrainResult> {
+  const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+  const workDir = c.work_dir;
+  mkdirSync(workDir, { recursive: true });
+  if (!opts.resume && hasCheckpoints(workDir)) {
+    throw new UserError(`${workDir} already holds checkpoints: continue with --resume, or choose another --work-dir`);
+  }
+  if (opts.resume && !hasCheckpoints(workDir)) {
+    throw new UserError(`--resume: ${join(workDir, "checkpoints")} holds no checkpoint to continue from`);
+  }
+  let topology = topologyOf(c);
+  if (topology.nprocPerNode * topology.nnodes !== c.nproc_per_node * c.nnodes) {
+    // Slurm changed the world size: the plan's shards and accumulation follow it.
+    c = { ...c, nproc_per_node: topology.nprocPerNode, nnodes: topology.nnodes, node_rank: topology.nodeRank, master_addr: topology.masterAddr };
+    topology = topologyOf(c);
+  }
+  await writeFileAtomic(join(workDir, "config.yaml"), toYaml(c));
+  const python = opts.python ?? (await ensureEngine({ venv: opts.venv, log }));
+
+  const { plan } = await prepareAndPlan(c, opts.prepareWorkers !== undefined ? { workers: opts.prepareWorkers } : {});
+  const dir = planDir(c);
+  await writePlan(plan, dir);
+  const s = plan.stats;
+  log(
+    `plan ${plan.fingerprint.slice(0, 12)}: ${s.steps} steps · ${s.samples} samples · ` +
+      (c.packing === "none" ? "no packing" : `packs of ≤ ${c.pack_max_length} tokens, fill ${(s.fill_ratio * 100).toFixed(1)}%`) +
+      ` · world ${topology.nprocPerNode * topology.nnodes}`,
+  );
+
+  const metricsPath = join(workDir, "metrics.jsonl");
+  const useBar = opts.progress ?? process.stderr.isTTY === true;
+  const bar = useBar
+    ? new cliProgress.SingleBar(
+        {
+          format: "train {bar} {value}/{total} · loss {loss} · lr {lr} · {tps} tok/s/gpu · eta {eta_formatted}",
+          hideCursor: true,
+          clearOnComplete: false,
+          stream: process.stderr,
+          etaBuffer: 20,
+        },
+        cliProgress.Presets.shades_classic,
+      )
+    : undefined;
+  let barStarted = false;
+  const onEvent = (e: EngineEvent) => {
+    if (e.event === "metric" && (e.rank ?? 0) === 0) {
+      appendFileSync(metricsPath, `${metricLine(e)}\n`);
+      if (bar) {
+        const values = { loss: fmt(e.loss), lr: fmt(e.lr, 3), tps: Math.round(Number(e.tokens_per_s_per_gpu ?? 0)) };
+        if (!barStarted) {
+          bar.start(Number(e.total), Number(e.step), values);
+          barStarted = true;
+        } else bar.update(Number(e.step), values);
+      } else {
+        log(`step ${e.step}/${e.total} · loss ${fmt(e.loss)} · lr ${fmt(e.lr, 3)} · ${Math.round(Number(e.tokens_per_s_per_gpu ?? 0))} tok/s/gpu`);
+      }
+    } else if (e.event === "log" && (e.rank ?? 0) === 0) {
+      if (bar && barStarted) bar.stop();
+      log(String(e.message));
+      if (bar && barStarted) {
+        barStarted = false;
+      }
+    }
+    opts.onEvent?.(e);
+  };
+
+  const launch = await launchEngine(
+    {
+      kind: "train",
+      model: c.model,
+      cache_dir: c.cache_dir,
+      plan_dir: dir,
+      work_dir: workDir,
+      config: c,
+      resume: Boolean(opts.resume),
+      max_dynamic_patch: c.max_dynamic_patch,
+    },
+    {
+      python,
+      topology,
+      jobPath: join(workDir, "job.json"),
+      onEvent,
+      onOutput: opts.onOutput,
+      env: { ...opts.env },
+    },
+  );
+  if (isDistributed(topology)) log(`launched torchrun: ${topology.nprocPerNode} process(es) per node × ${topology.nnodes} node(s)`);
+
+  // Ctrl-C: the ranks checkpoint at the end of the step and stop; a second Ctrl-C ends them at once.
+  let asked = 0;
+  const onSignal = () => {
+    asked++;
+    if (asked === 1) {
+      log("\nstopping: a checkpoint is written at the end of this step (Ctrl-C again to abort without it)");
+      launch.stop();
+    } else {
+      for (const pid of [launch.child.pid, ...launch.pids()]) {
+        try {
+          if (pid) process.kill(pid, "SIGKILL");
+        } catch {
+          // gone
+        }
+      }
+    }
+  };
+  if (opts.handleSignals) {
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+  }
+  let res: Record<string, unknown>;
+  try {
+    res = await launch.done;
+  } finally {
+    if (bar && barStarted) bar.stop();
+    if (opts.handleSignals) {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+    }
+  }
+  return {
+    workDir,
+    stepsDone: Number(res.steps_done),
+    totalSteps: Number(res.total_steps),
+    losses: (res.losses as number[]) ?? [],
+    checkpoint: typeof res.checkpoint === "string" ? res.checkpoint : null,
+    export: (res.export as TrainResult["export"]) ?? null,
+    stopped: Boolean(res.stopped),
+    metricsPath,
+    trainableParameters: typeof res.trainable_parameters === "number" ? res.trainable_parameters : null,
+  };
+}
