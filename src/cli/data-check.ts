@@ -45,6 +45,7 @@ export function registerDataCheck(data: Command): void {
     .option("--no-media", "skip image and video files (records only)")
     .option("--allow-outside-media-root", "accept media paths outside media_root")
     .option("--concurrency <n>", "image headers read at once", "64")
+    .option("--workers <n>", "threads for large meta files (default: one per core)")
     .action(async (meta: string, o) => {
       const maxErrors = Number(o.maxErrors);
       if (!Number.isInteger(maxErrors) || maxErrors < 0)
@@ -52,6 +53,9 @@ export function registerDataCheck(data: Command): void {
       const concurrency = Number(o.concurrency);
       if (!Number.isInteger(concurrency) || concurrency < 1)
         throw new UserError(`--concurrency must be a positive whole number, got ${o.concurrency}`);
+      const workers = o.workers === undefined ? undefined : Number(o.workers);
+      if (workers !== undefined && (!Number.isInteger(workers) || workers < 1))
+        throw new UserError(`--workers must be a positive whole number, got ${o.workers}`);
       const bar = byteProgress("checking", !o.json && process.stderr.isTTY === true);
       let r: CheckReport;
       try {
@@ -61,6 +65,7 @@ export function registerDataCheck(data: Command): void {
           checkMedia: o.media !== false,
           allowOutside: o.allowOutsideMediaRoot === true,
           concurrency,
+          workers,
           onProgress: (d, t) => bar.update(d, t),
         });
       } finally {
