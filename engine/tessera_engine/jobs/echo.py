@@ -1,7 +1,8 @@
-"""Protocol self-test: echo the job back and stream `count` metric lines."""
+"""Protocol self-test: echo the job back and stream `count` metric lines (`fail_on_rank`: fail there)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from ..protocol import emit
@@ -11,6 +12,11 @@ def run(job: dict) -> dict:
     count = int(job.get("count", 0))
     delay = float(job.get("delay_s", 0.0))
     emit("log", level="info", message="echo", job=job)
+    fail_on = job.get("fail_on_rank")
+    if fail_on is not None and int(fail_on) == int(os.environ.get("RANK", "0")):
+        # For launcher tests: one rank fails after saying something on stdout.
+        print(f"rank {fail_on} about to fail", flush=True)
+        raise RuntimeError(f"asked to fail on rank {fail_on}")
     for i in range(count):
         emit("metric", step=i + 1, loss=1.0 / (i + 1))
         if delay:
