@@ -156,10 +156,48 @@ function child(kind: PackingKind): void {
 
 const isMain =
   process.argv[1] !== undefined && fileURLToPath(import.meta.url) === resolve(process.argv[1]);
+/** Prepare `n` records (text, image and multi-image) with the real Qwen2 tokenizer. */
+async function prepareChild(n: number, workers: number): Promise<void> {
+  const { writeDatasets } = await import("../test/plan/helpers.ts");
+  const { makeModelFolder } = await import("../test/helpers/model-folder.ts");
+  const { prepareCache } = await import("../src/plan/cache.ts");
+  const third = Math.floor(n / 3);
+  const { root, meta } = writeDatasets([
+    { name: "chat", n: third, kind: "text" },
+    { name: "vqa", n: third, kind: "image" },
+    { name: "multi", n: n - 2 * third, kind: "multi" },
+  ]);
+  const model = makeModelFolder({ vocab: "qwen2", maxDynamicPatch: 6 });
+  const t0 = performance.now();
+  const c0 = process.cpuUsage();
+  const r = await prepareCache({
+    meta,
+    model,
+    maxLength: 16384,
+    cacheDir: `${root}/cache`,
+    workers,
+  });
+  const s = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(c0);
+  console.log(
+    JSON.stringify({
+      n,
+      workers,
+      s,
+      cpu_s: (cpu.user + cpu.system) / 1e6,
+      tokens: r.manifest.tokens,
+      peak_mib: process.resourceUsage().maxRSS / 1024,
+    }),
+  );
+}
+
 const arg = process.argv.indexOf("--child");
+const prep = process.argv.indexOf("--prepare");
 if (!isMain) {
   // imported for its generator: run nothing
 } else if (arg >= 0) child(process.argv[arg + 1] as PackingKind);
+else if (prep >= 0)
+  await prepareChild(Number(process.argv[prep + 1]), Number(process.argv[prep + 2]));
 else {
   console.log(
     `plan: ${N.toLocaleString("en-US")} samples, pack_max_length ${PML}, world 8 × accumulation 4`,
@@ -195,6 +233,26 @@ else {
             : "";
     console.log(
       `${kind.padEnd(10)} | ${String(j.packs).padStart(10)} | ${(100 * j.fill).toFixed(2).padStart(6)}% | ${j.plan_s.toFixed(1).padStart(7)} s | ${j.plan_cpu_s.toFixed(1).padStart(6)} s | ${j.peak_mib.toFixed(0).padStart(5)} MiB | ${j.samples_per_pack.toFixed(2).padStart(12)} | ${j.balance.toFixed(4)}${note}`,
+    );
+  }
+  // Prepare: records per second with the real tokenizer, and peak memory at two sizes (it
+  // should not grow with the record count: records stream in, columns stream out).
+  const PREP = Number(process.env.PLAN_BENCH_PREPARE ?? 6000);
+  console.log(
+    `\nprepare (real Qwen2 tokenizer, text / image / multi-image thirds, 1 worker thread):`,
+  );
+  for (const n of [PREP, 3 * PREP]) {
+    const r = spawnSync(process.execPath, ["--import", "tsx", me, "--prepare", String(n), "1"], {
+      encoding: "utf8",
+    });
+    const line = r.stdout.trim().split("\n").pop() ?? "";
+    if (r.status !== 0 || !line.startsWith("{")) {
+      console.log(`${n} records: failed: ${r.stderr.trim().split("\n").slice(-3).join(" ")}`);
+      continue;
+    }
+    const j = JSON.parse(line);
+    console.log(
+      `${String(n).padStart(7)} records: ${j.s.toFixed(1)} s wall (${Math.round(n / j.s)} records/s, ${Math.round(j.tokens / j.s)} tokens/s) · CPU (all threads) ${j.cpu_s.toFixed(1)} s · peak RSS ${j.peak_mib.toFixed(0)} MiB`,
     );
   }
 }
