@@ -110,7 +110,8 @@ describe("data stats", () => {
       ],
       { "a.png": png(4, 4) },
     );
-    const model = makeModelFolder({ vocab: "qwen2", maxDynamicPatch: 6 });
+    // The smallest real vocabulary keeps this test quick; lengths differ only in their text part.
+    const model = makeModelFolder({ vocab: "llama2", maxDynamicPatch: 6 });
     const lengthsOf = await tokenLengths(model);
     const r = await computeStats(m, { lengthsOf });
     const t = r.datasets[0].tokens!;
