@@ -160,3 +160,37 @@ def test_cli_builds_folder(tmp_path, tok):
     assert main(["--out", str(tmp_path / "c"), "--llm", "llama", "--vision", "6b", "--tile-size", "28",
                  "--tokenizer-json", str(tok)]) == 0
     assert load_internvl(tmp_path / "c").info.native_family == "llama"
+
+
+def test_released_llm_configs_convert():
+    """llm_config shapes as the released InternVL2 folders write them (legacy generation keys, remote-code
+    keys, Phi-3's "su" rope scaling, InternLM2's dynamic rope scaling)."""
+    from tessera_engine.model import convert
+
+    legacy = {"_name_or_path": "./pretrained/x", "add_cross_attention": False, "attn_implementation":
+              "flash_attention_2", "bad_words_ids": None, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
+              "max_length": 20, "top_k": 50, "torch_dtype": "bfloat16", "transformers_version": "4.37.2",
+              "use_bfloat16": True}
+    qwen2 = {**legacy, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
+             "intermediate_size": 4864, "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+             "rope_theta": 1000000.0, "sliding_window": 32768, "use_sliding_window": False, "vocab_size": 151655,
+             "tie_word_embeddings": False, "max_window_layers": 24, "rms_norm_eps": 1e-6}
+    c = convert.native_text_config(qwen2)
+    assert type(c).__name__ == "Qwen2Config" and c.num_key_value_heads == 2 and c.architectures == ["Qwen2ForCausalLM"]
+    phi3 = {**legacy, "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "auto_map": {"AutoConfig": "x.y"},
+            "hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 32, "num_hidden_layers": 32,
+            "num_key_value_heads": 32, "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+            "rope_scaling": {"long_factor": [1.5] * 48, "short_factor": [1.0] * 48, "type": "su"},
+            "vocab_size": 32020}
+    c = convert.native_text_config(phi3)
+    assert c.rope_parameters["rope_type"] == "longrope" and c.rope_parameters["long_factor"][0] == 1.5
+    internlm2 = {"model_type": "internlm2", "auto_map": {"AutoConfig": "x.y"}, "hidden_size": 2048,
+                 "intermediate_size": 8192, "num_attention_heads": 16, "num_key_value_heads": 8,
+                 "num_hidden_layers": 24, "max_position_embeddings": 32768, "rope_theta": 1000000,
+                 "rope_scaling": {"type": "dynamic", "factor": 2.0}, "vocab_size": 92553, "bias": False}
+    c = convert.native_text_config(internlm2)  # no `architectures`: the family comes from model_type
+    assert type(c).__name__ == "LlamaConfig" and c.architectures == ["LlamaForCausalLM"]
+    assert c.rope_parameters["rope_type"] == "dynamic" and c.rope_parameters["factor"] == 2.0
+    assert c.rope_parameters["rope_theta"] == 1000000
+    with pytest.raises(ValueError, match="unsupported LLM"):
+        convert.llm_family({"model_type": "mistral"})

@@ -102,6 +102,18 @@ def native_text_config(llm_config: dict):
         cfg = LlamaConfig(**kw)
     else:
         kw = {k: v for k, v in llm_config.items() if k not in _REMOTE_ONLY and k != "model_type"}
+        rs = kw.get("rope_scaling")
+        if isinstance(rs, dict):
+            # Phi-3 128k checkpoints say {"type": "su"}: today's name is longrope, which also wants
+            # original_max_position_embeddings inside the rope parameters.
+            rs = dict(rs)
+            kind = rs.get("rope_type", rs.get("type"))
+            kind = {"su": "longrope"}.get(kind, kind)
+            rs["rope_type"] = kind
+            rs.pop("type", None)
+            if kind == "longrope" and "original_max_position_embeddings" in kw:
+                rs.setdefault("original_max_position_embeddings", kw["original_max_position_embeddings"])
+            kw["rope_scaling"] = rs
         cfg = AutoConfig.for_model(NATIVE_OF_FAMILY[family], **kw)
     cfg.architectures = [NATIVE_ARCH[NATIVE_OF_FAMILY[family]]]
     return cfg

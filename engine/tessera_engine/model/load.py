@@ -147,10 +147,12 @@ def _token_name(v: Any) -> str | None:
 # ---------------------------------------------------------------- loading
 
 
-def pick_attn_implementation(requested: str = "auto", device: str | torch.device = "cpu") -> str:
+def pick_attn_implementation(requested: str = "auto", device: str | torch.device = "cpu",
+                             dtype: torch.dtype = torch.bfloat16) -> str:
+    """flash-attention varlen on CUDA in half precision when installed, else PyTorch's SDPA."""
     if requested != "auto":
         return requested
-    if torch.device(device).type == "cuda":
+    if torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         try:
             import flash_attn  # noqa: F401
 
@@ -234,7 +236,7 @@ def load_internvl(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
         raise ValueError(f"{folder}: no <IMG_CONTEXT> token in the tokenizer files; pass img_context_token_id")
     config = convert.native_config(orig, ctx)
     sd = convert.original_to_native(read_state_dict(folder), config, family)
-    impl = pick_attn_implementation(attn_implementation, device)
+    impl = pick_attn_implementation(attn_implementation, device, dtype)
     model = build_native(config, sd, dtype, device, impl)
     info = make_info(orig, folder, special, ctx, family)
     return LoadedModel(model=model, info=info)
