@@ -32,12 +32,16 @@ export interface TrainOptions {
   prepareWorkers?: number;
   /** Extra environment for the engine processes. */
   env?: NodeJS.ProcessEnv;
+  /** Aborting it asks the engine to checkpoint at the end of its step and stop. */
+  stopSignal?: AbortSignal;
   /** Install SIGINT/SIGTERM handlers that ask the engine to checkpoint and stop (the CLI does). */
   handleSignals?: boolean;
 }
 
 export interface TrainResult {
   workDir: string;
+  /** Steps already done when this run started (non-zero when resuming). */
+  startStep: number;
   stepsDone: number;
   totalSteps: number;
   losses: number[];
@@ -187,6 +191,9 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
       }
     }
   };
+  const onAbort = () => launch.stop();
+  if (opts.stopSignal?.aborted) onAbort();
+  opts.stopSignal?.addEventListener("abort", onAbort, { once: true });
   if (opts.handleSignals) {
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);
@@ -196,6 +203,7 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
     res = await launch.done;
   } finally {
     if (bar && barStarted) bar.stop();
+    opts.stopSignal?.removeEventListener("abort", onAbort);
     if (opts.handleSignals) {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
@@ -203,6 +211,7 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
   }
   return {
     workDir,
+    startStep: Number(res.start_step ?? 0),
     stepsDone: Number(res.steps_done),
     totalSteps: Number(res.total_steps),
     losses: (res.losses as number[]) ?? [],

@@ -1,0 +1,142 @@
+/**
+ * `tessera train` end to end on a tiny model: meta → cache → plan → engine → checkpoint →
+ * export, through the command line, then a refused restart and a stop-and-resume.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { parse as parseYaml } from "yaml";
+import { runEngine } from "../../src/engine/protocol.ts";
+import { ensureEngine } from "../../src/engine/setup.ts";
+import { resolveConfig } from "../../src/train/config.ts";
+import { train } from "../../src/train/driver.ts";
+import { PACKAGE_ROOT } from "../../src/util/paths.ts";
+
+let python: string;
+let root: string;
+let model: string;
+let meta: string;
+
+beforeAll(async () => {
+  python = await ensureEngine({ quiet: true });
+  root = mkdtempSync(join(tmpdir(), "tessera-train-e2e-"));
+  model = join(root, "model");
+  await runEngine(
+    { kind: "build-tiny", out: model, tile_size: 28, vision_hidden: 16, vision_layers: 1, llm_hidden: 32, llm_layers: 1, max_dynamic_patch: 4 },
+    { python },
+  );
+  // Images of a few sizes (so grids and thumbnails vary), and a text-only dataset.
+  const media = join(root, "media");
+  const py = spawnSync(python, ["-c", `
+import os, sys
+from PIL import Image
+os.makedirs(sys.argv[1], exist_ok=True)
+for i, (w, h, c) in enumerate([(40, 30, "red"), (28, 28, "green"), (90, 30, "blue"), (30, 60, "yellow")]):
+    Image.new("RGB", (w, h), c).save(os.path.join(sys.argv[1], f"{i}.png"))
+`, media]);
+  expect(py.status, py.stderr.toString()).toBe(0);
+  const sizes = [[40, 30], [28, 28], [90, 30], [30, 60]];
+  const colours = ["red", "green", "blue", "yellow"];
+  const lines = Array.from({ length: 12 }, (_, i) =>
+    JSON.stringify({
+      id: i,
+      image: `${i % 4}.png`,
+      conversations: [
+        { from: "human", value: "<image>\nWhat colour is the picture?" },
+        { from: "gpt", value: colours[i % 4] },
+      ],
+      image_wh: [sizes[i % 4]],
+    }),
+  );
+  writeFileSync(join(root, "colours.jsonl"), `${lines.join("\n")}\n`);
+  const text = Array.from({ length: 6 }, (_, i) =>
+    JSON.stringify({ id: i, conversations: [{ from: "human", value: `Say ${i}.` }, { from: "gpt", value: `${i}` }] }),
+  );
+  writeFileSync(join(root, "text.jsonl"), `${text.join("\n")}\n`);
+  meta = join(root, "meta.json");
+  writeFileSync(
+    meta,
+    JSON.stringify({
+      colours: { media_root: media, annotation: join(root, "colours.jsonl"), repeat_time: 2 },
+      text: { media_root: "", annotation: join(root, "text.jsonl"), repeat_time: 0.5 },
+    }),
+  );
+});
+
+function tessera(args: string[]): Promise<{ code: number | null; out: string }> {
+  return new Promise((res) => {
+    const p = spawn(process.execPath, [join(PACKAGE_ROOT, "bin", "tessera.mjs"), ...args], {
+      env: { ...process.env, OMP_NUM_THREADS: "1" },
+    });
+    let out = "";
+    p.stdout.on("data", (d) => (out += d));
+    p.stderr.on("data", (d) => (out += d));
+    p.on("close", (code) => res({ code, out }));
+  });
+}
+
+describe("tessera train", () => {
+  it("runs end to end from the command line: cache, plan, engine, checkpoints, export, metrics", async () => {
+    const work = join(root, "run");
+    const config = join(root, "train.yaml");
+    writeFileSync(config, `model: ${model}\nmeta: ${meta}\nwork_dir: ${work}\nmax_length: 128\nlr: 0.002\nwarmup_ratio: 0\n`);
+    const r = await tessera([
+      "train", config, "--dset-pack", "--pack-max-length", "256", "--global-batch-size", "2", "--mirco-batch-size", "1",
+      "--steps", "4", "--checkpoint-interval", "2", "--checkpoint-keep", "3", "--no-freeze-vit", "--num-workers", "1",
+      "--no-gradient-checkpointing", "--no-progress", "--device", "cpu",
+    ]);
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toContain("finished at step 4/4");
+
+    const resolved = parseYaml(readFileSync(join(work, "config.yaml"), "utf8"));
+    expect(resolved).toMatchObject({ model, meta, packing: "soft", pack_max_length: 256, micro_batch_size: 1, freeze_vit: false });
+    const metrics = readFileSync(join(work, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    expect(metrics.map((m) => m.step)).toEqual([1, 2, 3, 4]);
+    for (const m of metrics) {
+      for (const k of ["loss", "lr", "grad_norm", "tokens_per_s_per_gpu", "samples_per_s", "step_time", "data_wait", "peak_memory", "pack_fill"])
+        expect(typeof m[k], k).toBe("number");
+      expect(m.pack_fill).toBeGreaterThan(0);
+      expect(m.pack_fill).toBeLessThanOrEqual(1);
+    }
+    expect(readdirSync(join(work, "checkpoints")).sort()).toEqual(["step-00000002", "step-00000004"]);
+    const exported = join(work, "export");
+    expect(JSON.parse(readFileSync(join(exported, "config.json"), "utf8")).llm_config.architectures).toHaveLength(1);
+    expect(existsSync(join(exported, "model.safetensors")) || existsSync(join(exported, "model.safetensors.index.json"))).toBe(true);
+    expect(existsSync(join(exported, "tokenizer.json"))).toBe(true);
+
+    // Starting over in a work dir with checkpoints is refused; it points at --resume.
+    const again = await tessera(["train", config, "--steps", "4", "--no-progress"]);
+    expect(again.code).toBe(1);
+    expect(again.out).toContain("--resume");
+  });
+
+  it("stops on request with a checkpoint, and --resume finishes the run", async () => {
+    const work = join(root, "stop");
+    const c = resolveConfig(undefined, {
+      model, meta, work_dir: work, max_length: 128, pack_max_length: 128, global_batch_size: 2, steps: 6, lr: 0.002,
+      freeze_vit: false, num_workers: 0, gradient_checkpointing: false, checkpoint_interval: 0, device: "cpu", export: "none",
+    });
+    const ac = new AbortController();
+    const common = { python, progress: false, log: () => {}, prepareWorkers: 0, env: { OMP_NUM_THREADS: "1" } };
+    const first = await train(c, {
+      ...common,
+      stopSignal: ac.signal,
+      // The engine finishes the step it is in, checkpoints, and stops.
+      onEvent: (e) => e.event === "metric" && e.step === 2 && ac.abort(),
+    });
+    expect(first.stopped).toBe(true);
+    expect(first.stepsDone).toBeGreaterThanOrEqual(2);
+    expect(first.stepsDone).toBeLessThan(6);
+    expect(first.checkpoint).toMatch(new RegExp(`step-0*${first.stepsDone}$`));
+
+    const second = await train(c, { ...common, resume: true });
+    expect(second.stopped).toBe(false);
+    expect(second.startStep).toBe(first.stepsDone);
+    expect(second.stepsDone).toBe(6);
+    expect(second.losses).toHaveLength(6 - first.stepsDone);
+    const steps = readFileSync(join(work, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l).step);
+    expect(steps).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+});
