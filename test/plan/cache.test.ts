@@ -1,10 +1,10 @@
 import { spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openCacheTable, prepareCache } from "../../src/plan/cache.ts";
 import { PACKAGE_ROOT } from "../../src/util/paths.ts";
-import { CHAR_MAKER, tinyModel, writeDatasets } from "./helpers.ts";
+import { CHAR_MAKER, removeTemp, tinyModel, writeDatasets } from "./helpers.ts";
 
 let model: string;
 beforeAll(() => {
@@ -185,3 +185,5 @@ describe("prepared cache", () => {
     expect(readdirSync(cacheDir).filter((f) => f.includes(".tmp-"))).toEqual([]);
   });
 });
+
+afterAll(removeTemp);

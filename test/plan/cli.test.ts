@@ -1,10 +1,10 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { PACKAGE_ROOT } from "../../src/util/paths.ts";
 import { makeModelFolder } from "../helpers/model-folder.ts";
-import { writeDatasets } from "./helpers.ts";
+import { removeTemp, track, writeDatasets } from "./helpers.ts";
 
 function tessera(args: string[]) {
   const r = spawnSync(process.execPath, [join(PACKAGE_ROOT, "bin/tessera.mjs"), ...args], {
@@ -20,7 +20,7 @@ describe("data prepare / data plan", () => {
     { name: "vqa", n: 80, kind: "image", repeat: 3 },
     { name: "docs", n: 40, kind: "multi", repeat: 0.5 },
   ]);
-  const model = makeModelFolder({ vocab: "qwen2", maxDynamicPatch: 6 });
+  const model = track(makeModelFolder({ vocab: "qwen2", maxDynamicPatch: 6 }));
 
   it("data plan META --model … --json prints samples, packs, fill_ratio and steps", () => {
     const r = tessera([
@@ -71,3 +71,5 @@ describe("data prepare / data plan", () => {
     expect(p.out).toMatch(/fill \d+\.\d+%/);
   });
 });
+
+afterAll(removeTemp);

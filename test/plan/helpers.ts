@@ -1,20 +1,35 @@
 /** Test helpers: small meta files with text, image and multi-image datasets. */
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { makeModelFolder } from "../helpers/model-folder.ts";
+
+const made: string[] = [];
+
+/** Remove every folder these helpers made (call from afterAll). */
+export function removeTemp(): void {
+  for (const d of made.splice(0)) rmSync(d, { recursive: true, force: true });
+}
 
 export const CHAR_MAKER = new URL("./fixtures/char-maker.ts", import.meta.url).href;
 
 /** A tiny-tile model folder: 28-pixel tiles, 1 context token per tile, up to 6 tiles. */
 export function tinyModel(): string {
-  return makeModelFolder({
-    tokenizerFiles: "none",
-    imageSize: 28,
-    patchSize: 14,
-    downsampleRatio: 0.5,
-    maxDynamicPatch: 6,
-  });
+  return track(
+    makeModelFolder({
+      tokenizerFiles: "none",
+      imageSize: 28,
+      patchSize: 14,
+      downsampleRatio: 0.5,
+      maxDynamicPatch: 6,
+    }),
+  );
+}
+
+/** Remember a temporary folder for removeTemp(). */
+export function track(dir: string): string {
+  made.push(dir);
+  return dir;
 }
 
 function rnd(seed: number) {
@@ -41,6 +56,7 @@ export interface DatasetDef {
 /** Write JSONL files and a meta file; returns the meta path and the folder. */
 export function writeDatasets(defs: DatasetDef[], seed = 1): { root: string; meta: string } {
   const root = mkdtempSync(join(tmpdir(), "tessera-plan-"));
+  made.push(root);
   const r = rnd(seed);
   const meta: Record<string, unknown> = {};
   for (const d of defs) {

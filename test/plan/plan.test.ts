@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -40,11 +40,15 @@ function microBatches(p: Plan, from = 0, to = p.mbTokens.length): number[][][][]
 
 async function planBytes(p: Plan): Promise<Record<string, string>> {
   const dir = mkdtempSync(join(tmpdir(), "tessera-plan-out-"));
-  await writePlan(p, join(dir, "plan"));
-  const out: Record<string, string> = {};
-  for (const f of readdirSync(join(dir, "plan")).sort())
-    out[f] = readFileSync(join(dir, "plan", f)).toString("base64");
-  return out;
+  try {
+    await writePlan(p, join(dir, "plan"));
+    const out: Record<string, string> = {};
+    for (const f of readdirSync(join(dir, "plan")).sort())
+      out[f] = readFileSync(join(dir, "plan", f)).toString("base64");
+    return out;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 describe("plan", () => {
