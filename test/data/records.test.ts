@@ -378,3 +378,21 @@ describe("readRecords: encoding", () => {
     expect(i.severity).toBe("warning");
   });
 });
+
+describe("readRecords: iteration", () => {
+  it("stops cleanly when the reader breaks out early, and can be read again", async () => {
+    const p = write(
+      join(tempDir(), "x.jsonl"),
+      `${Array.from({ length: 5000 }, () => good).join("\n")}\n`,
+    );
+    let n = 0;
+    for await (const it of readRecords({ annotation: p }, { chunkSize: 4096 })) {
+      if (++n === 3) break;
+      expect(it.record).toBeDefined();
+    }
+    expect(n).toBe(3);
+    let all = 0;
+    for await (const _ of readRecords({ annotation: p })) all++;
+    expect(all).toBe(5000);
+  });
+});
