@@ -7,6 +7,7 @@ workers, so a resumed run sees exactly the micro-batches an unbroken run would h
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,13 @@ class _PlanSlice(Dataset):
         return item
 
 
+def _worker_init(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process decides how to stop, and
+    # workers dying on it would break the checkpoint it is about to write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def micro_batches(
     cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling, num_workers: int = 2, seed: int = 0
 ) -> DataLoader:
@@ -120,4 +128,5 @@ def micro_batches(
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_worker_init if num_workers else None,
     )

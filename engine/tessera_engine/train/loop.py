@@ -384,7 +384,7 @@ def export(job: dict, s: TrainSettings, world: parallel.World, root: nn.Module, 
         # The root is TrainModule: drop its `model.` prefix to get the model's own names.
         sd = {k.removeprefix("model."): v for k, v in full.items()}
         out_dir = job.get("export_dir") or os.path.join(job["work_dir"], "export")
-        scales = {k.removeprefix("model."): v for k, v in lora.lora_scales(root).items()}
+        scales = lora.lora_scales(model)  # names relative to the model, as in `sd`
         result = {"dir": out_dir, "format": s.export}
         if scales and s.lora_export == "adapter":
             lora.save_adapter(os.path.join(out_dir, "adapter"), sd, model, job["model"])
