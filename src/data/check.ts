@@ -196,6 +196,13 @@ export class MediaLookup {
 /** One per worker thread, shared by the ranges it checks, so each image is read once per thread. */
 let threadMedia: MediaChecker | undefined;
 
+const EXPECTED: Record<string, string> = {
+  "path-escapes": "a relative path inside media_root",
+  "missing-image": "an image file",
+  "unreadable-image": "an image header (PNG, JPEG, WebP, GIF, BMP, TIFF, ...)",
+  "missing-video": "a video file",
+};
+
 type RangeOptions = CheckOptions & { onBytes?: (n: number) => void; start?: number; end?: number };
 
 /**
@@ -232,7 +239,9 @@ export async function checkRange(
     wh: [number, number] | undefined,
   ) => {
     if (!r.ok) {
-      add(issue(file, line, field, r.kind, r.message, { found: r.found }));
+      add(
+        issue(file, line, field, r.kind, r.message, { expected: EXPECTED[r.kind], found: r.found }),
+      );
       return;
     }
     if (wh && (wh[0] !== r.w || wh[1] !== r.h))

@@ -2,7 +2,7 @@
 import { createReadStream } from "node:fs";
 import { isAbsolute, relative } from "node:path";
 import { StringDecoder } from "node:string_decoder";
-import { type DataIssue, issue } from "./issues.ts";
+import { clip, type DataIssue, issue } from "./issues.ts";
 import type { DatasetSpec } from "./meta.ts";
 import { type DataRecord, validateRecord } from "./record.ts";
 
@@ -168,6 +168,8 @@ export async function* readRecordBatches(
             ...issues,
             issue(file, l.line, "(line)", "empty-line", "empty line skipped", {
               severity: "warning",
+              expected: "one JSON object",
+              found: "an empty line",
             }),
           ],
         };
@@ -188,6 +190,7 @@ export async function* readRecordBatches(
             {
               severity: "warning",
               expected: "UTF-8 text",
+              found: "U+FFFD",
             },
           ),
         ];
@@ -203,8 +206,15 @@ export async function* readRecordBatches(
               "(line)",
               "truncated-line",
               `the last line is cut short (no line end and not valid JSON: ${msg}); the file looks truncated`,
+              {
+                expected: "a complete JSON object and a line end",
+                found: clip(JSON.stringify(t.slice(-40))),
+              },
             )
-          : issue(file, l.line, "(line)", "invalid-json", `not valid JSON: ${msg}`);
+          : issue(file, l.line, "(line)", "invalid-json", `not valid JSON: ${msg}`, {
+              expected: "one JSON object",
+              found: clip(JSON.stringify(t)),
+            });
         out.push(
           keep
             ? { line: l.line, issues: [...issues, bad], text: l.text }
@@ -266,6 +276,8 @@ function bomIssue(file: string): DataIssue {
     "the file starts with a UTF-8 byte order mark; it is ignored (Python's json.loads rejects it)",
     {
       severity: "warning",
+      expected: "UTF-8 without a BOM",
+      found: "EF BB BF",
     },
   );
 }

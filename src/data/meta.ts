@@ -39,6 +39,12 @@ const entrySchema = z.looseObject({
 
 const KNOWN = new Set(["media_root", "annotation", "repeat_time"]);
 
+const META_EXPECTED: Record<string, string> = {
+  media_root: "a folder path (empty for pure-text datasets)",
+  annotation: "the path of a JSONL file",
+  repeat_time: "a number > 0: an integer to repeat, a fraction < 1 to take the first part",
+};
+
 // The repeat_time arithmetic lives in a module without zod, for threads that only need it.
 export { selectedRecordCount, selectedRecordIndex } from "./repeat.ts";
 
@@ -194,6 +200,7 @@ export async function loadMetaChecked(
             `meta-${field.replace(/_/g, "-")}`,
             `dataset "${name}": ${field} ${zi.message}`,
             {
+              expected: META_EXPECTED[field],
               found: describe(found),
             },
           ),

@@ -439,6 +439,7 @@ export function validateRecord(
           "<image> outside human turns is kept as plain text",
           {
             severity: "warning",
+            expected: "<image> only in human turns",
             found: `${otherRoles}`,
           },
         ),

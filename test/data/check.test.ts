@@ -298,3 +298,63 @@ describe("data check on a worker pool", () => {
     ]);
   }, 30_000);
 });
+
+describe("messages", () => {
+  it("say what was expected and what was found for every problem in a file full of them", async () => {
+    const dir = tempDir();
+    const m = dataset(
+      dir,
+      [
+        "{not json",
+        "",
+        "[1]",
+        { conversations: [{ from: "user", value: 1 }] },
+        {
+          conversations: [
+            { from: "human", value: "q" },
+            { from: "human", value: "q" },
+          ],
+        },
+        { conversations: turns("q", "a"), image: ["a.png", "b.png"], image_wh: [[0, 1]] },
+        { conversations: turns("<image><image>", "a"), image: "a.png" },
+        { conversations: turns(), image: "../x.png" },
+        { conversations: turns(), image: "gone.png" },
+        { conversations: turns(), image: "bad.png" },
+        { conversations: turns(), image: "a.png", image_wh: [[1, 1]] },
+        {
+          conversations: [...turns(), { from: "human", value: "more" }],
+          video: "nope.mp4",
+          image: "a.png",
+        },
+        '{"conversations": [',
+      ],
+      { "a.png": png(3, 3), "bad.png": Buffer.from("junk") },
+    );
+    const r = await checkMeta(m);
+    expect(r.issues.length).toBeGreaterThanOrEqual(15);
+    for (const i of r.issues) {
+      expect(i.expected, `${i.kind} has no expected`).toBeDefined();
+      expect(i.found, `${i.kind} has no found`).toBeDefined();
+      expect(i.line).toBeGreaterThan(0);
+    }
+    expect(new Set(r.issues.map((i) => i.kind))).toEqual(
+      new Set([
+        "invalid-json",
+        "empty-line",
+        "not-object",
+        "bad-role",
+        "wrong-type",
+        "bad-alternation",
+        "bad-image-wh",
+        "image-wh-count",
+        "placeholder-mismatch",
+        "path-escapes",
+        "missing-image",
+        "unreadable-image",
+        "image-wh-mismatch",
+        "ends-on-human",
+        "image-and-video",
+      ]),
+    );
+  });
+});
