@@ -181,3 +181,18 @@ def test_generate_greedy_matches_step_by_step(models):
                 want.append(nxt)
                 ids = torch.cat([ids, torch.tensor([nxt])])
         assert new == want
+
+
+def test_generate_sampled_is_seeded_and_stops_at_eos(models):
+    loaded = models["qwen2"]
+    g = torch.Generator().manual_seed(7)
+    p1, _, px1 = make_sample(g, loaded, 10, 1)
+    kw = dict(max_new_tokens=6, do_sample=True, temperature=1.5, top_k=0, top_p=1.0, eos_token_ids=[-1],
+              pad_token_id=0)
+    a = generate(loaded.model, [p1.tolist()], [px1], seed=11, **kw)
+    b = generate(loaded.model, [p1.tolist()], [px1], seed=11, **kw)
+    assert a == b and len(a[0]) == 6
+    greedy = generate(loaded.model, [p1.tolist()], [px1], max_new_tokens=6, eos_token_ids=[-1], pad_token_id=0)[0]
+    # with the first greedy token as end-of-sequence, generation stops before it
+    assert generate(loaded.model, [p1.tolist()], [px1], max_new_tokens=6, eos_token_ids=[greedy[0]],
+                    pad_token_id=0) == [[]]
