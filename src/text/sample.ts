@@ -142,6 +142,63 @@ function recordName(r: DataRecord): string {
   return r.id !== undefined ? `record ${JSON.stringify(r.id)}` : "record";
 }
 
+/** Collects items; adjacent texts merge into one unit (they are one segment for the tokenizer). */
+class ItemBuilder {
+  items: Item[] = [];
+  private pending: { prefix: string; text: string; learn: boolean; round: number } | null = null;
+  private imageIndex = 0;
+
+  flush(): void {
+    const p = this.pending;
+    if (p && (p.prefix || p.text)) this.items.push({ k: "text", prefix: p.prefix, text: p.text, learn: p.learn, round: p.round });
+    this.pending = null;
+  }
+
+  tok(ids: readonly number[], learn: boolean, round: number): void {
+    this.flush();
+    this.items.push({ k: "ids", ids, learn, round });
+  }
+
+  /** Text not learned (template text, user text). */
+  text(s: string, round: number): void {
+    if (!s) return;
+    const p = this.pending;
+    if (p && !p.learn && p.round === round) p.text += s;
+    else {
+      this.flush();
+      this.pending = { prefix: "", text: s, learn: false, round };
+    }
+  }
+
+  /** Learned text: continues the pending unlearned unit, whose text becomes its prefix. */
+  learned(s: string, round: number): void {
+    if (!s) return;
+    const p = this.pending;
+    if (p && !p.learn) this.pending = { prefix: p.text, text: s, learn: true, round };
+    else {
+      this.flush();
+      this.pending = { prefix: "", text: s, learn: true, round };
+    }
+  }
+
+  template(ps: Piece[], round: number): void {
+    for (const p of ps) if ("tok" in p) this.tok([p.tok], false, round);
+    else this.text(p.text, round);
+  }
+
+  /** User text with its `<image>` placeholders as image items. */
+  userText(s: string, round: number): void {
+    let from = 0;
+    for (let at = s.indexOf(IMAGE); at !== -1; at = s.indexOf(IMAGE, from)) {
+      this.text(s.slice(from, at), round);
+      this.flush();
+      this.items.push({ k: "image", index: this.imageIndex++, round });
+      from = at + IMAGE.length;
+    }
+    this.text(s.slice(from), round);
+  }
+}
+
 /** Turn the record into the ordered items of its sequence (no tokenization yet). */
 function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Plan {
   const tpl = ctx.template;
@@ -197,80 +254,35 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
   if (images.length && (ctx.imgStart === null || ctx.imgEnd === null || ctx.imgContext === null))
     throw new UserError(`${ctx.tokenizer.dir}: the tokenizer lacks ${IMG_START}, ${IMG_END} or ${IMG_CONTEXT}`);
 
-  const items: Item[] = [];
-  let pendingText: { prefix: string; text: string; learn: boolean; round: number } | null = null;
-  const flush = () => {
-    if (pendingText && (pendingText.prefix || pendingText.text)) items.push({ k: "text", ...pendingText });
-    pendingText = null;
-  };
-  const tok = (ids: readonly number[], learn: boolean, round: number) => {
-    flush();
-    items.push({ k: "ids", ids, learn, round });
-  };
-  /** Text not learned (template text, user text). */
-  const text = (s: string, round: number) => {
-    if (!s) return;
-    if (pendingText && !pendingText.learn && pendingText.round === round) pendingText.text += s;
-    else if (pendingText && pendingText.learn) {
-      flush();
-      pendingText = { prefix: "", text: s, learn: false, round };
-    } else {
-      flush();
-      pendingText = { prefix: "", text: s, learn: false, round };
-    }
-  };
-  /** Learned text: continues the pending unlearned unit, whose text becomes the prefix. */
-  const learned = (s: string, round: number) => {
-    if (!s) return;
-    if (pendingText && !pendingText.learn) pendingText = { prefix: pendingText.text, text: s, learn: true, round };
-    else {
-      flush();
-      pendingText = { prefix: "", text: s, learn: true, round };
-    }
-  };
-  const template = (ps: Piece[], round: number) => {
-    for (const p of ps) if ("tok" in p) tok([p.tok], false, round);
-    else text(p.text, round);
-  };
-  let imageIndex = 0;
-  const userText = (s: string, round: number) => {
-    const parts = s.split(IMAGE);
-    for (let i = 0; i < parts.length; i++) {
-      if (i > 0) {
-        flush();
-        items.push({ k: "image", index: imageIndex++, round });
-      }
-      text(parts[i], round);
-    }
-  };
+  const b = new ItemBuilder();
   const strip = (s: string) => (tpl.stripTurns ? s.trim() : s);
 
-  if (ctx.bos !== null) tok([ctx.bos], false, 0);
+  if (ctx.bos !== null) b.tok([ctx.bos], false, 0);
   if (system !== null && tpl.systemMessage !== null) {
-    template(ctx.system, 0);
-    text(strip(system), 0);
-    tok(ctx.end, false, 0);
-    text(ctx.after, 0);
+    b.template(ctx.system, 0);
+    b.text(strip(system), 0);
+    b.tok(ctx.end, false, 0);
+    b.text(ctx.after, 0);
   }
   const rounds = Math.ceil(values.length / 2);
   for (let r = 0; r < rounds; r++) {
     const q = strip(values[2 * r]);
-    template(ctx.user, r);
-    userText(q, r);
+    b.template(ctx.user, r);
+    b.userText(q, r);
     if (tpl.endUserTurns && (q || !tpl.emptyTurnsRoleOnly)) {
-      tok(ctx.end, false, r);
-      text(ctx.after, r);
+      b.tok(ctx.end, false, r);
+      b.text(ctx.after, r);
     }
-    template(ctx.assistant, r);
+    b.template(ctx.assistant, r);
     if (2 * r + 1 >= values.length) break; // generation: the prompt ends with the assistant prefix
     const a = strip(values[2 * r + 1]);
     if (!a && tpl.emptyTurnsRoleOnly) continue; // conversation.py writes only the role for an empty message
-    learned(a, r);
-    tok(ctx.end, true, r);
-    text(ctx.after, r);
+    b.learned(a, r);
+    b.tok(ctx.end, true, r);
+    b.text(ctx.after, r);
   }
-  flush();
-  return { items, images, rounds };
+  b.flush();
+  return { items: b.items, images, rounds };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,137 +343,125 @@ async function encodePlans(plans: Plan[], tk: TextTokenizer): Promise<Encoded[][
   return out;
 }
 
-function assemble(record: DataRecord, plan: Plan, enc: Encoded[], ctx: Prepared): Sample | null {
-  const tpt = ctx.model.tokensPerTile;
-  // Token count of each item, to find the cut before filling anything.
-  const lens: number[] = [];
-  let t = 0;
-  for (const it of plan.items) {
-    if (it.k === "ids") lens.push(it.ids.length);
-    else if (it.k === "text") lens.push(enc[t++].ids.length);
-    else lens.push(plan.images[it.index].tiles * tpt + 2);
-  }
-  const total = lens.reduce((a, b) => a + b, 0);
-  let keepItems = plan.items.length;
-  let cutAt = Number.POSITIVE_INFINITY;
-  let droppedTurns = 0;
-  if (total > ctx.maxLength) {
-    if (ctx.truncation === "drop") return null;
-    // Keep the most rounds that fit: the sequence up to the end of round r.
-    const roundEnd: number[] = [];
-    let pos = 0;
-    for (let i = 0; i < plan.items.length; i++) {
-      pos += lens[i];
-      roundEnd[plan.items[i].round] = i + 1;
-    }
-    let kept = 0;
-    let acc = 0;
-    let i = 0;
-    for (let r = 0; r < plan.rounds; r++) {
-      const endIdx = roundEnd[r] ?? i;
-      let len = acc;
-      for (let k = i; k < endIdx; k++) len += lens[k];
-      if (len > ctx.maxLength) break;
-      acc = len;
-      i = endIdx;
-      kept = r + 1;
-    }
-    if (kept === 0) {
-      if (ctx.truncation !== "cut") return null;
-      keepItems = roundEnd[0] ?? plan.items.length;
-      cutAt = ctx.maxLength;
-      droppedTurns = 2 * (plan.rounds - 1);
-    } else {
-      keepItems = roundEnd[kept - 1];
-      droppedTurns = 2 * (plan.rounds - kept);
-    }
-  }
+interface Layout {
+  /** Token count of each item. */
+  lens: number[];
+  /** Items kept (a prefix of plan.items). */
+  keepItems: number;
+  /** Final length (before a cut moved before an image). */
+  len: number;
+  /** Untruncated length. */
+  total: number;
+  droppedTurns: number;
+  cut: boolean;
+}
 
-  // Fill.
-  let len = 0;
-  for (let i = 0; i < keepItems; i++) len += lens[i];
-  // A cut never splits an image: move it before the image block it falls in.
-  if (cutAt < len) {
-    let pos = 0;
-    for (let i = 0; i < keepItems; i++) {
-      const it = plan.items[i];
-      if (it.k === "image" && pos < cutAt && pos + lens[i] > cutAt) {
-        cutAt = pos;
-        break;
-      }
-      pos += lens[i];
-    }
-    len = cutAt;
+/** Where the sample ends under max_length and the truncation policy; null: dropped. */
+function layout(plan: Plan, enc: Encoded[], ctx: Prepared): Layout | null {
+  const tpt = ctx.model.tokensPerTile;
+  const items = plan.items;
+  const lens: number[] = new Array(items.length);
+  let t = 0;
+  let total = 0;
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i];
+    const n = it.k === "ids" ? it.ids.length : it.k === "text" ? enc[t++].ids.length : plan.images[it.index].tiles * tpt + 2;
+    lens[i] = n;
+    total += n;
   }
-  const inputIds = new Int32Array(len);
-  const labels = new Int32Array(len).fill(IGNORE_INDEX);
+  if (total <= ctx.maxLength) return { lens, keepItems: items.length, len: total, total, droppedTurns: 0, cut: false };
+  if (ctx.truncation === "drop") return null;
+  // Keep the most whole rounds that fit.
+  const roundEnd: number[] = [];
+  for (let i = 0; i < items.length; i++) roundEnd[items[i].round] = i + 1;
+  let kept = 0;
+  let acc = 0;
+  let i = 0;
+  for (let r = 0; r < plan.rounds; r++) {
+    const endIdx = roundEnd[r] ?? i;
+    let len = acc;
+    for (let k = i; k < endIdx; k++) len += lens[k];
+    if (len > ctx.maxLength) break;
+    acc = len;
+    i = endIdx;
+    kept = r + 1;
+  }
+  if (kept > 0) return { lens, keepItems: roundEnd[kept - 1], len: acc, total, droppedTurns: 2 * (plan.rounds - kept), cut: false };
+  if (ctx.truncation !== "cut") return null;
+  // Cut the first round at max_length, never inside an image block: move the cut before it.
+  const keepItems = roundEnd[0] ?? items.length;
+  let cutAt = ctx.maxLength;
+  let pos = 0;
+  for (let k = 0; k < keepItems && pos < cutAt; k++) {
+    if (items[k].k === "image" && pos + lens[k] > cutAt) {
+      cutAt = pos;
+      break;
+    }
+    pos += lens[k];
+  }
+  return { lens, keepItems, len: cutAt, total, droppedTurns: 2 * (plan.rounds - 1), cut: true };
+}
+
+/** Write the sample's ids and labels into the given (zeroed or reused) views of length lay.len. */
+function fill(record: DataRecord, plan: Plan, enc: Encoded[], ctx: Prepared, lay: Layout, inputIds: Int32Array, labels: Int32Array): Sample | null {
+  const tpt = ctx.model.tokensPerTile;
+  const never = ctx.never;
+  const len = lay.len;
+  labels.fill(IGNORE_INDEX);
   const images: ImagePlan[] = [];
   const starts: number[] = [];
   let pos = 0;
-  let learnedCount = 0;
+  let learned = 0;
   let straddles = 0;
-  t = 0;
-  const put = (id: number, learn: boolean) => {
-    if (pos >= len) return;
-    inputIds[pos] = id;
-    if (learn && !ctx.never.has(id)) {
-      labels[pos] = id;
-      learnedCount++;
-    }
-    pos++;
-  };
-  for (let i = 0; i < keepItems && pos < len; i++) {
+  let t = 0;
+  for (let i = 0; i < lay.keepItems && pos < len; i++) {
     const it = plan.items[i];
-    if (it.k === "ids") for (const id of it.ids) put(id, it.learn);
-    else if (it.k === "text") {
-      const e = enc[t++];
-      if (e.straddled) straddles++;
-      for (let k = 0; k < e.ids.length; k++) put(e.ids[k], it.learn && k >= e.prefixLen);
-    } else {
+    if (it.k === "image") {
       const img = plan.images[it.index];
       const n = img.tiles * tpt;
-      if (pos + n + 2 > len) break;
       inputIds[pos++] = ctx.imgStart as number;
       starts.push(pos);
       inputIds.fill(ctx.imgContext as number, pos, pos + n);
       pos += n;
       inputIds[pos++] = ctx.imgEnd as number;
       images.push(img);
+      continue;
+    }
+    let ids: ArrayLike<number>;
+    let from: number;
+    if (it.k === "ids") {
+      ids = it.ids;
+      from = it.learn ? 0 : ids.length;
+    } else {
+      const e = enc[t++];
+      if (e.straddled) straddles++;
+      ids = e.ids;
+      from = it.learn ? e.prefixLen : ids.length;
+    }
+    const n = Math.min(ids.length, len - pos);
+    for (let k = 0; k < n; k++) {
+      const id = ids[k];
+      inputIds[pos] = id;
+      if (k >= from && !never.has(id)) {
+        labels[pos] = id;
+        learned++;
+      }
+      pos++;
     }
   }
-  if (pos < len) {
-    // Only when a cut moved before an image: shorten to what was filled.
-    return finish(record, inputIds.subarray(0, pos), labels.subarray(0, pos), images, starts, learnedCount, total, droppedTurns, true, straddles);
-  }
-  if (learnedCount === 0 && total > ctx.maxLength) return null;
-  return finish(record, inputIds, labels, images, starts, learnedCount, total, droppedTurns, cutAt !== Number.POSITIVE_INFINITY, straddles);
-}
-
-function finish(
-  record: DataRecord,
-  inputIds: Int32Array,
-  labels: Int32Array,
-  images: ImagePlan[],
-  starts: number[],
-  learned: number,
-  originalLength: number,
-  droppedTurns: number,
-  cut: boolean,
-  straddles: number,
-): Sample | null {
-  if (learned === 0 && originalLength !== inputIds.length) return null;
-  const s: Sample = {
+  if (learned === 0 && lay.total > ctx.maxLength) return null;
+  const sample: Sample = {
     inputIds,
     labels,
     images,
     contextStarts: Int32Array.from(starts),
-    length: inputIds.length,
+    length: len,
     learned,
     multimodal: record.images.length > 0 || record.video !== undefined,
   };
-  if (originalLength !== inputIds.length) s.truncated = { droppedTurns, originalLength, ...(cut ? { cut: true } : {}) };
-  if (straddles) s.boundaryTokens = straddles;
-  return s;
+  if (lay.total !== len) sample.truncated = { droppedTurns: lay.droppedTurns, originalLength: lay.total, ...(lay.cut ? { cut: true } : {}) };
+  if (straddles) sample.boundaryTokens = straddles;
+  return sample;
 }
 
 /**
@@ -473,11 +473,26 @@ export async function recordToSample(record: DataRecord, ctx: SampleContext): Pr
   return (await recordsToSamples([record], ctx))[0];
 }
 
-/** recordToSample for many records, tokenized in one native batch (the fast path). */
+/**
+ * recordToSample for many records, tokenized in one go (the fast path). The samples' arrays
+ * are views of one buffer per batch.
+ */
 export async function recordsToSamples(records: readonly DataRecord[], ctx: SampleContext): Promise<(Sample | null)[]> {
   const plans = records.map((r) => planRecord(r, ctx, false));
   const enc = await encodePlans(plans, ctx.tokenizer);
-  return records.map((r, i) => assemble(r, plans[i], enc[i], ctx));
+  const lays = plans.map((p, i) => layout(p, enc[i], ctx));
+  let total = 0;
+  for (const l of lays) if (l) total += l.len;
+  const ids = new Int32Array(total);
+  const labels = new Int32Array(total);
+  let off = 0;
+  return records.map((r, i) => {
+    const l = lays[i];
+    if (!l) return null;
+    const s = fill(r, plans[i], enc[i], ctx, l, ids.subarray(off, off + l.len), labels.subarray(off, off + l.len));
+    off += l.len;
+    return s;
+  });
 }
 
 export interface GenerationPrompt {
@@ -495,6 +510,7 @@ export async function buildGenerationPrompt(record: DataRecord, ctx: SampleConte
   const plan = planRecord(record, ctx, true);
   const [enc] = await encodePlans([plan], ctx.tokenizer);
   const noLimit = { ...ctx, maxLength: Number.POSITIVE_INFINITY };
-  const s = assemble(record, plan, enc, noLimit) as Sample;
+  const lay = layout(plan, enc, noLimit) as Layout;
+  const s = fill(record, plan, enc, noLimit, lay, new Int32Array(lay.len), new Int32Array(lay.len)) as Sample;
   return { inputIds: s.inputIds, images: s.images, contextStarts: s.contextStarts };
 }

@@ -13,6 +13,7 @@ import { Tokenizer } from "tokenizers";
 import { runEngine } from "../engine/protocol.ts";
 import { ensureEngine } from "../engine/setup.ts";
 import { UserError } from "../util/errors.ts";
+import { FastByteLevelBpe } from "./fast-bpe.ts";
 
 /** Tokens InternVL2 adds to every LLM tokenizer. */
 export const IMG_START = "<img>";
@@ -34,6 +35,12 @@ export interface LoadTokenizerOptions {
   python?: string;
   /** Entries kept in the per-segment encoding cache (0 turns it off). */
   segmentCacheSize?: number;
+  /**
+   * Encode byte-level BPE tokenizers (Qwen2, Llama-3) in JavaScript, where the native
+   * tokenizer stays only for texts with added tokens (default true; TESSERA_NATIVE_TOKENIZER=1
+   * turns it off).
+   */
+  fastPath?: boolean;
 }
 
 type Obj = Record<string, unknown>;
@@ -58,6 +65,8 @@ export class TextTokenizer {
     readonly source: { kind: "tokenizer.json" | "vocab+merges" | "sentencepiece"; path: string },
     config: Obj,
     private readonly cacheSize = 200_000,
+    /** The JavaScript byte-level BPE encoder, when the tokenizer has that shape. */
+    readonly fast: FastByteLevelBpe | null = null,
   ) {
     this.bosToken = tokenContent(config.bos_token) ?? null;
     this.eosToken = tokenContent(config.eos_token) ?? null;
@@ -111,11 +120,7 @@ export class TextTokenizer {
    * tokenizers do.
    */
   async encode(text: string): Promise<Int32Array> {
-    const hit = this.cache.get(text);
-    if (hit) return hit;
-    const ids = Int32Array.from((await this.native.encode(text, null, { addSpecialTokens: false })).getIds());
-    this.remember(text, ids);
-    return ids;
+    return (await this.encodeMany([text]))[0];
   }
 
   /** encode() for many texts in one native batch (repeated and cached texts are encoded once). */
@@ -123,12 +128,21 @@ export class TextTokenizer {
     const out: Int32Array[] = new Array(texts.length);
     const todo: string[] = [];
     const where = new Map<string, number[]>();
+    const fast = this.fast;
     for (let i = 0; i < texts.length; i++) {
       const t = texts[i];
       const hit = this.cache.get(t);
       if (hit) {
         out[i] = hit;
         continue;
+      }
+      if (fast?.handles(t)) {
+        // Not remembered: the fast path caches words, and most texts are seen once.
+        const ids = fast.encode(t);
+        if (ids) {
+          out[i] = Int32Array.from(ids);
+          continue;
+        }
       }
       const w = where.get(t);
       if (w) w.push(i);
@@ -181,28 +195,30 @@ function hashFiles(dir: string, names: string[]): string {
  * Make sure the tokenizer knows every token the folder adds (tokenizer_config.json
  * `added_tokens_decoder`, added_tokens.json), with the ids the folder gives them.
  */
-function withAddedTokens(native: Tokenizer, tokJsonPath: string, dir: string): Tokenizer {
+function withAddedTokens(path: string, dir: string): { native: Tokenizer; json: Obj } {
+  const json = JSON.parse(readFileSync(path, "utf8")) as Obj;
   const cfg = readJson(join(dir, "tokenizer_config.json"));
   const wanted = new Map<number, { content: string; special: boolean }>();
   for (const [id, spec] of Object.entries((cfg.added_tokens_decoder as Record<string, Obj>) ?? {}))
     if (typeof spec?.content === "string") wanted.set(Number(id), { content: spec.content, special: spec.special !== false });
   for (const [content, id] of Object.entries(readJson(join(dir, "added_tokens.json"))))
     if (typeof id === "number" && !wanted.has(id)) wanted.set(id, { content, special: true });
+  const native = Tokenizer.fromString(JSON.stringify(json));
   const missing = [...wanted.entries()].filter(([, t]) => native.tokenToId(t.content) == null).sort((a, b) => a[0] - b[0]);
   for (const [id, t] of wanted) {
     const have = native.tokenToId(t.content);
     if (have != null && have !== id)
-      throw new UserError(`${dir}: token ${t.content} is id ${have} in ${tokJsonPath} but ${id} in the added tokens`);
+      throw new UserError(`${dir}: token ${t.content} is id ${have} in ${path} but ${id} in the added tokens`);
   }
-  if (!missing.length) return native;
-  const json = JSON.parse(readFileSync(tokJsonPath, "utf8"));
+  if (!missing.length) return { native, json };
+  const added = json.added_tokens as Obj[];
   for (const [id, t] of missing)
-    json.added_tokens.push({ id, content: t.content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: t.special });
+    added.push({ id, content: t.content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: t.special });
   const fixed = Tokenizer.fromString(JSON.stringify(json));
   for (const [id, t] of missing)
     if (fixed.tokenToId(t.content) !== id)
       throw new UserError(`${dir}: added token ${t.content} should be id ${id} but the vocabulary puts it at ${fixed.tokenToId(t.content)}`);
-  return fixed;
+  return { native: fixed, json };
 }
 
 /** Load the tokenizer of a model folder (converting and caching it when the folder has no tokenizer.json). */
@@ -229,12 +245,14 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
       }
     }
   }
-  let native: Tokenizer;
+  let loaded: { native: Tokenizer; json: Obj };
   try {
-    native = Tokenizer.fromFile(path);
+    loaded = withAddedTokens(path, abs);
   } catch (e) {
+    if (e instanceof UserError) throw e;
     throw new UserError(`${path}: cannot load: ${(e as Error).message}`);
   }
-  native = withAddedTokens(native, path, abs);
-  return new TextTokenizer(native, abs, { kind, path }, config, opts.segmentCacheSize).init(config);
+  const useFast = (opts.fastPath ?? true) && process.env.TESSERA_NATIVE_TOKENIZER !== "1";
+  const fast = useFast ? FastByteLevelBpe.fromJson(loaded.json) : null;
+  return new TextTokenizer(loaded.native, abs, { kind, path }, config, opts.segmentCacheSize, fast).init(config);
 }
