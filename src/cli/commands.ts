@@ -1,6 +1,7 @@
 /** Every sub-command, registered in the order `tessera --help` lists them. */
 import type { Command } from "commander";
 import { registerDashboard } from "./dashboard.ts";
+import { registerChat } from "./chat.ts";
 import { registerDataCheck } from "./data-check.ts";
 import { registerDataFillWh } from "./data-fill-wh.ts";
 import { registerDataPlan } from "./data-plan.ts";
@@ -18,6 +19,7 @@ export function registerCommands(program: Command): void {
   registerDashboard(program);
   registerEval(program);
   registerTrain(program);
+  registerChat(program);
 
   // `tessera data <sub>`: one file per sub-command (data-*.ts).
   const data = program.command("data").description("check, fix, inspect, prepare and plan datasets");

@@ -12,6 +12,7 @@ import { runEngine } from "../../src/engine/protocol.ts";
 import { ensureEngine } from "../../src/engine/setup.ts";
 import { resolveConfig } from "../../src/train/config.ts";
 import { train } from "../../src/train/driver.ts";
+import { chat } from "../../src/cli/chat.ts";
 import { PACKAGE_ROOT } from "../../src/util/paths.ts";
 
 let python: string;
@@ -138,5 +139,15 @@ describe("tessera train", () => {
     expect(second.losses).toHaveLength(6 - first.stepsDone);
     const steps = readFileSync(join(work, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l).step);
     expect(steps).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+
+  it("chats with the exported model: the prompt is built as in training, the engine answers", async () => {
+    const exported = join(root, "run", "export");
+    const r = await chat(exported, "What colour is the picture?", { python, images: [join(root, "media", "2.png")], maxNewTokens: 5 });
+    // 90×30 with at most 4 tiles: a 3×1 grid and a thumbnail.
+    expect(r.tiles).toEqual([4]);
+    expect(r.promptTokens).toBeGreaterThan(4);
+    expect(r.newTokens).toBeLessThanOrEqual(5);
+    expect(typeof r.answer).toBe("string");
   });
 });
