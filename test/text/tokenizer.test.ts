@@ -53,6 +53,27 @@ describe("tokenizers", () => {
     }
   });
 
+  it("encodes byte-level BPE in JavaScript exactly as the native tokenizer (Qwen2, Llama-3)", async () => {
+    expect(tk.qwen2.fast).not.toBeNull();
+    expect(tk.llama3.fast).not.toBeNull();
+    expect(tk.llama2.fast).toBeNull(); // SentencePiece-style: always native
+    const odd = ["a\u0085b \ufeff c", "x\u2028y", "   \n\n  z", "I'M HE'S", "𝔘𝔫𝔦 ﬁ ｶﾀｶﾅ", "e\u0301", "\u0000\u0001", "x<ref>y</ref>"];
+    const many = [...randomStrings(4000, 21), ...odd];
+    for (const v of ["qwen2", "llama3"] as const) {
+      const fast = tk[v].fast;
+      if (!fast) throw new Error("no fast path");
+      const native = await tk[v].native.encodeBatch(many, { addSpecialTokens: false });
+      let handled = 0;
+      many.forEach((t, i) => {
+        if (!fast.handles(t)) return; // texts with added tokens always go native
+        handled++;
+        expect(fast.encode(t), JSON.stringify(t)).toEqual(native[i].getIds());
+      });
+      expect(handled).toBeGreaterThan(2000);
+      expect(fast.handles("x<ref>y")).toBe(false);
+    }
+  });
+
   it("knows the InternVL tokens as special tokens and finds BOS/EOS", async () => {
     for (const v of vocabs) {
       for (const t of INTERNVL_SPECIAL_TOKENS) expect(tk[v].tokenId(t)).toBeGreaterThan(0);
