@@ -69,6 +69,22 @@ describe("dynamic tiling", () => {
     expect(() => planTiles(10, 10, opts(2, 3))).toThrow(/budget/);
   });
 
+  it("has no same-area tie at the closest distance when min_num is 1 (so grid order cannot matter there)", () => {
+    // |m - p/q| = |mn·q - p·md| / (md·q), with m = mn/md = (ad + cb) / 2bd; compared in integers.
+    const closer = (mn: number, md: number, o: readonly number[], g: readonly number[]) =>
+      Math.abs(mn * o[1] - o[0] * md) * g[1] < Math.abs(mn * g[1] - g[0] * md) * o[1];
+    for (let max = 1; max <= 48; max++) {
+      const grids = candidateGrids(1, max);
+      for (const g of grids)
+        for (const k of grids) {
+          if (g[0] * g[1] !== k[0] * k[1] || g[0] >= k[0]) continue;
+          const mn = g[0] * k[1] + k[0] * g[1];
+          const md = 2 * g[1] * k[1];
+          expect(grids.some((o) => closer(mn, md, o, g))).toBe(true);
+        }
+    }
+  });
+
   it("reproduces CPython's tuple hash", () => {
     // hash((1, 2)) and hash((3, 4)) on 64-bit CPython 3.8+, as unsigned values.
     expect(pyTupleHash(1, 2)).toBe(14896688948223909699n);
