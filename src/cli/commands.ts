@@ -8,6 +8,7 @@ import { registerDataPlan } from "./data-plan.ts";
 import { registerDataPrepare } from "./data-prepare.ts";
 import { registerDataPreview } from "./data-preview.ts";
 import { registerDataStats } from "./data-stats.ts";
+import { registerDemo } from "./demo.ts";
 import { registerDoctor } from "./doctor.ts";
 import { registerEval } from "./eval.ts";
 import { registerSetup } from "./setup.ts";
@@ -18,6 +19,7 @@ export function registerCommands(program: Command): void {
   registerDoctor(program);
   registerDashboard(program);
   registerEval(program);
+  registerDemo(program);
   registerTrain(program);
   registerChat(program);
 

@@ -259,7 +259,9 @@ def generate(
               eos_token_id=eos or None)
     if do_sample:
         kw.update(temperature=temperature, top_p=top_p, top_k=top_k)
-    out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), pixel_values=pv, **kw)
+    if pv is not None:  # an explicit pixel_values=None makes generate() run the vision tower on None
+        kw["pixel_values"] = pv
+    out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kw)
     result = []
     for row in out[:, width:].tolist():
         cut = next((i for i, t in enumerate(row) if t in eos), len(row))

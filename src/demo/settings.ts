@@ -1,0 +1,64 @@
+/**
+ * The demo's chosen sizes and settings, measured on a 2-core CPU (docs/demo.md explains each).
+ */
+import type { QuestionType } from "./scenes.ts";
+
+/** The tiny InternVL2-layout model (build-tiny job fields). */
+export const DEMO_MODEL = {
+  llm: "qwen2",
+  vision: "300m",
+  // 56 px tiles of 14 px patches: a 4×4 grid, pixel-shuffled to 4 tokens per tile.
+  tile_size: 56,
+  patch_size: 14,
+  vision_hidden: 32,
+  vision_layers: 2,
+  vision_heads: 2,
+  vision_intermediate: 64,
+  llm_hidden: 64,
+  llm_layers: 2,
+  llm_heads: 4,
+  llm_kv_heads: 2,
+  llm_intermediate: 128,
+  max_dynamic_patch: 6,
+} as const;
+
+/** Records per question type. */
+export const DEMO_TRAIN_COUNTS: Record<QuestionType, number> = { colour: 600, count: 300, word: 200, compare: 200, text: 400 };
+export const DEMO_EVAL_COUNTS: Record<QuestionType, number> = { colour: 60, count: 30, word: 20, compare: 20, text: 20 };
+/** Colour questions twice per epoch (an integer repeat), half the text ones (a fraction). */
+export const DEMO_REPEAT: Partial<Record<QuestionType, number>> = { colour: 2, text: 0.5 };
+
+/** Training settings (keys of the training config). */
+export const DEMO_TRAIN = {
+  // The 151k-row embedding and output head dominate a model this small: LoRA on the language
+  // model leaves them frozen; the vision tower and projector train fully.
+  freeze_vit: false,
+  freeze_mlp: false,
+  freeze_llm: false,
+  llm_lora_rank: 32,
+  lr: 5e-3,
+  min_lr: 0,
+  warmup_ratio: 0.05,
+  weight_decay: 0,
+  max_grad_norm: 1,
+  max_length: 512,
+  pack_max_length: 512,
+  packing: "soft",
+  sampler: "length",
+  micro_batch_size: 1,
+  global_batch_size: 1,
+  gradient_checkpointing: false,
+  num_workers: 1,
+  checkpoint_interval: 0,
+  checkpoint_keep: 1,
+  log_interval: 1,
+  export: "original",
+  steps: 200,
+} as const;
+
+/** The shortened run of --fast (tests). */
+export const DEMO_FAST = {
+  steps: 60,
+  train: { colour: 240, count: 40, word: 20, compare: 20, text: 40 } as Record<QuestionType, number>,
+  eval: { colour: 30, count: 10, word: 5, compare: 5, text: 5 } as Record<QuestionType, number>,
+};
