@@ -1,6 +1,8 @@
 /** `tessera data check`: every record, placeholder, image_wh and media file of a meta file. */
 import { stat } from "node:fs/promises";
 import { availableParallelism } from "node:os";
+import { dirname } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { HeaderReader, ImageHeaderError } from "../vision/headers.ts";
 import { type DataIssue, issue } from "./issues.ts";
@@ -61,6 +63,8 @@ export interface CheckOptions {
   concurrency?: number;
   /** Worker threads (default: one per core, at most 8); 1 checks in this thread. */
   workers?: number;
+  /** How workers load the code: one esbuild bundle (default; tsx when esbuild fails) or tsx. */
+  workerEntry?: "bundle" | "tsx";
   /** Size of the ranges files are cut into for the workers (default 16 MiB). */
   rangeBytes?: number;
   /** Meta files whose annotations hold fewer bytes in all are checked in this thread (default 32 MiB). */
@@ -361,9 +365,9 @@ class CheckPool {
   private failed: Error | undefined;
   private closing = false;
 
-  constructor(size: number) {
+  constructor(size: number, script: URL) {
     for (let i = 0; i < size; i++) {
-      const w = new Worker(new URL("./check-worker.mjs", import.meta.url));
+      const w = new Worker(script, { execArgv: workerExecArgv() });
       w.on("error", (e) => this.fail(e, w));
       w.on("exit", (code) => {
         if (!this.closing) this.fail(new Error(`a check worker stopped (exit code ${code})`), w);
@@ -413,6 +417,79 @@ class CheckPool {
     this.closing = true;
     await Promise.all(this.all.map((w) => w.terminate()));
   }
+}
+
+/**
+ * This process's Node flags minus a TypeScript loader (`--import tsx`): inherited, it would
+ * start a loader thread in every worker, which neither worker entry needs.
+ */
+function workerExecArgv(): string[] {
+  const out: string[] = [];
+  const args = process.execArgv;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (
+      (a === "--import" ||
+        a === "--loader" ||
+        a === "--experimental-loader" ||
+        a === "--require" ||
+        a === "-r") &&
+      /tsx/.test(args[i + 1] ?? "")
+    )
+      i++;
+    else if (!/^--(import|loader|experimental-loader|require)=.*tsx/.test(a)) out.push(a);
+  }
+  return out;
+}
+
+let bundled: Promise<URL> | undefined;
+
+/**
+ * The worker's code. Bundled once per process with esbuild into one self-contained module
+ * (a worker then starts in about 0.1 s); a worker loading the TypeScript sources through tsx
+ * instead pays a loader thread and a module compile each, over a second. The tsx entry stays
+ * as the fallback.
+ */
+function workerScript(entry: "bundle" | "tsx" = "bundle"): Promise<URL> {
+  const fallback = new URL("./check-worker.mjs", import.meta.url);
+  if (entry === "tsx") return Promise.resolve(fallback);
+  bundled ??= (async () => {
+    try {
+      const { build } = await import("esbuild");
+      const entry = [
+        'import { parentPort } from "node:worker_threads";',
+        'import { checkRangeJob } from "./check.ts";',
+        'parentPort.on("message", async (job) => {',
+        "  try {",
+        "    const result = await checkRangeJob(job, (bytes) => parentPort.postMessage({ bytes }));",
+        "    parentPort.postMessage({ result });",
+        "  } catch (e) {",
+        "    parentPort.postMessage({ error: e instanceof Error ? (e.stack ?? e.message) : String(e) });",
+        "  }",
+        "});",
+      ].join("\n");
+      const out = await build({
+        stdin: {
+          contents: entry,
+          resolveDir: dirname(fileURLToPath(import.meta.url)),
+          loader: "ts",
+          sourcefile: "check-worker-entry.ts",
+        },
+        bundle: true,
+        platform: "node",
+        format: "esm",
+        target: "node20",
+        write: false,
+        logLevel: "silent",
+      });
+      return new URL(
+        `data:text/javascript;base64,${Buffer.from(out.outputFiles[0].text).toString("base64")}`,
+      );
+    } catch {
+      return fallback;
+    }
+  })();
+  return bundled;
 }
 
 /** Only plain data crosses to a worker (no callbacks). */
@@ -478,7 +555,7 @@ async function checkParallel(
   workers: number,
   opts: RangeOptions,
 ): Promise<DatasetSummary[]> {
-  const pool = new CheckPool(workers);
+  const pool = new CheckPool(workers, await workerScript(opts.workerEntry));
   try {
     const perFile = await Promise.all(
       specs.map(async (spec, d) => {

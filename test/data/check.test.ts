@@ -288,6 +288,15 @@ describe("data check on a worker pool", () => {
     const one = await checkMeta(m, { workers: 1 });
     const par = await checkMeta(m, { workers: 2, parallelMinBytes: 1, rangeBytes: 1000 });
     expect(par.issues).toEqual(one.issues);
+    // Workers that load the sources through tsx (the fallback) find the same.
+    const tsx = await checkMeta(m, {
+      workers: 2,
+      parallelMinBytes: 1,
+      rangeBytes: 1000,
+      workerEntry: "tsx",
+    });
+    expect(tsx.issues).toEqual(one.issues);
+    expect(tsx.datasets).toEqual(par.datasets);
     expect(par.issues.map((i) => `${i.file.split("/").pop()}:${i.line}`)).toEqual([
       "a.jsonl:201",
       "b.jsonl:6",
