@@ -405,7 +405,7 @@ function layout(plan: Plan, enc: Encoded[], ctx: Prepared): Layout | null {
 /** Write the sample's ids and labels into the given (zeroed or reused) views of length lay.len. */
 function fill(record: DataRecord, plan: Plan, enc: Encoded[], ctx: Prepared, lay: Layout, inputIds: Int32Array, labels: Int32Array): Sample | null {
   const tpt = ctx.model.tokensPerTile;
-  const never = ctx.never;
+  const never = ctx.never.size ? ctx.never : null;
   const len = lay.len;
   labels.fill(IGNORE_INDEX);
   const images: ImagePlan[] = [];
@@ -442,7 +442,7 @@ function fill(record: DataRecord, plan: Plan, enc: Encoded[], ctx: Prepared, lay
     for (let k = 0; k < n; k++) {
       const id = ids[k];
       inputIds[pos] = id;
-      if (k >= from && !never.has(id)) {
+      if (k >= from && !never?.has(id)) {
         labels[pos] = id;
         learned++;
       }
