@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterator
@@ -25,20 +26,48 @@ class CacheFormatError(ValueError):
     """The files on disk do not match what their manifest says."""
 
 
-def _map_columns(folder: str, columns: dict) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for name, col in columns.items():
-        path = os.path.join(folder, col["file"])
-        dtype = np.dtype(col["dtype"])
-        count = int(col["count"])
-        size = os.path.getsize(path)
-        if size != count * dtype.itemsize:
-            raise CacheFormatError(
-                f"{path}: {size} bytes, manifest says {count} × {dtype.itemsize} = {count * dtype.itemsize}"
-            )
-        # np.memmap refuses empty files; an empty column is an empty array.
-        out[name] = np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
-    return out
+class _Columns(Mapping):
+    """A folder's columns: sizes checked up front, each file mapped on first use.
+
+    Mapping lazily keeps open files (each map holds a descriptor) to the columns actually
+    read, which matters for mixtures of many datasets.
+    """
+
+    def __init__(self, folder: str, columns: dict):
+        self._specs: dict[str, tuple[str, np.dtype, int]] = {}
+        self._maps: dict[str, np.ndarray] = {}
+        for name, col in columns.items():
+            path = os.path.join(folder, col["file"])
+            dtype = np.dtype(col["dtype"])
+            count = int(col["count"])
+            size = os.path.getsize(path)
+            if size != count * dtype.itemsize:
+                raise CacheFormatError(
+                    f"{path}: {size} bytes, manifest says {count} × {dtype.itemsize} = {count * dtype.itemsize}"
+                )
+            self._specs[name] = (path, dtype, count)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        a = self._maps.get(name)
+        if a is None:
+            path, dtype, count = self._specs[name]
+            # np.memmap refuses empty files; an empty column is an empty array.
+            a = np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
+            self._maps[name] = a
+        return a
+
+    def __iter__(self):
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def count(self, name: str) -> int:
+        return self._specs[name][2]
+
+
+def _map_columns(folder: str, columns: dict) -> _Columns:
+    return _Columns(folder, columns)
 
 
 @dataclass(frozen=True)
@@ -82,8 +111,8 @@ class _Dataset:
         if self.info["fingerprint"] != entry["fingerprint"]:
             raise CacheFormatError(f"{self.folder}: fingerprint differs from manifest.json")
         self.cols = _map_columns(self.folder, self.info["columns"])
-        if len(self.cols["length"]) != self.count:
-            raise CacheFormatError(f"{self.folder}: {len(self.cols['length'])} samples, manifest says {self.count}")
+        if self.cols.count("length") != self.count:
+            raise CacheFormatError(f"{self.folder}: {self.cols.count('length')} samples, manifest says {self.count}")
 
 
 class PreparedCache:
@@ -318,8 +347,8 @@ class TrainingPlan:
         self.stats: dict = m.get("stats", {})
         self.cols = _map_columns(self.path, m["columns"])
         expect = self.total_steps * self.world_size * self.micro_batches_per_step + 1
-        if len(self.cols["mb_offset"]) != expect:
-            raise CacheFormatError(f"{self.path}: mb_offset has {len(self.cols['mb_offset'])} entries, expected {expect}")
+        if self.cols.count("mb_offset") != expect:
+            raise CacheFormatError(f"{self.path}: mb_offset has {self.cols.count('mb_offset')} entries, expected {expect}")
 
     _HEADER_KEYS = (
         "format", "version", "cache_fingerprint", "world_size", "micro_batches_per_step", "epochs",
