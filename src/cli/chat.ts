@@ -12,9 +12,9 @@ import { ensureEngine } from "../engine/setup.ts";
 import { loadModelInfo } from "../text/model-info.ts";
 import { buildGenerationPrompt, makeSampleContext } from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
+import { UserError } from "../util/errors.ts";
 import { readImageHeader } from "../vision/headers.ts";
 import { perImageMaxNum } from "../vision/tiling.ts";
-import { UserError } from "../util/errors.ts";
 
 export interface ChatOptions {
   python: string;
@@ -53,7 +53,10 @@ export async function chat(model: string, question: string, o: ChatOptions): Pro
     imageWh.push([h.width, h.height]);
   }
   const record: DataRecord = {
-    conversations: [...(o.system ? [{ from: "system", value: o.system }] : []), { from: "human", value: question }] as DataRecord["conversations"],
+    conversations: [
+      ...(o.system ? [{ from: "system", value: o.system }] : []),
+      { from: "human", value: question },
+    ] as DataRecord["conversations"],
     images,
     imageWh,
     extra: {},
@@ -68,7 +71,14 @@ export async function chat(model: string, question: string, o: ChatOptions): Pro
       prompts: [
         {
           input_ids: Array.from(prompt.inputIds),
-          images: prompt.images.map((im) => ({ path: im.path, wh: im.wh, cols: im.cols, rows: im.rows, thumbnail: im.thumbnail, max_num: maxNum })),
+          images: prompt.images.map((im) => ({
+            path: im.path,
+            wh: im.wh,
+            cols: im.cols,
+            rows: im.rows,
+            thumbnail: im.thumbnail,
+            max_num: maxNum,
+          })),
         },
       ],
       batch_size: 1,
@@ -93,7 +103,8 @@ export async function chat(model: string, question: string, o: ChatOptions): Pro
 function num(v: unknown, flag: string, int = false): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isFinite(n) || (int && !Number.isInteger(n))) throw new UserError(`${flag}: expected a number, got ${v}`);
+  if (!Number.isFinite(n) || (int && !Number.isInteger(n)))
+    throw new UserError(`${flag}: expected a number, got ${v}`);
   return n;
 }
 
@@ -103,7 +114,12 @@ export function registerChat(program: Command): void {
     .description("ask a (trained) model one question about images, and print its answer")
     .argument("<model>", "model folder (original InternVL2 format, e.g. a run's export/)")
     .argument("<question>", "the question")
-    .option("--image <path>", "an image (repeat for several)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option(
+      "--image <path>",
+      "an image (repeat for several)",
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
     .option("--system <text>", "system message (default: the template's)")
     .option("--max-new-tokens <n>", "longest answer in tokens", "128")
     .option("--sample", "sample instead of greedy decoding")

@@ -9,7 +9,9 @@ import { train } from "../train/driver.ts";
 export function registerTrain(program: Command): void {
   const cmd = program
     .command("train")
-    .description("fine-tune a model: prepare, plan, train (one process or torchrun), checkpoint, export")
+    .description(
+      "fine-tune a model: prepare, plan, train (one process or torchrun), checkpoint, export",
+    )
     .argument("[config]", "a YAML config file (every setting can also be given as a flag)")
     .option("--resume", "continue from the work dir's latest checkpoint")
     .option("--venv <dir>", "the engine's virtual environment")

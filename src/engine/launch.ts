@@ -14,8 +14,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { PassThrough } from "node:stream";
-import { ENGINE_DIR } from "../util/paths.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
+import { ENGINE_DIR } from "../util/paths.ts";
 import {
   EngineError,
   type EngineEvent,
@@ -88,10 +88,14 @@ export function torchrunArgs(t: Topology): string[] {
   if (t.nnodes === 1) return [...args, "--standalone"];
   return [
     ...args,
-    "--nnodes", String(t.nnodes),
-    "--node-rank", String(t.nodeRank),
-    "--master-addr", t.masterAddr,
-    "--master-port", String(t.masterPort),
+    "--nnodes",
+    String(t.nnodes),
+    "--node-rank",
+    String(t.nodeRank),
+    "--master-addr",
+    t.masterAddr,
+    "--master-port",
+    String(t.masterPort),
   ];
 }
 
@@ -137,8 +141,18 @@ async function launchTorchrun(job: Job, opts: LaunchOptions, pidSet: Set<number>
     server.listen(socketPath, res);
   });
 
-  await writeFileAtomic(opts.jobPath, JSON.stringify({ protocol: PROTOCOL_VERSION, ...job }, null, 2));
-  const argv = ["-m", "torch.distributed.run", ...torchrunArgs(t), "-m", "tessera_engine", opts.jobPath];
+  await writeFileAtomic(
+    opts.jobPath,
+    JSON.stringify({ protocol: PROTOCOL_VERSION, ...job }, null, 2),
+  );
+  const argv = [
+    "-m",
+    "torch.distributed.run",
+    ...torchrunArgs(t),
+    "-m",
+    "tessera_engine",
+    opts.jobPath,
+  ];
   const child = spawn(opts.python, argv, {
     cwd: opts.cwd,
     // Its own process group: a Ctrl-C reaches only us, and we ask the ranks to checkpoint.
@@ -167,7 +181,8 @@ async function launchTorchrun(job: Job, opts: LaunchOptions, pidSet: Set<number>
       perRank.set(rank, tail);
     } else {
       const failed = /failed \(exitcode: (-?\d+)\) local_rank: (\d+)/.exec(line);
-      if (failed && firstError.rank === undefined) firstError.rank = t.nodeRank * t.nprocPerNode + Number(failed[2]);
+      if (failed && firstError.rank === undefined)
+        firstError.rank = t.nodeRank * t.nprocPerNode + Number(failed[2]);
     }
     opts.onOutput?.(line);
   };
@@ -176,7 +191,10 @@ async function launchTorchrun(job: Job, opts: LaunchOptions, pidSet: Set<number>
       firstError.rank = typeof e.rank === "number" ? e.rank : firstError.rank;
       firstError.message = String(e.message ?? "");
       // torchrun ends the other ranks when one exits; if they hang in a collective, end them.
-      killTimer = setTimeout(() => killGroup(child, "SIGKILL"), (opts.failGraceSeconds ?? 60) * 1000);
+      killTimer = setTimeout(
+        () => killGroup(child, "SIGKILL"),
+        (opts.failGraceSeconds ?? 60) * 1000,
+      );
     }
     opts.onEvent?.(e);
   };
@@ -222,11 +240,19 @@ function killGroup(child: ChildProcess, sig: NodeJS.Signals): void {
 }
 
 /** The supervisor's error, told from the failed rank's point of view. */
-function rankError(err: EngineError, first: { rank?: number; message?: string }, perRank: Map<number, string[]>): EngineError {
+function rankError(
+  err: EngineError,
+  first: { rank?: number; message?: string },
+  perRank: Map<number, string[]>,
+): EngineError {
   const rank = first.rank;
   if (rank === undefined) return err;
   const lines = perRank.get(rank) ?? [];
-  const why = first.message ? `rank ${rank} failed: ${first.message}` : `rank ${rank} failed (exit code ${err.exitCode})`;
-  const tail = lines.length ? `\nlast output of rank ${rank}:\n${lines.map((l) => `  ${l}`).join("\n")}` : "";
+  const why = first.message
+    ? `rank ${rank} failed: ${first.message}`
+    : `rank ${rank} failed (exit code ${err.exitCode})`;
+  const tail = lines.length
+    ? `\nlast output of rank ${rank}:\n${lines.map((l) => `  ${l}`).join("\n")}`
+    : "";
   return new EngineError(why + tail, err.exitCode ?? 1, err.signal, lines, err.engineError);
 }

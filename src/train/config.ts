@@ -12,8 +12,23 @@ import { UserError } from "../util/errors.ts";
 const posInt = z.number().int().positive();
 const nonNegInt = z.number().int().nonnegative();
 
-export const LORA_DEFAULT_LLM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-export const LORA_DEFAULT_VIT_TARGETS = ["q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2"];
+export const LORA_DEFAULT_LLM_TARGETS = [
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "o_proj",
+  "gate_proj",
+  "up_proj",
+  "down_proj",
+];
+export const LORA_DEFAULT_VIT_TARGETS = [
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "projection_layer",
+  "fc1",
+  "fc2",
+];
 
 /** Every setting of a training run. Keys are snake_case in files and kebab-case as flags. */
 export const TrainConfigSchema = z
@@ -21,8 +36,14 @@ export const TrainConfigSchema = z
     // What to train on.
     model: z.string().min(1).describe("model folder (original InternVL2 format)"),
     meta: z.string().min(1).describe("meta file naming the datasets"),
-    template: z.string().optional().describe("chat template override (default: the model's config.json)"),
-    work_dir: z.string().default("tessera-run").describe("where the config, metrics, checkpoints and export go"),
+    template: z
+      .string()
+      .optional()
+      .describe("chat template override (default: the model's config.json)"),
+    work_dir: z
+      .string()
+      .default("tessera-run")
+      .describe("where the config, metrics, checkpoints and export go"),
     cache_dir: z.string().optional().describe("prepared cache folder (default: WORK_DIR/cache)"),
 
     // Lengths, packing, sampling.
@@ -30,39 +51,84 @@ export const TrainConfigSchema = z
     pack_max_length: posInt.optional().describe("tokens per packed sequence (default: max_length)"),
     packing: z.enum(["none", "soft", "concat"]).default("soft").describe("none | soft | concat"),
     max_tiles_per_pack: posInt.optional().describe("cap on image tiles per pack"),
-    sampler: z.enum(["random", "length", "modality_length"]).default("random").describe("random | length | modality_length"),
-    max_dynamic_patch: posInt.optional().describe("tiles per image at most (default: the model's config)"),
-    truncate: z.enum(["truncate", "drop"]).default("truncate").describe("what to do with samples over max_length"),
+    sampler: z
+      .enum(["random", "length", "modality_length"])
+      .default("random")
+      .describe("random | length | modality_length"),
+    max_dynamic_patch: posInt
+      .optional()
+      .describe("tiles per image at most (default: the model's config)"),
+    truncate: z
+      .enum(["truncate", "drop"])
+      .default("truncate")
+      .describe("what to do with samples over max_length"),
 
     // Batches and schedule.
     micro_batch_size: posInt.default(1).describe("packed sequences per forward"),
-    global_batch_size: posInt.default(16).describe("packed sequences per optimizer step, over all ranks"),
+    global_batch_size: posInt
+      .default(16)
+      .describe("packed sequences per optimizer step, over all ranks"),
     lr: z.number().positive().default(4e-5).describe("peak learning rate"),
     min_lr: z.number().nonnegative().default(0).describe("learning rate at the end of the cosine"),
-    weight_decay: z.number().nonnegative().default(0.05).describe("AdamW weight decay (never on norms and biases)"),
-    warmup_ratio: z.number().min(0).max(1).default(0.03).describe("fraction of steps spent warming up"),
+    weight_decay: z
+      .number()
+      .nonnegative()
+      .default(0.05)
+      .describe("AdamW weight decay (never on norms and biases)"),
+    warmup_ratio: z
+      .number()
+      .min(0)
+      .max(1)
+      .default(0.03)
+      .describe("fraction of steps spent warming up"),
     max_grad_norm: z.number().nonnegative().default(1).describe("gradient clipping norm (0: off)"),
     epochs: z.number().positive().default(1).describe("epochs over the mixture"),
     steps: posInt.optional().describe("optimizer steps (overrides epochs)"),
     seed: nonNegInt.default(42).describe("seed of the plan and the model's random parts"),
-    loss_reduction: z.enum(["token", "sample", "square"]).default("token").describe("token | sample | square"),
+    loss_reduction: z
+      .enum(["token", "sample", "square"])
+      .default("token")
+      .describe("token | sample | square"),
 
     // What learns.
     freeze_vit: z.boolean().default(true).describe("freeze the vision tower"),
     freeze_llm: z.boolean().default(false).describe("freeze the language model"),
     freeze_mlp: z.boolean().default(false).describe("freeze the vision-to-language projector"),
     llm_lora_rank: nonNegInt.default(0).describe("LoRA rank on the language model (0: off)"),
-    llm_lora_alpha: z.number().positive().optional().describe("LoRA alpha on the language model (default: 2 × rank)"),
-    llm_lora_targets: z.array(z.string().min(1)).default(LORA_DEFAULT_LLM_TARGETS).describe("LLM linear layers given LoRA"),
+    llm_lora_alpha: z
+      .number()
+      .positive()
+      .optional()
+      .describe("LoRA alpha on the language model (default: 2 × rank)"),
+    llm_lora_targets: z
+      .array(z.string().min(1))
+      .default(LORA_DEFAULT_LLM_TARGETS)
+      .describe("LLM linear layers given LoRA"),
     vit_lora_rank: nonNegInt.default(0).describe("LoRA rank on the vision tower (0: off)"),
-    vit_lora_alpha: z.number().positive().optional().describe("LoRA alpha on the vision tower (default: 2 × rank)"),
-    vit_lora_targets: z.array(z.string().min(1)).default(LORA_DEFAULT_VIT_TARGETS).describe("vision linear layers given LoRA"),
+    vit_lora_alpha: z
+      .number()
+      .positive()
+      .optional()
+      .describe("LoRA alpha on the vision tower (default: 2 × rank)"),
+    vit_lora_targets: z
+      .array(z.string().min(1))
+      .default(LORA_DEFAULT_VIT_TARGETS)
+      .describe("vision linear layers given LoRA"),
     lora_export: z.enum(["merged", "adapter"]).default("merged").describe("merged | adapter"),
 
     // How it runs.
-    gradient_checkpointing: z.boolean().default(true).describe("recompute each layer's activations in backward"),
-    shard_strategy: z.enum(["zero2", "zero3", "ddp"]).default("zero2").describe("zero2 | zero3 | ddp"),
-    precision: z.enum(["auto", "bf16", "fp32"]).default("auto").describe("auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32"),
+    gradient_checkpointing: z
+      .boolean()
+      .default(true)
+      .describe("recompute each layer's activations in backward"),
+    shard_strategy: z
+      .enum(["zero2", "zero3", "ddp"])
+      .default("zero2")
+      .describe("zero2 | zero3 | ddp"),
+    precision: z
+      .enum(["auto", "bf16", "fp32"])
+      .default("auto")
+      .describe("auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32"),
     device: z.enum(["auto", "cpu", "cuda"]).default("auto").describe("auto | cpu | cuda"),
     num_workers: nonNegInt.default(2).describe("data loader worker processes per rank"),
     nproc_per_node: posInt.default(1).describe("processes (GPUs) per node"),
@@ -72,11 +138,19 @@ export const TrainConfigSchema = z
     master_port: z.number().int().min(1).max(65535).default(29500).describe("port on node 0"),
 
     // Checkpoints, logs, export.
-    checkpoint_interval: nonNegInt.default(500).describe("steps between checkpoints (0: only at the end)"),
+    checkpoint_interval: nonNegInt
+      .default(500)
+      .describe("steps between checkpoints (0: only at the end)"),
     checkpoint_keep: posInt.default(2).describe("checkpoints kept (the last ones)"),
-    checkpoint_drop_optimizer: z.boolean().default(false).describe("save weights only (no exact resume)"),
+    checkpoint_drop_optimizer: z
+      .boolean()
+      .default(false)
+      .describe("save weights only (no exact resume)"),
     log_interval: posInt.default(1).describe("steps between metric lines"),
-    export: z.enum(["original", "native", "none"]).default("original").describe("format of the final model"),
+    export: z
+      .enum(["original", "native", "none"])
+      .default("original")
+      .describe("format of the final model"),
   })
   .strict();
 
@@ -92,7 +166,11 @@ function innerType(t: z.ZodType): z.ZodType {
   let cur: z.ZodType = t;
   for (;;) {
     const def = (cur as unknown as { def: { type: string; innerType?: z.ZodType } }).def;
-    if ((def.type === "optional" || def.type === "default" || def.type === "nullable") && def.innerType) cur = def.innerType;
+    if (
+      (def.type === "optional" || def.type === "default" || def.type === "nullable") &&
+      def.innerType
+    )
+      cur = def.innerType;
     else return cur;
   }
 }
@@ -114,18 +192,47 @@ const camel = (flag: string) => flag.replace(/-([a-z])/g, (_, c: string) => c.to
  * The seed launcher's flags. Each maps onto a setting of the schema; values come through
  * `seedFlags` below. Flags that are the schema's own (e.g. --lr, --max-length) need no entry.
  */
-const SEED_FLAGS: { flags: string; description: string; apply: (v: unknown) => Partial<TrainConfigInput> }[] = [
-  { flags: "--mirco-batch-size <n>", description: "seed spelling of --micro-batch-size", apply: (v) => ({ micro_batch_size: num(v, "--mirco-batch-size") }) },
-  { flags: "--dset-pack", description: "seed: soft packing (packing: soft)", apply: () => ({ packing: "soft" }) },
-  { flags: "--concat-before-pack", description: "seed: concatenate then split (packing: concat)", apply: () => ({ packing: "concat" }) },
-  { flags: "--group-by-length", description: "seed: length-grouped sampler (sampler: length)", apply: () => ({ sampler: "length" }) },
-  { flags: "--group-by-modality-length", description: "seed: modality-and-length sampler (sampler: modality_length)", apply: () => ({ sampler: "modality_length" }) },
-  { flags: "--dset-cache-dir <dir>", description: "seed: prepared cache folder (cache_dir)", apply: (v) => ({ cache_dir: String(v) }) },
+const SEED_FLAGS: {
+  flags: string;
+  description: string;
+  apply: (v: unknown) => Partial<TrainConfigInput>;
+}[] = [
+  {
+    flags: "--mirco-batch-size <n>",
+    description: "seed spelling of --micro-batch-size",
+    apply: (v) => ({ micro_batch_size: num(v, "--mirco-batch-size") }),
+  },
+  {
+    flags: "--dset-pack",
+    description: "seed: soft packing (packing: soft)",
+    apply: () => ({ packing: "soft" }),
+  },
+  {
+    flags: "--concat-before-pack",
+    description: "seed: concatenate then split (packing: concat)",
+    apply: () => ({ packing: "concat" }),
+  },
+  {
+    flags: "--group-by-length",
+    description: "seed: length-grouped sampler (sampler: length)",
+    apply: () => ({ sampler: "length" }),
+  },
+  {
+    flags: "--group-by-modality-length",
+    description: "seed: modality-and-length sampler (sampler: modality_length)",
+    apply: () => ({ sampler: "modality_length" }),
+  },
+  {
+    flags: "--dset-cache-dir <dir>",
+    description: "seed: prepared cache folder (cache_dir)",
+    apply: (v) => ({ cache_dir: String(v) }),
+  },
 ];
 
 function num(v: unknown, flag: string): number {
   const n = typeof v === "number" ? v : Number(v);
-  if (!Number.isFinite(n)) throw new UserError(`${flag}: expected a number, got ${JSON.stringify(v)}`);
+  if (!Number.isFinite(n))
+    throw new UserError(`${flag}: expected a number, got ${JSON.stringify(v)}`);
   return n;
 }
 
@@ -146,7 +253,9 @@ export function addConfigOptions(cmd: Command): Command {
         cmd.option(`--${flag} <value>`, desc);
     }
   }
-  for (const s of SEED_FLAGS) if (!cmd.options.some((o) => o.long === s.flags.split(" ")[0])) cmd.option(s.flags, s.description);
+  for (const s of SEED_FLAGS)
+    if (!cmd.options.some((o) => o.long === s.flags.split(" ")[0]))
+      cmd.option(s.flags, s.description);
   cmd.option("--sp-size <n>", "sequence parallel size (not supported yet)");
   cmd.option("--ring-size <n>", "ring attention size (not supported yet)");
   return cmd;
@@ -220,7 +329,8 @@ export function readConfigFile(path: string): Partial<TrainConfigInput> {
   } catch (e) {
     throw new UserError(`${path}: not valid YAML: ${(e as Error).message}`);
   }
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new UserError(`${path}: expected a mapping of settings`);
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
+    throw new UserError(`${path}: expected a mapping of settings`);
   const obj = { ...(raw as Record<string, unknown>) };
   // Unknown keys and wrong types are reported against this file, before any merge.
   const check = TrainConfigSchema.partial().strict().safeParse(obj);
@@ -237,20 +347,34 @@ export function readConfigFile(path: string): Partial<TrainConfigInput> {
  * The resolved config: file, then flags over it, then defaults; paths absolute, derived
  * settings filled in. Errors name the file (or "command line") and the field.
  */
-export function resolveConfig(file: string | undefined, flags: Partial<TrainConfigInput>, cwd = process.cwd()): TrainConfig {
+export function resolveConfig(
+  file: string | undefined,
+  flags: Partial<TrainConfigInput>,
+  cwd = process.cwd(),
+): TrainConfig {
   const fromFile = file ? readConfigFile(file) : {};
   const merged: Record<string, unknown> = { ...fromFile };
   for (const [k, v] of Object.entries(flags)) {
     if (v === undefined) continue;
-    merged[k] = (PATH_KEYS as readonly string[]).includes(k) && typeof v === "string" && !isAbsolute(v) ? resolve(cwd, v) : v;
+    merged[k] =
+      (PATH_KEYS as readonly string[]).includes(k) && typeof v === "string" && !isAbsolute(v)
+        ? resolve(cwd, v)
+        : v;
   }
   if (merged.work_dir === undefined) merged.work_dir = resolve(cwd, "tessera-run");
   const where = file ? `${file} (with command-line flags)` : "command line";
   const parsed = TrainConfigSchema.safeParse(merged);
   if (!parsed.success) {
-    const missing = parsed.error.issues.filter((i) => i.path.length === 1 && (i.path[0] === "model" || i.path[0] === "meta") && i.code === "invalid_type");
+    const missing = parsed.error.issues.filter(
+      (i) =>
+        i.path.length === 1 &&
+        (i.path[0] === "model" || i.path[0] === "meta") &&
+        i.code === "invalid_type",
+    );
     if (missing.length) {
-      throw new UserError(`${where}: ${missing.map((i) => String(i.path[0])).join(" and ")} required (--${missing.map((i) => String(i.path[0])).join(", --")} or in the config file)`);
+      throw new UserError(
+        `${where}: ${missing.map((i) => String(i.path[0])).join(" and ")} required (--${missing.map((i) => String(i.path[0])).join(", --")} or in the config file)`,
+      );
     }
     throw new UserError(formatIssues(parsed.error, where));
   }
@@ -271,12 +395,28 @@ function validate(c: TrainConfig, where: string): void {
       `${where}: global_batch_size ${c.global_batch_size} must be a multiple of micro_batch_size × processes = ${c.micro_batch_size} × ${world} = ${perStep}`,
     );
   }
-  if (c.node_rank >= c.nnodes) throw new UserError(`${where}: node_rank ${c.node_rank} must be below nnodes ${c.nnodes}`);
-  if (c.packing !== "none" && c.pack_max_length !== undefined && c.pack_max_length < c.max_length && c.packing === "soft") {
-    throw new UserError(`${where}: pack_max_length ${c.pack_max_length} is below max_length ${c.max_length}: a sample could never fit a pack`);
+  if (c.node_rank >= c.nnodes)
+    throw new UserError(`${where}: node_rank ${c.node_rank} must be below nnodes ${c.nnodes}`);
+  if (
+    c.packing !== "none" &&
+    c.pack_max_length !== undefined &&
+    c.pack_max_length < c.max_length &&
+    c.packing === "soft"
+  ) {
+    throw new UserError(
+      `${where}: pack_max_length ${c.pack_max_length} is below max_length ${c.max_length}: a sample could never fit a pack`,
+    );
   }
-  if (c.freeze_vit && c.freeze_llm && c.freeze_mlp && c.llm_lora_rank === 0 && c.vit_lora_rank === 0) {
-    throw new UserError(`${where}: freeze_vit, freeze_llm and freeze_mlp are all on and no LoRA is set: nothing would learn`);
+  if (
+    c.freeze_vit &&
+    c.freeze_llm &&
+    c.freeze_mlp &&
+    c.llm_lora_rank === 0 &&
+    c.vit_lora_rank === 0
+  ) {
+    throw new UserError(
+      `${where}: freeze_vit, freeze_llm and freeze_mlp are all on and no LoRA is set: nothing would learn`,
+    );
   }
   if (c.min_lr > c.lr) throw new UserError(`${where}: min_lr ${c.min_lr} is above lr ${c.lr}`);
 }

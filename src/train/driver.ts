@@ -7,9 +7,9 @@ import { appendFileSync, existsSync, mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import cliProgress from "cli-progress";
 import { stringify as toYaml } from "yaml";
-import { ensureEngine } from "../engine/setup.ts";
 import { isDistributed, launchEngine, slurmTopology, type Topology } from "../engine/launch.ts";
 import type { EngineEvent } from "../engine/protocol.ts";
+import { ensureEngine } from "../engine/setup.ts";
 import { planDir, prepareAndPlan } from "../plan/from-config.ts";
 import { writePlan } from "../plan/plan.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
@@ -54,8 +54,20 @@ export interface TrainResult {
 
 /** The fields of a metric event that go to metrics.jsonl. */
 export const METRIC_FIELDS = [
-  "step", "total", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s_per_gpu", "samples_per_s",
-  "step_time", "data_wait", "peak_memory", "pack_fill", "time",
+  "step",
+  "total",
+  "epoch",
+  "loss",
+  "lr",
+  "grad_norm",
+  "tokens",
+  "tokens_per_s_per_gpu",
+  "samples_per_s",
+  "step_time",
+  "data_wait",
+  "peak_memory",
+  "pack_fill",
+  "time",
 ] as const;
 
 export function metricLine(e: EngineEvent): string {
@@ -74,7 +86,8 @@ export function topologyOf(c: TrainConfig, env: NodeJS.ProcessEnv = process.env)
     masterPort: c.master_port,
   };
   const slurm = c.nnodes === 1 ? slurmTopology(env) : undefined;
-  if (slurm) Object.assign(t, slurm, c.nproc_per_node > 1 ? { nprocPerNode: c.nproc_per_node } : {});
+  if (slurm)
+    Object.assign(t, slurm, c.nproc_per_node > 1 ? { nprocPerNode: c.nproc_per_node } : {});
   return t;
 }
 
@@ -83,7 +96,8 @@ function hasCheckpoints(workDir: string): boolean {
   return existsSync(dir) && readdirSync(dir).some((n) => /^step-\d{8}$/.test(n));
 }
 
-const fmt = (x: unknown, digits = 4) => (typeof x === "number" && Number.isFinite(x) ? x.toPrecision(digits) : "-");
+const fmt = (x: unknown, digits = 4) =>
+  typeof x === "number" && Number.isFinite(x) ? x.toPrecision(digits) : "-";
 
 /** Train a model as the config says; resolves when the engine has finished (or stopped on a signal). */
 export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<TrainResult> {
@@ -91,27 +105,47 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
   const workDir = c.work_dir;
   mkdirSync(workDir, { recursive: true });
   if (!opts.resume && hasCheckpoints(workDir)) {
-    throw new UserError(`${workDir} already holds checkpoints: continue with --resume, or choose another --work-dir`);
+    throw new UserError(
+      `${workDir} already holds checkpoints: continue with --resume, or choose another --work-dir`,
+    );
   }
   if (opts.resume && !hasCheckpoints(workDir)) {
-    throw new UserError(`--resume: ${join(workDir, "checkpoints")} holds no checkpoint to continue from`);
+    throw new UserError(
+      `--resume: ${join(workDir, "checkpoints")} holds no checkpoint to continue from`,
+    );
   }
   let topology = topologyOf(c);
   if (topology.nprocPerNode * topology.nnodes !== c.nproc_per_node * c.nnodes) {
     // Slurm changed the world size: the plan's shards and accumulation follow it.
-    c = { ...c, nproc_per_node: topology.nprocPerNode, nnodes: topology.nnodes, node_rank: topology.nodeRank, master_addr: topology.masterAddr };
+    c = {
+      ...c,
+      nproc_per_node: topology.nprocPerNode,
+      nnodes: topology.nnodes,
+      node_rank: topology.nodeRank,
+      master_addr: topology.masterAddr,
+    };
     topology = topologyOf(c);
+    const per = c.micro_batch_size * c.nproc_per_node * c.nnodes;
+    if (c.global_batch_size % per !== 0)
+      throw new UserError(
+        `Slurm gives ${c.nnodes} node(s) × ${c.nproc_per_node} process(es): global_batch_size ${c.global_batch_size} must be a multiple of ${per}`,
+      );
   }
   await writeFileAtomic(join(workDir, "config.yaml"), toYaml(c));
   const python = opts.python ?? (await ensureEngine({ venv: opts.venv, log }));
 
-  const { plan } = await prepareAndPlan(c, opts.prepareWorkers !== undefined ? { workers: opts.prepareWorkers } : {});
+  const { plan } = await prepareAndPlan(
+    c,
+    opts.prepareWorkers !== undefined ? { workers: opts.prepareWorkers } : {},
+  );
   const dir = planDir(c);
   await writePlan(plan, dir);
   const s = plan.stats;
   log(
     `plan ${plan.fingerprint.slice(0, 12)}: ${s.steps} steps · ${s.samples} samples · ` +
-      (c.packing === "none" ? "no packing" : `packs of ≤ ${c.pack_max_length} tokens, fill ${(s.fill_ratio * 100).toFixed(1)}%`) +
+      (c.packing === "none"
+        ? "no packing"
+        : `packs of ≤ ${c.pack_max_length} tokens, fill ${(s.fill_ratio * 100).toFixed(1)}%`) +
       ` · world ${topology.nprocPerNode * topology.nnodes}`,
   );
 
@@ -120,7 +154,8 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
   const bar = useBar
     ? new cliProgress.SingleBar(
         {
-          format: "train {bar} {value}/{total} · loss {loss} · lr {lr} · {tps} tok/s/gpu · eta {eta_formatted}",
+          format:
+            "train {bar} {value}/{total} · loss {loss} · lr {lr} · {tps} tok/s/gpu · eta {eta_formatted}",
           hideCursor: true,
           clearOnComplete: false,
           stream: process.stderr,
@@ -134,13 +169,19 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
     if (e.event === "metric" && (e.rank ?? 0) === 0) {
       appendFileSync(metricsPath, `${metricLine(e)}\n`);
       if (bar) {
-        const values = { loss: fmt(e.loss), lr: fmt(e.lr, 3), tps: Math.round(Number(e.tokens_per_s_per_gpu ?? 0)) };
+        const values = {
+          loss: fmt(e.loss),
+          lr: fmt(e.lr, 3),
+          tps: Math.round(Number(e.tokens_per_s_per_gpu ?? 0)),
+        };
         if (!barStarted) {
           bar.start(Number(e.total), Number(e.step), values);
           barStarted = true;
         } else bar.update(Number(e.step), values);
       } else {
-        log(`step ${e.step}/${e.total} · loss ${fmt(e.loss)} · lr ${fmt(e.lr, 3)} · ${Math.round(Number(e.tokens_per_s_per_gpu ?? 0))} tok/s/gpu`);
+        log(
+          `step ${e.step}/${e.total} · loss ${fmt(e.loss)} · lr ${fmt(e.lr, 3)} · ${Math.round(Number(e.tokens_per_s_per_gpu ?? 0))} tok/s/gpu`,
+        );
       }
     } else if (e.event === "log" && (e.rank ?? 0) === 0) {
       if (bar && barStarted) bar.stop();
@@ -172,14 +213,19 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
       env: { ...opts.env },
     },
   );
-  if (isDistributed(topology)) log(`launched torchrun: ${topology.nprocPerNode} process(es) per node × ${topology.nnodes} node(s)`);
+  if (isDistributed(topology))
+    log(
+      `launched torchrun: ${topology.nprocPerNode} process(es) per node × ${topology.nnodes} node(s)`,
+    );
 
   // Ctrl-C: the ranks checkpoint at the end of the step and stop; a second Ctrl-C ends them at once.
   let asked = 0;
   const onSignal = () => {
     asked++;
     if (asked === 1) {
-      log("\nstopping: a checkpoint is written at the end of this step (Ctrl-C again to abort without it)");
+      log(
+        "\nstopping: a checkpoint is written at the end of this step (Ctrl-C again to abort without it)",
+      );
       launch.stop();
     } else {
       for (const pid of [launch.child.pid, ...launch.pids()]) {
@@ -219,6 +265,7 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
     export: (res.export as TrainResult["export"]) ?? null,
     stopped: Boolean(res.stopped),
     metricsPath,
-    trainableParameters: typeof res.trainable_parameters === "number" ? res.trainable_parameters : null,
+    trainableParameters:
+      typeof res.trainable_parameters === "number" ? res.trainable_parameters : null,
   };
 }

@@ -3,7 +3,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
 import { describe, expect, it } from "vitest";
-import { accumulationSteps, addConfigOptions, CONFIG_KEYS, flagsToConfig, resolveConfig } from "../../src/train/config.ts";
+import {
+  accumulationSteps,
+  addConfigOptions,
+  CONFIG_KEYS,
+  flagsToConfig,
+  resolveConfig,
+} from "../../src/train/config.ts";
 import { UserError } from "../../src/util/errors.ts";
 
 function parseFlags(argv: string[]) {
@@ -48,9 +54,16 @@ describe("train config", () => {
 
   it("has one flag per setting; flags override the file", () => {
     const cmd = addConfigOptions(new Command("train"));
-    for (const key of CONFIG_KEYS) expect(cmd.options.some((o) => o.long === `--${key.replaceAll("_", "-")}`)).toBe(true);
+    for (const key of CONFIG_KEYS)
+      expect(cmd.options.some((o) => o.long === `--${key.replaceAll("_", "-")}`)).toBe(true);
     const p = file("d.yaml", "model: m\nmeta: x.json\nlr: 0.001\nfreeze_vit: true\n");
-    const flags = parseFlags(["--lr", "0.5", "--no-freeze-vit", "--llm-lora-targets", "q_proj, v_proj"]);
+    const flags = parseFlags([
+      "--lr",
+      "0.5",
+      "--no-freeze-vit",
+      "--llm-lora-targets",
+      "q_proj, v_proj",
+    ]);
     const c = resolveConfig(p, flags);
     expect(c.lr).toBe(0.5);
     expect(c.freeze_vit).toBe(false);
@@ -59,40 +72,109 @@ describe("train config", () => {
 
   it("maps the seed launcher's flags onto the same settings", () => {
     const flags = parseFlags([
-      "--model", "m", "--meta", "x.json",
-      "--freeze-vit", "--global-batch-size", "32", "--mirco-batch-size", "2", "--lr", "2e-5",
-      "--warmup-ratio", "0.05", "--checkpoint-interval", "100", "--checkpoint-drop-optimizer",
-      "--shard-strategy", "zero3", "--dset-pack", "--group-by-length", "--max-length", "2048",
-      "--pack-max-length", "8192", "--dset-cache-dir", "/tmp/cache",
+      "--model",
+      "m",
+      "--meta",
+      "x.json",
+      "--freeze-vit",
+      "--global-batch-size",
+      "32",
+      "--mirco-batch-size",
+      "2",
+      "--lr",
+      "2e-5",
+      "--warmup-ratio",
+      "0.05",
+      "--checkpoint-interval",
+      "100",
+      "--checkpoint-drop-optimizer",
+      "--shard-strategy",
+      "zero3",
+      "--dset-pack",
+      "--group-by-length",
+      "--max-length",
+      "2048",
+      "--pack-max-length",
+      "8192",
+      "--dset-cache-dir",
+      "/tmp/cache",
     ]);
     const c = resolveConfig(undefined, flags, "/work");
     expect(c).toMatchObject({
-      freeze_vit: true, global_batch_size: 32, micro_batch_size: 2, lr: 2e-5, warmup_ratio: 0.05,
-      checkpoint_interval: 100, checkpoint_drop_optimizer: true, shard_strategy: "zero3", packing: "soft",
-      sampler: "length", max_length: 2048, pack_max_length: 8192, cache_dir: "/tmp/cache", model: "/work/m",
+      freeze_vit: true,
+      global_batch_size: 32,
+      micro_batch_size: 2,
+      lr: 2e-5,
+      warmup_ratio: 0.05,
+      checkpoint_interval: 100,
+      checkpoint_drop_optimizer: true,
+      shard_strategy: "zero3",
+      packing: "soft",
+      sampler: "length",
+      max_length: 2048,
+      pack_max_length: 8192,
+      cache_dir: "/tmp/cache",
+      model: "/work/m",
     });
     expect(accumulationSteps(c)).toBe(16);
-    expect(resolveConfig(undefined, parseFlags(["--model", "m", "--meta", "x", "--micro-batch-size", "4"])).micro_batch_size).toBe(4);
-    expect(resolveConfig(undefined, parseFlags(["--model", "m", "--meta", "x", "--concat-before-pack"])).packing).toBe("concat");
-    expect(resolveConfig(undefined, parseFlags(["--model", "m", "--meta", "x", "--group-by-modality-length"])).sampler).toBe("modality_length");
+    expect(
+      resolveConfig(
+        undefined,
+        parseFlags(["--model", "m", "--meta", "x", "--micro-batch-size", "4"]),
+      ).micro_batch_size,
+    ).toBe(4);
+    expect(
+      resolveConfig(undefined, parseFlags(["--model", "m", "--meta", "x", "--concat-before-pack"]))
+        .packing,
+    ).toBe("concat");
+    expect(
+      resolveConfig(
+        undefined,
+        parseFlags(["--model", "m", "--meta", "x", "--group-by-modality-length"]),
+      ).sampler,
+    ).toBe("modality_length");
   });
 
   it("refuses sequence parallelism with a clear message", () => {
-    expect(() => parseFlags(["--sp-size", "2"])).toThrow(/--sp-size 2: sequence parallelism is not supported/);
-    expect(() => parseFlags(["--ring-size", "4"])).toThrow(/--ring-size 4: sequence parallelism is not supported/);
+    expect(() => parseFlags(["--sp-size", "2"])).toThrow(
+      /--sp-size 2: sequence parallelism is not supported/,
+    );
+    expect(() => parseFlags(["--ring-size", "4"])).toThrow(
+      /--ring-size 4: sequence parallelism is not supported/,
+    );
     expect(parseFlags(["--sp-size", "1"])).toEqual({});
   });
 
   it("rejects a shard choice outside zero2|zero3|ddp and inconsistent batch sizes", () => {
-    expect(() => resolveConfig(undefined, parseFlags(["--model", "m", "--meta", "x", "--shard-strategy", "zero1"]))).toThrow(/shard_strategy/);
     expect(() =>
-      resolveConfig(undefined, parseFlags(["--model", "m", "--meta", "x", "--global-batch-size", "6", "--micro-batch-size", "4"])),
+      resolveConfig(
+        undefined,
+        parseFlags(["--model", "m", "--meta", "x", "--shard-strategy", "zero1"]),
+      ),
+    ).toThrow(/shard_strategy/);
+    expect(() =>
+      resolveConfig(
+        undefined,
+        parseFlags([
+          "--model",
+          "m",
+          "--meta",
+          "x",
+          "--global-batch-size",
+          "6",
+          "--micro-batch-size",
+          "4",
+        ]),
+      ),
     ).toThrow(/multiple of micro_batch_size/);
   });
 
   it("refuses a run where nothing learns", () => {
     expect(() =>
-      resolveConfig(undefined, parseFlags(["--model", "m", "--meta", "x", "--freeze-vit", "--freeze-llm", "--freeze-mlp"])),
+      resolveConfig(
+        undefined,
+        parseFlags(["--model", "m", "--meta", "x", "--freeze-vit", "--freeze-llm", "--freeze-mlp"]),
+      ),
     ).toThrow(/nothing would learn/);
   });
 });

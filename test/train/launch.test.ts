@@ -2,7 +2,12 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { firstSlurmHost, launchEngine, slurmTopology, torchrunArgs } from "../../src/engine/launch.ts";
+import {
+  firstSlurmHost,
+  launchEngine,
+  slurmTopology,
+  torchrunArgs,
+} from "../../src/engine/launch.ts";
 import { EngineError, type EngineEvent } from "../../src/engine/protocol.ts";
 import { ensureEngine } from "../../src/engine/setup.ts";
 import { resolveConfig } from "../../src/train/config.ts";
@@ -19,22 +24,48 @@ describe("launching ranks", () => {
   it("reads Slurm's environment for several nodes", () => {
     expect(firstSlurmHost("gpu[007-012,020],login1")).toBe("gpu007");
     expect(firstSlurmHost("node5")).toBe("node5");
-    const env = { SLURM_JOB_ID: "1", SLURM_NNODES: "4", SLURM_NODEID: "2", SLURM_JOB_NODELIST: "a[10-13]", SLURM_GPUS_ON_NODE: "8" };
-    expect(slurmTopology(env)).toEqual({ nnodes: 4, nodeRank: 2, masterAddr: "a10", nprocPerNode: 8 });
+    const env = {
+      SLURM_JOB_ID: "1",
+      SLURM_NNODES: "4",
+      SLURM_NODEID: "2",
+      SLURM_JOB_NODELIST: "a[10-13]",
+      SLURM_GPUS_ON_NODE: "8",
+    };
+    expect(slurmTopology(env)).toEqual({
+      nnodes: 4,
+      nodeRank: 2,
+      masterAddr: "a10",
+      nprocPerNode: 8,
+    });
     expect(slurmTopology({ SLURM_JOB_ID: "1", SLURM_NNODES: "1" })).toBeUndefined();
     const c = resolveConfig(undefined, { model: "m", meta: "x", global_batch_size: 64 }, "/w");
-    expect(topologyOf(c, env)).toMatchObject({ nnodes: 4, nodeRank: 2, masterAddr: "a10", nprocPerNode: 8 });
+    expect(topologyOf(c, env)).toMatchObject({
+      nnodes: 4,
+      nodeRank: 2,
+      masterAddr: "a10",
+      nprocPerNode: 8,
+    });
     expect(topologyOf(c, {})).toMatchObject({ nnodes: 1, nprocPerNode: 1 });
   });
 
   it("passes nodes, node rank and master address to torchrun", () => {
     expect(torchrunArgs(two)).toContain("--standalone");
-    const multi = torchrunArgs({ ...two, nnodes: 2, nodeRank: 1, masterAddr: "n0", masterPort: 1234 });
-    expect(multi.join(" ")).toBe("--nproc-per-node 2 --tee 3 --nnodes 2 --node-rank 1 --master-addr n0 --master-port 1234");
+    const multi = torchrunArgs({
+      ...two,
+      nnodes: 2,
+      nodeRank: 1,
+      masterAddr: "n0",
+      masterPort: 1234,
+    });
+    expect(multi.join(" ")).toBe(
+      "--nproc-per-node 2 --tee 3 --nnodes 2 --node-rank 1 --master-addr n0 --master-port 1234",
+    );
   });
 
   it("writes only the metric fields to metrics.jsonl", () => {
-    const line = JSON.parse(metricLine({ event: "metric", rank: 0, time: 5, step: 3, loss: 0.5, lr: 1e-4, extra: 1 }));
+    const line = JSON.parse(
+      metricLine({ event: "metric", rank: 0, time: 5, step: 3, loss: 0.5, lr: 1e-4, extra: 1 }),
+    );
     expect(line).toEqual({ step: 3, loss: 0.5, lr: 1e-4, time: 5 });
   });
 
@@ -43,13 +74,20 @@ describe("launching ranks", () => {
     const dir = mkdtempSync(join(tmpdir(), "tessera-launch-"));
     const run = await launchEngine(
       { kind: "echo", count: 20 },
-      { python, topology: two, jobPath: join(dir, "job.json"), onEvent: (e) => events.push(e), env: { OMP_NUM_THREADS: "1" } },
+      {
+        python,
+        topology: two,
+        jobPath: join(dir, "job.json"),
+        onEvent: (e) => events.push(e),
+        env: { OMP_NUM_THREADS: "1" },
+      },
     );
     const result = await run.done;
     expect(result.count).toBe(20);
     const hellos = events.filter((e) => e.event === "hello").map((e) => e.rank);
     expect(hellos.sort()).toEqual([0, 1]);
-    for (const r of [0, 1]) expect(events.filter((e) => e.event === "metric" && e.rank === r)).toHaveLength(20);
+    for (const r of [0, 1])
+      expect(events.filter((e) => e.event === "metric" && e.rank === r)).toHaveLength(20);
     expect(run.pids()).toHaveLength(2);
   });
 

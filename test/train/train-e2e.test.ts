@@ -8,11 +8,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
+import { chat } from "../../src/cli/chat.ts";
 import { runEngine } from "../../src/engine/protocol.ts";
 import { ensureEngine } from "../../src/engine/setup.ts";
 import { resolveConfig } from "../../src/train/config.ts";
 import { train } from "../../src/train/driver.ts";
-import { chat } from "../../src/cli/chat.ts";
 import { PACKAGE_ROOT } from "../../src/util/paths.ts";
 
 let python: string;
@@ -25,20 +25,38 @@ beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), "tessera-train-e2e-"));
   model = join(root, "model");
   await runEngine(
-    { kind: "build-tiny", out: model, tile_size: 28, vision_hidden: 16, vision_layers: 1, llm_hidden: 32, llm_layers: 1, max_dynamic_patch: 4 },
+    {
+      kind: "build-tiny",
+      out: model,
+      tile_size: 28,
+      vision_hidden: 16,
+      vision_layers: 1,
+      llm_hidden: 32,
+      llm_layers: 1,
+      max_dynamic_patch: 4,
+    },
     { python },
   );
   // Images of a few sizes (so grids and thumbnails vary), and a text-only dataset.
   const media = join(root, "media");
-  const py = spawnSync(python, ["-c", `
+  const py = spawnSync(python, [
+    "-c",
+    `
 import os, sys
 from PIL import Image
 os.makedirs(sys.argv[1], exist_ok=True)
 for i, (w, h, c) in enumerate([(40, 30, "red"), (28, 28, "green"), (90, 30, "blue"), (30, 60, "yellow")]):
     Image.new("RGB", (w, h), c).save(os.path.join(sys.argv[1], f"{i}.png"))
-`, media]);
+`,
+    media,
+  ]);
   expect(py.status, py.stderr.toString()).toBe(0);
-  const sizes = [[40, 30], [28, 28], [90, 30], [30, 60]];
+  const sizes = [
+    [40, 30],
+    [28, 28],
+    [90, 30],
+    [30, 60],
+  ];
   const colours = ["red", "green", "blue", "yellow"];
   const lines = Array.from({ length: 12 }, (_, i) =>
     JSON.stringify({
@@ -53,7 +71,13 @@ for i, (w, h, c) in enumerate([(40, 30, "red"), (28, 28, "green"), (90, 30, "blu
   );
   writeFileSync(join(root, "colours.jsonl"), `${lines.join("\n")}\n`);
   const text = Array.from({ length: 6 }, (_, i) =>
-    JSON.stringify({ id: i, conversations: [{ from: "human", value: `Say ${i}.` }, { from: "gpt", value: `${i}` }] }),
+    JSON.stringify({
+      id: i,
+      conversations: [
+        { from: "human", value: `Say ${i}.` },
+        { from: "gpt", value: `${i}` },
+      ],
+    }),
   );
   writeFileSync(join(root, "text.jsonl"), `${text.join("\n")}\n`);
   meta = join(root, "meta.json");
@@ -82,29 +106,79 @@ describe("tessera train", () => {
   it("runs end to end from the command line: cache, plan, engine, checkpoints, export, metrics", async () => {
     const work = join(root, "run");
     const config = join(root, "train.yaml");
-    writeFileSync(config, `model: ${model}\nmeta: ${meta}\nwork_dir: ${work}\nmax_length: 128\nlr: 0.002\nwarmup_ratio: 0\n`);
+    writeFileSync(
+      config,
+      `model: ${model}\nmeta: ${meta}\nwork_dir: ${work}\nmax_length: 128\nlr: 0.002\nwarmup_ratio: 0\n`,
+    );
     const r = await tessera([
-      "train", config, "--dset-pack", "--pack-max-length", "256", "--global-batch-size", "2", "--mirco-batch-size", "1",
-      "--steps", "4", "--checkpoint-interval", "2", "--checkpoint-keep", "3", "--no-freeze-vit", "--num-workers", "1",
-      "--no-gradient-checkpointing", "--no-progress", "--device", "cpu",
+      "train",
+      config,
+      "--dset-pack",
+      "--pack-max-length",
+      "256",
+      "--global-batch-size",
+      "2",
+      "--mirco-batch-size",
+      "1",
+      "--steps",
+      "4",
+      "--checkpoint-interval",
+      "2",
+      "--checkpoint-keep",
+      "3",
+      "--no-freeze-vit",
+      "--num-workers",
+      "1",
+      "--no-gradient-checkpointing",
+      "--no-progress",
+      "--device",
+      "cpu",
     ]);
     expect(r.code, r.out).toBe(0);
     expect(r.out).toContain("finished at step 4/4");
 
     const resolved = parseYaml(readFileSync(join(work, "config.yaml"), "utf8"));
-    expect(resolved).toMatchObject({ model, meta, packing: "soft", pack_max_length: 256, micro_batch_size: 1, freeze_vit: false });
-    const metrics = readFileSync(join(work, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    expect(resolved).toMatchObject({
+      model,
+      meta,
+      packing: "soft",
+      pack_max_length: 256,
+      micro_batch_size: 1,
+      freeze_vit: false,
+    });
+    const metrics = readFileSync(join(work, "metrics.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
     expect(metrics.map((m) => m.step)).toEqual([1, 2, 3, 4]);
     for (const m of metrics) {
-      for (const k of ["loss", "lr", "grad_norm", "tokens_per_s_per_gpu", "samples_per_s", "step_time", "data_wait", "peak_memory", "pack_fill"])
+      for (const k of [
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s_per_gpu",
+        "samples_per_s",
+        "step_time",
+        "data_wait",
+        "peak_memory",
+        "pack_fill",
+      ])
         expect(typeof m[k], k).toBe("number");
       expect(m.pack_fill).toBeGreaterThan(0);
       expect(m.pack_fill).toBeLessThanOrEqual(1);
     }
-    expect(readdirSync(join(work, "checkpoints")).sort()).toEqual(["step-00000002", "step-00000004"]);
+    expect(readdirSync(join(work, "checkpoints")).sort()).toEqual([
+      "step-00000002",
+      "step-00000004",
+    ]);
     const exported = join(work, "export");
-    expect(JSON.parse(readFileSync(join(exported, "config.json"), "utf8")).llm_config.architectures).toHaveLength(1);
-    expect(existsSync(join(exported, "model.safetensors")) || existsSync(join(exported, "model.safetensors.index.json"))).toBe(true);
+    expect(
+      JSON.parse(readFileSync(join(exported, "config.json"), "utf8")).llm_config.architectures,
+    ).toHaveLength(1);
+    expect(
+      existsSync(join(exported, "model.safetensors")) ||
+        existsSync(join(exported, "model.safetensors.index.json")),
+    ).toBe(true);
     expect(existsSync(join(exported, "tokenizer.json"))).toBe(true);
 
     // Starting over in a work dir with checkpoints is refused; it points at --resume.
@@ -116,11 +190,29 @@ describe("tessera train", () => {
   it("stops on request with a checkpoint, and --resume finishes the run", async () => {
     const work = join(root, "stop");
     const c = resolveConfig(undefined, {
-      model, meta, work_dir: work, max_length: 128, pack_max_length: 128, global_batch_size: 2, steps: 6, lr: 0.002,
-      freeze_vit: false, num_workers: 0, gradient_checkpointing: false, checkpoint_interval: 0, device: "cpu", export: "none",
+      model,
+      meta,
+      work_dir: work,
+      max_length: 128,
+      pack_max_length: 128,
+      global_batch_size: 2,
+      steps: 6,
+      lr: 0.002,
+      freeze_vit: false,
+      num_workers: 0,
+      gradient_checkpointing: false,
+      checkpoint_interval: 0,
+      device: "cpu",
+      export: "none",
     });
     const ac = new AbortController();
-    const common = { python, progress: false, log: () => {}, prepareWorkers: 0, env: { OMP_NUM_THREADS: "1" } };
+    const common = {
+      python,
+      progress: false,
+      log: () => {},
+      prepareWorkers: 0,
+      env: { OMP_NUM_THREADS: "1" },
+    };
     const first = await train(c, {
       ...common,
       stopSignal: ac.signal,
@@ -137,13 +229,20 @@ describe("tessera train", () => {
     expect(second.startStep).toBe(first.stepsDone);
     expect(second.stepsDone).toBe(6);
     expect(second.losses).toHaveLength(6 - first.stepsDone);
-    const steps = readFileSync(join(work, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l).step);
+    const steps = readFileSync(join(work, "metrics.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l).step);
     expect(steps).toEqual([1, 2, 3, 4, 5, 6]);
   });
 
   it("chats with the exported model: the prompt is built as in training, the engine answers", async () => {
     const exported = join(root, "run", "export");
-    const r = await chat(exported, "What colour is the picture?", { python, images: [join(root, "media", "2.png")], maxNewTokens: 5 });
+    const r = await chat(exported, "What colour is the picture?", {
+      python,
+      images: [join(root, "media", "2.png")],
+      maxNewTokens: 5,
+    });
     // 90×30 with at most 4 tiles: a 3×1 grid and a thumbnail.
     expect(r.tiles).toEqual([4]);
     expect(r.promptTokens).toBeGreaterThan(4);

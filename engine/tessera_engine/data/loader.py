@@ -129,4 +129,5 @@ def micro_batches(
         persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_worker_init if num_workers else None,
+        pin_memory=torch.cuda.is_available(),
     )
