@@ -18,10 +18,14 @@ export function registerDemo(program: Command): void {
     .option("--steps <n>", "optimizer steps (default: the demo's measured setting)")
     .option("--seed <n>", "seed of the data, the model and the plan", "0")
     .option("--fast", "a shortened run (fewer records and steps), for tests")
+    .option("--model <dir>", "fine-tune this InternVL2 folder instead of the tiny model")
+    .option("--meta <file>", "train on this meta file instead of the synthetic data (with --eval)")
+    .option("--eval <file>", "held-out questions (meta file or JSONL) scored before and after")
+    .option("--config <file>", "a training config (YAML) whose settings replace the demo's")
     .option("--venv <dir>", "the engine's virtual environment")
     .option("--json", "print the full report as JSON")
     .action(async (o) => {
-      const r = await runDemo({ out: o.out, steps: int(o.steps, "--steps", 1), seed: int(o.seed, "--seed", 0)!, fast: o.fast === true, venv: o.venv });
+      const r = await runDemo({ out: o.out, steps: int(o.steps, "--steps", 1), seed: int(o.seed, "--seed", 0)!, fast: o.fast === true, venv: o.venv, model: o.model, meta: o.meta, evalMeta: o.eval, config: o.config });
       if (o.json) process.stdout.write(`${JSON.stringify({ ...r, before: { ...r.before, items: undefined }, after: { ...r.after, items: undefined } }, null, 2)}\n`);
       else process.stdout.write(`${formatDemoReport(r)}\n`);
     });

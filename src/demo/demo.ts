@@ -15,7 +15,7 @@ import { type EvalResult, evaluate } from "../eval/eval.ts";
 import { hashJson } from "../plan/fingerprint.ts";
 import { planDir, prepareAndPlan } from "../plan/from-config.ts";
 import { writePlan } from "../plan/plan.ts";
-import { resolveConfig, type TrainConfig, type TrainConfigInput } from "../train/config.ts";
+import { readConfigFile, resolveConfig, type TrainConfig, type TrainConfigInput } from "../train/config.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { UserError } from "../util/errors.ts";
 import { type DemoData, writeDemoData } from "./generate.ts";
@@ -31,6 +31,14 @@ export interface DemoOptions {
   log?: (line: string) => void;
   /** Show a live progress bar (default: when stderr is a terminal). */
   bar?: boolean;
+  /** A real model folder instead of the tiny one (original InternVL2 format). */
+  model?: string;
+  /** A real training meta file instead of the synthetic data (needs `evalMeta`). */
+  meta?: string;
+  /** Held-out questions (meta file or JSONL) for the before/after evaluation. */
+  evalMeta?: string;
+  /** A training config file whose settings replace the demo's. */
+  config?: string;
 }
 
 export interface TrainSummary {
@@ -70,17 +78,19 @@ async function buildModel(dir: string, seed: number, python: string): Promise<vo
 }
 
 /** The demo's training config (every setting from settings.ts, paths under `out`). */
-export function demoConfig(out: string, model: string, meta: string, seed: number, steps: number): TrainConfig {
+export function demoConfig(out: string, model: string, meta: string, seed: number, steps: number | undefined, file?: string): TrainConfig {
+  const fromFile = file ? readConfigFile(file) : {};
   const flags: Partial<TrainConfigInput> = {
     ...(DEMO_TRAIN as unknown as Partial<TrainConfigInput>),
+    ...fromFile,
     model,
     meta,
     seed,
-    steps,
+    steps: steps ?? fromFile.steps ?? DEMO_TRAIN.steps,
     // Enough epochs for the steps asked; `steps` cuts the plan there.
-    epochs: 50,
-    work_dir: join(out, "run"),
-    max_dynamic_patch: DEMO_MODEL.max_dynamic_patch,
+    epochs: fromFile.epochs ?? 50,
+    work_dir: fromFile.work_dir ?? join(out, "run"),
+    max_dynamic_patch: fromFile.max_dynamic_patch ?? DEMO_MODEL.max_dynamic_patch,
   };
   return resolveConfig(undefined, flags, out);
 }
@@ -172,48 +182,64 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
   };
 
   const fast = o.fast === true;
-  const steps = o.steps ?? (fast ? DEMO_FAST.steps : DEMO_TRAIN.steps);
-  log(`[1/6] generating the synthetic dataset (seed ${o.seed}) in ${join(out, "data")}`);
-  const data = await writeDemoData(
-    join(out, "data"),
-    {
-      seed: o.seed,
-      tileSize: DEMO_MODEL.tile_size,
-      maxDynamicPatch: DEMO_MODEL.max_dynamic_patch,
-      train: fast ? DEMO_FAST.train : DEMO_TRAIN_COUNTS,
-      eval: fast ? DEMO_FAST.eval : DEMO_EVAL_COUNTS,
-      repeatTime: DEMO_REPEAT,
-    },
-    python,
-  );
-  const tileHist = Object.entries(data.tiles)
-    .map(([k, v]) => `${k}:${v}`)
-    .join(" ");
-  log(`      ${data.images} images · tiles per image (tiles:images) ${tileHist}`);
+  if ((o.meta === undefined) !== (o.evalMeta === undefined))
+    throw new UserError("--meta and --eval go together: training data and the held-out questions to score it on");
+  const steps = o.steps ?? (fast ? DEMO_FAST.steps : undefined);
+  let data: DemoData;
+  if (o.meta && o.evalMeta) {
+    log(`[1/6] using your data: ${o.meta} (train), ${o.evalMeta} (held out)`);
+    data = { dir: out, trainMeta: resolve(o.meta), evalMeta: resolve(o.evalMeta), counts: null, tiles: {}, images: 0, rendered: false };
+  } else {
+    log(`[1/6] generating the synthetic dataset (seed ${o.seed}) in ${join(out, "data")}`);
+    data = await writeDemoData(
+      join(out, "data"),
+      {
+        seed: o.seed,
+        tileSize: DEMO_MODEL.tile_size,
+        maxDynamicPatch: DEMO_MODEL.max_dynamic_patch,
+        train: fast ? DEMO_FAST.train : DEMO_TRAIN_COUNTS,
+        eval: fast ? DEMO_FAST.eval : DEMO_EVAL_COUNTS,
+        repeatTime: DEMO_REPEAT,
+      },
+      python,
+    );
+    const tileHist = Object.entries(data.tiles)
+      .map(([k, v]) => `${k}:${v}`)
+      .join(" ");
+    log(`      ${data.images} images · tiles per image (tiles:images) ${tileHist}`);
+  }
   lap("data");
 
   log("[2/6] checking the data");
-  const checks = [await checkMeta(data.trainMeta), await checkMeta(data.evalMeta)];
+  const checks = [await checkMeta(data.trainMeta)];
+  if (!data.evalMeta.endsWith(".jsonl")) checks.push(await checkMeta(data.evalMeta));
   const check = {
     errors: checks.reduce((a, c) => a + c.errorCount, 0),
     warnings: checks.reduce((a, c) => a + c.warningCount, 0),
     records: checks.reduce((a, c) => a + c.datasets.reduce((b, d) => b + d.records, 0), 0),
   };
-  if (check.errors) throw new Error(`the demo data has ${check.errors} errors: ${checks.flatMap((c) => c.issues).map((i) => i.message).slice(0, 3).join("; ")}`);
+  if (check.errors)
+    throw new UserError(`the data has ${check.errors} errors (run \`tessera data check ${data.trainMeta}\` for the list): ${checks.flatMap((c) => c.issues).map((i) => i.message).slice(0, 3).join("; ")}`);
   log(`      ${check.records} records, no errors, ${check.warnings} warnings`);
   lap("check");
 
-  log("[3/6] building a tiny InternVL2-layout model (Qwen2 vocabulary, Hermes-2 template)");
-  const model = join(out, "model");
-  await buildModel(model, o.seed, python);
+  let model: string;
+  if (o.model) {
+    model = resolve(o.model);
+    log(`[3/6] using the model in ${model}`);
+  } else {
+    log("[3/6] building a tiny InternVL2-layout model (Qwen2 vocabulary, Hermes-2 template)");
+    model = join(out, "model");
+    await buildModel(model, o.seed, python);
+  }
   lap("model");
 
   log("[4/6] evaluating before training (held-out split)");
   const before = await evaluate(model, data.evalMeta, { python });
   lap("eval_before");
 
-  log(`[5/6] training ${steps} steps (packing, length-grouped sampler)`);
-  const c = demoConfig(out, model, data.trainMeta, o.seed, steps);
+  const c = demoConfig(out, model, data.trainMeta, o.seed, steps, o.config);
+  log(`[5/6] training ${c.steps} steps (packing ${c.packing}, sampler ${c.sampler})`);
   const train = await trainDemo(c, python, log, bar);
   lap("train");
 

@@ -25,8 +25,8 @@ export interface DemoData {
   dir: string;
   trainMeta: string;
   evalMeta: string;
-  /** Records per split and type, and the tile counts seen (for the report and tests). */
-  counts: { train: Record<QuestionType, number>; eval: Record<QuestionType, number> };
+  /** Records per split and type (null for data the user brought), and the tile counts seen. */
+  counts: { train: Record<QuestionType, number>; eval: Record<QuestionType, number> } | null;
   tiles: Record<number, number>;
   images: number;
   /** False when an identical earlier generation was reused. */

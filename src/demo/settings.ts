@@ -19,6 +19,8 @@ export const DEMO_MODEL = {
   llm_heads: 4,
   llm_kv_heads: 2,
   llm_intermediate: 128,
+  // As in Qwen2-0.5B (InternVL2-1B's LLM): one 151k × 64 table serves as embedding and head.
+  tie_word_embeddings: true,
   max_dynamic_patch: 6,
 } as const;
 
@@ -30,13 +32,12 @@ export const DEMO_REPEAT: Partial<Record<QuestionType, number>> = { colour: 2, t
 
 /** Training settings (keys of the training config). */
 export const DEMO_TRAIN = {
-  // The 151k-row embedding and output head dominate a model this small: LoRA on the language
-  // model leaves them frozen; the vision tower and projector train fully.
+  // Everything learns, the vision tower included (a random one has nothing to keep).
   freeze_vit: false,
   freeze_mlp: false,
   freeze_llm: false,
-  llm_lora_rank: 32,
-  lr: 5e-3,
+  llm_lora_rank: 0,
+  lr: 3e-3,
   min_lr: 0,
   warmup_ratio: 0.05,
   weight_decay: 0,
@@ -53,12 +54,12 @@ export const DEMO_TRAIN = {
   checkpoint_keep: 1,
   log_interval: 1,
   export: "original",
-  steps: 200,
+  steps: 300,
 } as const;
 
 /** The shortened run of --fast (tests). */
 export const DEMO_FAST = {
-  steps: 60,
+  steps: 100,
   train: { colour: 240, count: 40, word: 20, compare: 20, text: 40 } as Record<QuestionType, number>,
   eval: { colour: 30, count: 10, word: 5, compare: 5, text: 5 } as Record<QuestionType, number>,
 };
