@@ -2,12 +2,13 @@
  * The prepared cache (docs/cache-format.md): `prepareCache` writes it, `openCacheTable` reads
  * the per-sample columns the planner needs.
  */
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { displayPath, readRecords } from "../data/jsonl.ts";
 import { type DatasetSpec, loadMeta } from "../data/meta.ts";
@@ -150,7 +151,31 @@ export function datasetInputs(
     max_length: o.maxLength,
     truncate: o.truncate ?? "truncate",
     maker: o.makerModule ?? DEFAULT_MAKER,
+    code: codeStamp(o.makerModule ?? DEFAULT_MAKER),
   };
+}
+
+const codeStamps = new Map<string, string>();
+
+/**
+ * A hash of the code that turns records into samples (the maker module and the text and
+ * tiling sources), so a tessera update that changes tokenization rebuilds the cache.
+ */
+function codeStamp(makerModule: string): string {
+  let stamp = codeStamps.get(makerModule);
+  if (stamp) return stamp;
+  const h = createHash("sha256");
+  const files: string[] = [];
+  if (makerModule.startsWith("file:")) files.push(fileURLToPath(makerModule));
+  for (const dir of ["../text", "../vision"]) {
+    const abs = fileURLToPath(new URL(dir, import.meta.url));
+    if (existsSync(abs))
+      for (const f of readdirSync(abs).sort()) if (f.endsWith(".ts")) files.push(join(abs, f));
+  }
+  for (const f of files) h.update(f.slice(f.lastIndexOf("/src/") + 1)).update(readFileSync(f));
+  stamp = h.digest("hex");
+  codeStamps.set(makerModule, stamp);
+  return stamp;
 }
 
 function safeName(name: string): string {
