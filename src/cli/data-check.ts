@@ -45,7 +45,7 @@ export function registerDataCheck(data: Command): void {
     .option("--no-media", "skip image and video files (records only)")
     .option("--allow-outside-media-root", "accept media paths outside media_root")
     .option("--concurrency <n>", "image headers read at once", "64")
-    .option("--workers <n>", "threads for large meta files (default: one per core)")
+    .option("--workers <n>", "threads for large meta files (default: one per idle core)")
     .action(async (meta: string, o) => {
       const maxErrors = Number(o.maxErrors);
       if (!Number.isInteger(maxErrors) || maxErrors < 0)

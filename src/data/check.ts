@@ -1,6 +1,6 @@
 /** `tessera data check`: every record, placeholder, image_wh and media file of a meta file. */
 import { stat } from "node:fs/promises";
-import { availableParallelism } from "node:os";
+import { availableParallelism, loadavg } from "node:os";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
@@ -61,7 +61,7 @@ export interface CheckOptions {
   allowOutside?: boolean;
   /** Header reads in flight at once. Default 64. */
   concurrency?: number;
-  /** Worker threads (default: one per core, at most 8); 1 checks in this thread. */
+  /** Worker threads (default: one per idle core, at most 8); 1 checks in this thread. */
   workers?: number;
   /** How workers load the code: one esbuild bundle (default; tsx when esbuild fails) or tsx. */
   workerEntry?: "bundle" | "tsx";
@@ -420,6 +420,15 @@ class CheckPool {
 }
 
 /**
+ * Cores that are free now (at most 8): on a machine already busy with other work, extra
+ * threads get no more CPU time and only add their start-up and merging.
+ */
+export function defaultWorkers(): number {
+  const cores = availableParallelism();
+  return Math.max(1, Math.min(8, cores - Math.floor(loadavg()[0])));
+}
+
+/**
  * This process's Node flags minus a TypeScript loader (`--import tsx`): inherited, it would
  * start a loader thread in every worker, which neither worker entry needs.
  */
@@ -652,7 +661,7 @@ export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Prom
     done += n;
     opts.onProgress?.(done, total);
   };
-  const workers = opts.workers ?? Math.min(availableParallelism(), 8);
+  const workers = opts.workers ?? defaultWorkers();
   if (workers >= 2 && !opts.failFast && total >= (opts.parallelMinBytes ?? PARALLEL_MIN_BYTES)) {
     datasets.push(...(await checkParallel(specs, sizes, list, workers, { ...opts, onBytes })));
   } else {
