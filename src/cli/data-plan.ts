@@ -12,7 +12,7 @@ import { buildPlan, type Plan, type PlanOptions, writePlan } from "../plan/plan.
 import type { SamplerKind } from "../plan/samplers.ts";
 import { resolveConfig } from "../train/config.ts";
 import { UserError } from "../util/errors.ts";
-import { workersOption } from "./data-prepare.ts";
+import { prepareProgress, workersOption } from "./data-prepare.ts";
 
 const SAMPLERS: SamplerKind[] = ["random", "length", "modality_length"];
 
@@ -83,17 +83,7 @@ export function registerDataPlan(data: Command): void {
     .option("--json", "print the figures as JSON")
     .action(async (arg: string, o) => {
       const quiet = o.json === true;
-      const progress = (e: {
-        dataset: string;
-        samples: number;
-        done?: boolean;
-        reused?: boolean;
-      }) => {
-        if (!quiet && e.done)
-          process.stderr.write(
-            `${e.dataset}: ${e.reused ? "cache unchanged" : `prepared ${e.samples} samples`}\n`,
-          );
-      };
+      const progress = prepareProgress(quiet);
       let cacheDir: string;
       let opts: PlanOptions;
       if (o.model) {

@@ -1,6 +1,7 @@
 /** `tessera data prepare CONFIG`: write (or bring up to date) the prepared cache. */
 import type { Command } from "commander";
-import { prepareCache } from "../plan/cache.ts";
+import { type ByteProgress, byteProgress } from "../data/progress.ts";
+import { type PrepareOptions, prepareCache } from "../plan/cache.ts";
 import { prepareOptionsFromConfig } from "../plan/from-config.ts";
 import { resolveConfig } from "../train/config.ts";
 import { UserError } from "../util/errors.ts";
@@ -11,6 +12,29 @@ export function workersOption(v: unknown): number | undefined {
   if (!Number.isInteger(n) || n < 0)
     throw new UserError(`--workers must be a whole number, got ${v}`);
   return n;
+}
+
+/** Per-dataset progress on stderr: a bar over the annotation's bytes on a terminal, then a line. */
+export function prepareProgress(quiet: boolean): NonNullable<PrepareOptions["onProgress"]> {
+  let bar: ByteProgress | undefined;
+  let current = "";
+  return (e) => {
+    if (quiet) return;
+    if (e.done) {
+      bar?.stop();
+      bar = undefined;
+      process.stderr.write(
+        `${e.dataset}: ${e.reused ? "unchanged, kept" : `${e.samples} samples from ${e.records} records`}\n`,
+      );
+      return;
+    }
+    if (e.dataset !== current || !bar) {
+      bar?.stop();
+      current = e.dataset;
+      bar = byteProgress(`prepare ${e.dataset}`);
+    }
+    if (e.bytes !== undefined && e.totalBytes !== undefined) bar.update(e.bytes, e.totalBytes);
+  };
 }
 
 export function registerDataPrepare(data: Command): void {

@@ -59,6 +59,9 @@ export interface PrepareOptions {
     dataset: string;
     records: number;
     samples: number;
+    /** Bytes of the annotation file read so far, of `totalBytes`. */
+    bytes?: number;
+    totalBytes?: number;
     done?: boolean;
     reused?: boolean;
   }) => void;
@@ -279,6 +282,9 @@ class Pool {
     { resolve: (b: SampleBatch) => void; reject: (e: Error) => void }
   >();
   private failed?: Error;
+  get size(): number {
+    return this.workers.length;
+  }
   constructor(n: number) {
     const url = new URL("./prepare-worker.ts", import.meta.url);
     for (let i = 0; i < n; i++) {
@@ -471,7 +477,9 @@ async function buildDataset(
     }
     // Bounded in-flight batches, written in order: constant memory, deterministic output.
     const inflight: Promise<SampleBatch>[] = [];
-    const maxInflight = pool ? 4 * Math.max(1, o.workers ?? 1) : 1;
+    const maxInflight = pool ? 4 * pool.size : 1;
+    const totalBytes = statSync(spec.annotation).size;
+    let bytes = 0;
     let seq = 0;
     let items: { line: number; record: DataRecord }[] = [];
     const drain = async (keep: number) => {
@@ -479,7 +487,7 @@ async function buildDataset(
         const b = await inflight.shift()!;
         errors.push(...b.errors);
         await w.write(b);
-        o.onProgress?.({ dataset: spec.name, records, samples: w.samples });
+        o.onProgress?.({ dataset: spec.name, records, samples: w.samples, bytes, totalBytes });
       }
     };
     const send = async () => {
@@ -489,7 +497,11 @@ async function buildDataset(
       inflight.push(pool ? pool.run(fp, seq++, batch) : local!(batch, seq++));
       await drain(maxInflight - 1);
     };
-    for await (const it of readRecords(spec)) {
+    for await (const it of readRecords(spec, {
+      onBytes: (n) => {
+        bytes += n;
+      },
+    })) {
       if (!it.record) {
         if (it.issues.some((i) => i.severity !== "warning")) skipped++;
         continue;

@@ -65,7 +65,7 @@ describe("data prepare / data plan", () => {
     expect(ja.samples).toBe(240);
     const p = tessera(["data", "plan", cfg, "--workers", "0"]);
     expect(p.code, p.err).toBe(0);
-    expect(p.err).toMatch(/chat: cache unchanged/); // nothing changed since prepare: kept
+    expect(p.err).toMatch(/chat: unchanged, kept/); // nothing changed since prepare: kept
     expect(p.out).toMatch(/samples 380 \(after repeat_time/);
     expect(p.out).toMatch(/accumulation 4/);
     expect(p.out).toMatch(/fill \d+\.\d+%/);
