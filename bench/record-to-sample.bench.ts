@@ -10,7 +10,13 @@ import { makeSampleContext, recordsToSamples, recordToSample } from "../src/text
 import { loadTokenizer } from "../src/text/tokenizer.ts";
 import { makeModelFolder } from "../test/helpers/model-folder.ts";
 
-const QUESTIONS = ["What is the date mentioned in this letter?", "How many people are in the picture?", "Describe the chart.", "What colour is the car?", "Read the title of the document."];
+const QUESTIONS = [
+  "What is the date mentioned in this letter?",
+  "How many people are in the picture?",
+  "Describe the chart.",
+  "What colour is the car?",
+  "Read the title of the document.",
+];
 const SUFFIX = "\nAnswer the question using a single word or phrase.";
 
 function records(n: number, seed: number): DataRecord[] {
@@ -20,7 +26,10 @@ function records(n: number, seed: number): DataRecord[] {
     out.push({
       id: i,
       conversations: [
-        { from: "human", value: `<image>\n${QUESTIONS[k % QUESTIONS.length]} (item ${k % 100000})${SUFFIX}` },
+        {
+          from: "human",
+          value: `<image>\n${QUESTIONS[k % QUESTIONS.length]} (item ${k % 100000})${SUFFIX}`,
+        },
         { from: "gpt", value: `answer ${(k * 31) % 99991} ${k % 2 ? "yes" : "no"}` },
       ],
       images: [`img/${i}.jpg`],
@@ -36,7 +45,9 @@ const tokenizer = await loadTokenizer(dir);
 const ctx = makeSampleContext({ tokenizer, model: loadModelInfo(dir), mediaRoot: "/data" });
 const N = 60_000;
 const BATCH = 2048;
-console.log(`cores: ${cpus().length}; ${N} short multimodal records, Qwen2 BPE, Hermes-2, batches of ${BATCH}, text cache on`);
+console.log(
+  `cores: ${cpus().length}; ${N} short multimodal records, Qwen2 BPE, Hermes-2, batches of ${BATCH}, text cache on`,
+);
 
 await recordsToSamples(records(4096, 1), ctx); // warm-up
 for (let rep = 0; rep < 2; rep++) {
@@ -44,7 +55,8 @@ for (let rep = 0; rep < 2; rep++) {
   const t0 = performance.now();
   const c0 = process.cpuUsage();
   let tokens = 0;
-  for (let i = 0; i < recs.length; i += BATCH) for (const s of await recordsToSamples(recs.slice(i, i + BATCH), ctx)) tokens += s?.length ?? 0;
+  for (let i = 0; i < recs.length; i += BATCH)
+    for (const s of await recordsToSamples(recs.slice(i, i + BATCH), ctx)) tokens += s?.length ?? 0;
   const s = (performance.now() - t0) / 1000;
   const c = process.cpuUsage(c0);
   const cpu = (c.user + c.system) / 1e6;

@@ -13,7 +13,9 @@ import { UserError } from "../util/errors.ts";
 export function registerDataPreview(data: Command): void {
   const cmd = data
     .command("preview")
-    .description("show one record as the model sees it: special tokens, image tiles, learned spans, counts")
+    .description(
+      "show one record as the model sees it: special tokens, image tiles, learned spans, counts",
+    )
     .argument("<meta>", "the meta file (JSON object of datasets)")
     .requiredOption("--dataset <name>", "the dataset (a key of the meta file)")
     .requiredOption("--index <n>", "the record, counting lines of the annotation file from 0")
@@ -23,10 +25,14 @@ export function registerDataPreview(data: Command): void {
     .option("--no-color", "no ANSI colours");
   addModelOptions(cmd).action(async (meta: string, o) => {
     const index = Number(o.index);
-    if (!Number.isInteger(index) || index < 0) throw new UserError(`--index must be a whole number >= 0, got ${o.index}`);
+    if (!Number.isInteger(index) || index < 0)
+      throw new UserError(`--index must be a whole number >= 0, got ${o.index}`);
     const specs = await loadMeta(meta);
     const spec = specs.find((s) => s.name === o.dataset);
-    if (!spec) throw new UserError(`${meta}: no dataset "${o.dataset}"; it has: ${specs.map((s) => s.name).join(", ")}`);
+    if (!spec)
+      throw new UserError(
+        `${meta}: no dataset "${o.dataset}"; it has: ${specs.map((s) => s.name).join(", ")}`,
+      );
     let record: DataRecord | undefined;
     let seen = 0;
     for await (const item of readRecords(spec)) {
@@ -40,7 +46,10 @@ export function registerDataPreview(data: Command): void {
       record = item.record;
       break;
     }
-    if (!record) throw new UserError(`${spec.annotation}: has ${seen} records; --index ${index} is past the end`);
+    if (!record)
+      throw new UserError(
+        `${spec.annotation}: has ${seen} records; --index ${index} is past the end`,
+      );
     const maxLength = o.maxLength === undefined ? undefined : Number(o.maxLength);
     const { model, tokenizer, ctx } = await modelContextFromOptions(o, {
       mediaRoot: spec.mediaRoot,

@@ -8,10 +8,15 @@
 
 type Obj = Record<string, unknown>;
 
-const ASCII = /^[\x00-\x7f]*$/;
+/** True when every UTF-16 unit is ASCII (such a text is already NFC). */
+function isAscii(s: string): boolean {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return false;
+  return true;
+}
 
 // Oniguruma's \s is Unicode White_Space; JavaScript's differs (it adds U+FEFF, lacks U+0085).
-const WS = "\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+const WS =
+  "\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
 
 /** Translate the tokenizer's (Oniguruma) pattern to a JavaScript regex, or null if unsure. */
 export function translatePattern(src: string): RegExp | null {
@@ -56,12 +61,23 @@ export function translatePattern(src: string): RegExp | null {
       if (!/^[A-Za-z'|]+$/.test(body)) return null;
       out += `(?:${body
         .split("|")
-        .map((alt) => [...alt].map((ch) => (/[A-Za-z]/.test(ch) ? `[${ch.toLowerCase()}${ch.toUpperCase()}]` : ch)).join(""))
+        .map((alt) =>
+          [...alt]
+            .map((ch) => (/[A-Za-z]/.test(ch) ? `[${ch.toLowerCase()}${ch.toUpperCase()}]` : ch))
+            .join(""),
+        )
         .join("|")})`;
       i = end;
       continue;
     }
-    if (c === "(" && src[i + 1] === "?" && !src.startsWith("(?:", i) && !src.startsWith("(?!", i) && !src.startsWith("(?=", i)) return null;
+    if (
+      c === "(" &&
+      src[i + 1] === "?" &&
+      !src.startsWith("(?:", i) &&
+      !src.startsWith("(?!", i) &&
+      !src.startsWith("(?=", i)
+    )
+      return null;
     out += c;
   }
   try {
@@ -110,12 +126,12 @@ export class FastByteLevelBpe {
   /** An encoder for this tokenizer.json, or null when its pipeline is not the supported shape. */
   static fromJson(json: Obj, cacheSize = 500_000): FastByteLevelBpe | null {
     const model = json.model as Obj | undefined;
-    if (!model || model.type !== "BPE" || model.dropout != null || model.byte_fallback) return null;
+    if (model?.type !== "BPE" || model.dropout != null || model.byte_fallback) return null;
     if (model.continuing_subword_prefix || model.end_of_word_suffix) return null;
     const norm = json.normalizer as Obj | null;
     if (norm != null && norm.type !== "NFC") return null;
     const pre = json.pre_tokenizer as Obj | null;
-    if (!pre || pre.type !== "Sequence") return null;
+    if (pre?.type !== "Sequence") return null;
     const steps = pre.pretokenizers as Obj[];
     if (steps.length !== 2) return null;
     const [sp, bl] = steps;
@@ -137,15 +153,34 @@ export class FastByteLevelBpe {
       if (t.lstrip || t.rstrip || t.single_word) return null;
     }
     const addedToken = added.length
-      ? new RegExp(added.sort((a, b) => b.length - a.length).map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|"), "u")
+      ? new RegExp(
+          added
+            .sort((a, b) => b.length - a.length)
+            .map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
+            .join("|"),
+          "u",
+        )
       : null;
-    return new FastByteLevelBpe(vocab, ranks, split, norm != null, model.ignore_merges === true, addedToken, cacheSize);
+    return new FastByteLevelBpe(
+      vocab,
+      ranks,
+      split,
+      norm != null,
+      model.ignore_merges === true,
+      addedToken,
+      cacheSize,
+    );
   }
 
   /** Add tokens registered after loading (they must go to the native path too). */
   withAddedTokens(contents: string[]): void {
     if (!contents.length) return;
-    const src = [this.addedToken?.source, ...contents.map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))].filter(Boolean).join("|");
+    const src = [
+      this.addedToken?.source,
+      ...contents.map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")),
+    ]
+      .filter(Boolean)
+      .join("|");
     (this as { addedToken: RegExp | null }).addedToken = new RegExp(src, "u");
   }
 
@@ -157,7 +192,7 @@ export class FastByteLevelBpe {
   /** Ids of a text without added tokens; null when a piece is missing from the vocabulary. */
   encode(text: string): number[] | null {
     // Pure ASCII is already NFC; skipping ICU there is most of the normalizer's cost.
-    const s = this.nfc && !ASCII.test(text) ? text.normalize("NFC") : text;
+    const s = this.nfc && !isAscii(text) ? text.normalize("NFC") : text;
     const out: number[] = [];
     const re = this.split;
     let last = 0;

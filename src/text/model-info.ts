@@ -53,7 +53,10 @@ function num(v: unknown): number | undefined {
 }
 
 function familyOf(llm: Obj, template: string): LlmFamily {
-  const arch = Array.isArray(llm.architectures) && typeof llm.architectures[0] === "string" ? llm.architectures[0] : "";
+  const arch =
+    Array.isArray(llm.architectures) && typeof llm.architectures[0] === "string"
+      ? llm.architectures[0]
+      : "";
   const type = typeof llm.model_type === "string" ? llm.model_type : "";
   const probe = `${arch} ${type}`.toLowerCase();
   if (probe.includes("internlm2")) return "internlm2";
@@ -69,7 +72,8 @@ function familyOf(llm: Obj, template: string): LlmFamily {
 export function loadModelInfo(dir: string, overrides: ModelInfoOverrides = {}): ModelInfo {
   const abs = resolve(dir);
   const file = join(abs, "config.json");
-  if (!existsSync(file)) throw new UserError(`${file}: not found (--model must name an InternVL2 model folder)`);
+  if (!existsSync(file))
+    throw new UserError(`${file}: not found (--model must name an InternVL2 model folder)`);
   let config: Obj;
   try {
     const parsed = JSON.parse(readFileSync(file, "utf8"));
@@ -79,14 +83,24 @@ export function loadModelInfo(dir: string, overrides: ModelInfoOverrides = {}): 
     throw new UserError(`${file}: cannot parse: ${(e as Error).message}`);
   }
   const vision = isObj(config.vision_config) ? config.vision_config : {};
-  const llm = isObj(config.llm_config) ? config.llm_config : isObj(config.text_config) ? config.text_config : {};
+  const llm = isObj(config.llm_config)
+    ? config.llm_config
+    : isObj(config.text_config)
+      ? config.text_config
+      : {};
 
-  const template = overrides.template ?? (typeof config.template === "string" ? config.template : undefined);
+  const template =
+    overrides.template ?? (typeof config.template === "string" ? config.template : undefined);
   if (!template)
-    throw new UserError(`${file}: field "template" is missing; pass the chat template explicitly (e.g. --template Hermes-2)`);
+    throw new UserError(
+      `${file}: field "template" is missing; pass the chat template explicitly (e.g. --template Hermes-2)`,
+    );
 
   const tileSize = num(config.force_image_size) ?? num(vision.image_size);
-  if (!tileSize) throw new UserError(`${file}: neither "force_image_size" nor "vision_config.image_size" is set`);
+  if (!tileSize)
+    throw new UserError(
+      `${file}: neither "force_image_size" nor "vision_config.image_size" is set`,
+    );
   const patchSize = num(vision.patch_size);
   if (!patchSize) throw new UserError(`${file}: field "vision_config.patch_size" is missing`);
   const downsampleRatio = num(config.downsample_ratio) ?? 0.5;
@@ -100,11 +114,18 @@ export function loadModelInfo(dir: string, overrides: ModelInfoOverrides = {}): 
   const minDynamicPatch = overrides.minDynamicPatch ?? num(config.min_dynamic_patch) ?? 1;
   const maxDynamicPatch = overrides.maxDynamicPatch ?? num(config.max_dynamic_patch) ?? 12;
   if (!(Number.isInteger(minDynamicPatch) && minDynamicPatch >= 1))
-    throw new UserError(`${file}: "min_dynamic_patch" must be a whole number >= 1, got ${minDynamicPatch}`);
+    throw new UserError(
+      `${file}: "min_dynamic_patch" must be a whole number >= 1, got ${minDynamicPatch}`,
+    );
   if (!(Number.isInteger(maxDynamicPatch) && maxDynamicPatch >= minDynamicPatch))
-    throw new UserError(`max_dynamic_patch must be a whole number >= min_dynamic_patch (${minDynamicPatch}), got ${maxDynamicPatch}`);
+    throw new UserError(
+      `max_dynamic_patch must be a whole number >= min_dynamic_patch (${minDynamicPatch}), got ${maxDynamicPatch}`,
+    );
 
-  const arch = Array.isArray(llm.architectures) && typeof llm.architectures[0] === "string" ? llm.architectures[0] : undefined;
+  const arch =
+    Array.isArray(llm.architectures) && typeof llm.architectures[0] === "string"
+      ? llm.architectures[0]
+      : undefined;
   return {
     dir: abs,
     template,
@@ -114,9 +135,12 @@ export function loadModelInfo(dir: string, overrides: ModelInfoOverrides = {}): 
     tokensPerTile,
     minDynamicPatch,
     maxDynamicPatch,
-    useThumbnail: overrides.useThumbnail ?? (typeof config.use_thumbnail === "boolean" ? config.use_thumbnail : true),
+    useThumbnail:
+      overrides.useThumbnail ??
+      (typeof config.use_thumbnail === "boolean" ? config.use_thumbnail : true),
     dynamicImageSize:
-      overrides.dynamicImageSize ?? (typeof config.dynamic_image_size === "boolean" ? config.dynamic_image_size : true),
+      overrides.dynamicImageSize ??
+      (typeof config.dynamic_image_size === "boolean" ? config.dynamic_image_size : true),
     llmFamily: familyOf(llm, template),
     llmArchitecture: arch,
     psVersion: typeof config.ps_version === "string" ? config.ps_version : undefined,

@@ -17,18 +17,23 @@ export interface ModelCliOptions {
 
 /** Add --model, --max-dynamic-patch and --template to a command. */
 export function addModelOptions(cmd: Command, opts: { required?: boolean } = {}): Command {
-  const model = "InternVL2 model folder: its tokenizer, chat template and tiling settings (config.json)";
+  const model =
+    "InternVL2 model folder: its tokenizer, chat template and tiling settings (config.json)";
   if (opts.required === false) cmd.option("--model <dir>", model);
   else cmd.requiredOption("--model <dir>", model);
   return cmd
-    .option("--max-dynamic-patch <n>", "tiles per image at most (default: the model's max_dynamic_patch)")
+    .option(
+      "--max-dynamic-patch <n>",
+      "tiles per image at most (default: the model's max_dynamic_patch)",
+    )
     .option("--template <name>", "chat template (default: the model's config.json template)");
 }
 
 export function parsePositiveInt(v: unknown, flag: string): number | undefined {
   if (v === undefined || v === null || v === "") return undefined;
   const n = typeof v === "number" ? v : Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new UserError(`${flag} must be a positive whole number, got ${v}`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new UserError(`${flag} must be a positive whole number, got ${v}`);
   return n;
 }
 
@@ -44,7 +49,10 @@ export async function modelContextFromOptions(
   opts: ModelCliOptions,
   sample: Omit<SampleContextOptions, "tokenizer" | "model" | "template"> = {},
 ): Promise<ModelContext> {
-  if (!opts.model) throw new UserError("--model DIR is required (the model folder whose tokenizer and tiling apply)");
+  if (!opts.model)
+    throw new UserError(
+      "--model DIR is required (the model folder whose tokenizer and tiling apply)",
+    );
   const model = loadModelInfo(opts.model, {
     maxDynamicPatch: parsePositiveInt(opts.maxDynamicPatch, "--max-dynamic-patch"),
     template: opts.template,

@@ -33,7 +33,10 @@ export async function previewSegments(sample: Sample, tk: TextTokenizer, model: 
     if (img < sample.contextStarts.length && i === sample.contextStarts[img] - 1) {
       const plan = sample.images[img];
       const n = plan.tiles * model.tokensPerTile;
-      const what = plan.frame !== undefined ? `frame ${plan.frame + 1}` : `${plan.tiles} tile${plan.tiles === 1 ? "" : "s"}: ${describeGrid(plan)}`;
+      const what =
+        plan.frame !== undefined
+          ? `frame ${plan.frame + 1}`
+          : `${plan.tiles} tile${plan.tiles === 1 ? "" : "s"}: ${describeGrid(plan)}`;
       segs.push({
         text: `${tk.idToToken(ids[i])}${IMG_CONTEXT}×${n} (${what})${tk.idToToken(ids[i + n + 1])}`,
         learned: false,
@@ -53,11 +56,17 @@ export async function previewSegments(sample: Sample, tk: TextTokenizer, model: 
   return segs;
 }
 
-export async function renderPreview(record: DataRecord, pc: PreviewContext, style: PreviewStyle | "json"): Promise<string> {
+export async function renderPreview(
+  record: DataRecord,
+  pc: PreviewContext,
+  style: PreviewStyle | "json",
+): Promise<string> {
   const sample = await recordToSample(record, pc.ctx);
   if (!sample) {
     const msg = `the record does not fit max_length ${pc.ctx.maxLength} (policy: ${pc.ctx.truncation})`;
-    return style === "json" ? JSON.stringify({ id: record.id ?? null, dropped: true, reason: msg }) : `dropped: ${msg}`;
+    return style === "json"
+      ? JSON.stringify({ id: record.id ?? null, dropped: true, reason: msg })
+      : `dropped: ${msg}`;
   }
   const contextTokens = sample.images.reduce((a, im) => a + im.tiles * pc.model.tokensPerTile, 0);
   const segs = await previewSegments(sample, pc.tokenizer, pc.model);
@@ -82,7 +91,12 @@ export async function renderPreview(record: DataRecord, pc: PreviewContext, styl
     );
   const body = segs
     .map((s) => {
-      if (style.color) return s.image ? `${CYAN}${s.text}${RESET}` : s.learned ? `${GREEN}${s.text}${RESET}` : s.text;
+      if (style.color)
+        return s.image
+          ? `${CYAN}${s.text}${RESET}`
+          : s.learned
+            ? `${GREEN}${s.text}${RESET}`
+            : s.text;
       return s.learned ? `«${s.text}»` : s.text;
     })
     .join("");
@@ -94,7 +108,9 @@ export async function renderPreview(record: DataRecord, pc: PreviewContext, styl
     `total tokens ${sample.length}, image context tokens ${contextTokens} (${sample.images.length} image${sample.images.length === 1 ? "" : "s"}, ${tiles} tiles), learned tokens ${sample.learned}`,
   ];
   if (sample.truncated)
-    lines.push(`truncated from ${sample.truncated.originalLength} tokens: ${sample.truncated.droppedTurns} turns dropped${sample.truncated.cut ? ", last round cut" : ""}`);
+    lines.push(
+      `truncated from ${sample.truncated.originalLength} tokens: ${sample.truncated.droppedTurns} turns dropped${sample.truncated.cut ? ", last round cut" : ""}`,
+    );
   if (!style.color) lines.push("(learned spans are shown «like this»)");
   return lines.join("\n");
 }

@@ -12,7 +12,7 @@ import type { DataRecord, Turn } from "../data/record.ts";
 import { UserError } from "../util/errors.ts";
 import { perImageMaxNum, planTiles, SINGLE_TILE, type TileGrid } from "../vision/tiling.ts";
 import type { ModelInfo } from "./model-info.ts";
-import { getTemplate, type ChatTemplate } from "./templates.ts";
+import { type ChatTemplate, getTemplate } from "./templates.ts";
 import { IMG_CONTEXT, IMG_END, IMG_START, type TextTokenizer } from "./tokenizer.ts";
 import { IGNORE_INDEX, type ImagePlan, type Sample } from "./types.ts";
 
@@ -74,7 +74,9 @@ function pieces(s: string, tk: TextTokenizer, template: string): Piece[] {
     if (ROLE_TOKEN.test(part)) {
       const id = tk.tokenId(part);
       if (id === undefined)
-        throw new UserError(`${tk.dir}: template ${template} needs the token ${part}, which the tokenizer does not have`);
+        throw new UserError(
+          `${tk.dir}: template ${template} needs the token ${part}, which the tokenizer does not have`,
+        );
       out.push({ tok: id });
     } else out.push({ text: part });
   }
@@ -84,13 +86,20 @@ function pieces(s: string, tk: TextTokenizer, template: string): Piece[] {
 /** Everything recordToSample needs, prepared once per run. */
 export function makeSampleContext(opts: SampleContextOptions): SampleContext {
   const tk = opts.tokenizer;
-  const template = typeof opts.template === "object" ? opts.template : getTemplate(opts.template ?? opts.model.template);
+  const template =
+    typeof opts.template === "object"
+      ? opts.template
+      : getTemplate(opts.template ?? opts.model.template);
   let end: number[];
   if (template.turnEnd === "<eos>") {
-    if (tk.eosId === null) throw new UserError(`${tk.dir}: template ${template.name} needs an EOS token; the tokenizer has none`);
+    if (tk.eosId === null)
+      throw new UserError(
+        `${tk.dir}: template ${template.name} needs an EOS token; the tokenizer has none`,
+      );
     end = [tk.eosId];
   } else end = pieces(template.turnEnd, tk, template.name).map((p) => ("tok" in p ? p.tok : -1));
-  if (end.some((e) => e < 0)) throw new UserError(`template ${template.name}: its turn end must be special tokens`);
+  if (end.some((e) => e < 0))
+    throw new UserError(`template ${template.name}: its turn end must be special tokens`);
   const mediaRoot = opts.mediaRoot ?? "";
   return {
     __prepared: true,
@@ -107,7 +116,9 @@ export function makeSampleContext(opts: SampleContextOptions): SampleContext {
     assistant: pieces(template.assistantPrefix, tk, template.name),
     end,
     after: template.afterTurnEnd,
-    never: new Set(template.neverLearned.map((t) => tk.tokenId(t)).filter((x): x is number => x !== undefined)),
+    never: new Set(
+      template.neverLearned.map((t) => tk.tokenId(t)).filter((x): x is number => x !== undefined),
+    ),
     imgStart: tk.tokenId(IMG_START) ?? null,
     imgEnd: tk.tokenId(IMG_END) ?? null,
     imgContext: tk.tokenId(IMG_CONTEXT) ?? null,
@@ -150,7 +161,14 @@ class ItemBuilder {
 
   flush(): void {
     const p = this.pending;
-    if (p && (p.prefix || p.text)) this.items.push({ k: "text", prefix: p.prefix, text: p.text, learn: p.learn, round: p.round });
+    if (p && (p.prefix || p.text))
+      this.items.push({
+        k: "text",
+        prefix: p.prefix,
+        text: p.text,
+        learn: p.learn,
+        round: p.round,
+      });
     this.pending = null;
   }
 
@@ -182,8 +200,9 @@ class ItemBuilder {
   }
 
   template(ps: Piece[], round: number): void {
-    for (const p of ps) if ("tok" in p) this.tok([p.tok], false, round);
-    else this.text(p.text, round);
+    for (const p of ps)
+      if ("tok" in p) this.tok([p.tok], false, round);
+      else this.text(p.text, round);
   }
 
   /** User text with its `<image>` placeholders as image items. */
@@ -231,28 +250,42 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
           `${recordName(record)}: image ${i + 1} has no image_wh; run \`tessera data fill-wh\` to read sizes from the image headers`,
         );
       const grid: TileGrid = model.dynamicImageSize
-        ? planTiles(wh[0], wh[1], { minNum: model.minDynamicPatch, maxNum, tileSize: model.tileSize, useThumbnail: model.useThumbnail })
+        ? planTiles(wh[0], wh[1], {
+            minNum: model.minDynamicPatch,
+            maxNum,
+            tileSize: model.tileSize,
+            useThumbnail: model.useThumbnail,
+          })
         : SINGLE_TILE;
       images.push({ path: ctx.resolvePath(record.images[i]), wh: [wh[0], wh[1]], ...grid });
     }
     // The official rule: no placeholder at all means one `<image>\n` per image before the first human turn.
-    if (values.length && !values.some((v, i) => i % 2 === 0 && v.includes(IMAGE))) values[0] = `${IMAGE}\n`.repeat(n) + values[0];
+    if (values.length && !values.some((v, i) => i % 2 === 0 && v.includes(IMAGE)))
+      values[0] = `${IMAGE}\n`.repeat(n) + values[0];
   } else if (record.video !== undefined) {
-    const frames = typeof ctx.videoFrames === "function" ? ctx.videoFrames(record) : ctx.videoFrames;
-    if (!frames || frames < 1) throw new UserError(`${recordName(record)}: a video record needs the planner's frame count`);
+    const frames =
+      typeof ctx.videoFrames === "function" ? ctx.videoFrames(record) : ctx.videoFrames;
+    if (!frames || frames < 1)
+      throw new UserError(`${recordName(record)}: a video record needs the planner's frame count`);
     const path = ctx.resolvePath(record.video);
     for (let f = 0; f < frames; f++) images.push({ path, wh: [0, 0], ...SINGLE_TILE, frame: f });
     if (values.length) {
       if (!values[0].includes("<video>")) values[0] = `<video>\n${values[0]}`;
       const tags = Array.from({ length: frames }, (_, i) => `Frame${i + 1}: ${IMAGE}`).join("\n");
-      values[0] = values[0].includes("<video>\n") ? values[0].replaceAll("<video>\n", tags) : values[0].replaceAll("<video>", tags);
+      values[0] = values[0].includes("<video>\n")
+        ? values[0].replaceAll("<video>\n", tags)
+        : values[0].replaceAll("<video>", tags);
     }
   }
   const placeholders = values.reduce((s, v, i) => s + (i % 2 === 0 ? countImage(v) : 0), 0);
   if (placeholders !== images.length)
-    throw new UserError(`${recordName(record)}: ${placeholders} <image> placeholders for ${images.length} images`);
+    throw new UserError(
+      `${recordName(record)}: ${placeholders} <image> placeholders for ${images.length} images`,
+    );
   if (images.length && (ctx.imgStart === null || ctx.imgEnd === null || ctx.imgContext === null))
-    throw new UserError(`${ctx.tokenizer.dir}: the tokenizer lacks ${IMG_START}, ${IMG_END} or ${IMG_CONTEXT}`);
+    throw new UserError(
+      `${ctx.tokenizer.dir}: the tokenizer lacks ${IMG_START}, ${IMG_END} or ${IMG_CONTEXT}`,
+    );
 
   const b = new ItemBuilder();
   const strip = (s: string) => (tpl.stripTurns ? s.trim() : s);
@@ -365,11 +398,17 @@ function layout(plan: Plan, enc: Encoded[], ctx: Prepared): Layout | null {
   let total = 0;
   for (let i = 0; i < items.length; i++) {
     const it = items[i];
-    const n = it.k === "ids" ? it.ids.length : it.k === "text" ? enc[t++].ids.length : plan.images[it.index].tiles * tpt + 2;
+    const n =
+      it.k === "ids"
+        ? it.ids.length
+        : it.k === "text"
+          ? enc[t++].ids.length
+          : plan.images[it.index].tiles * tpt + 2;
     lens[i] = n;
     total += n;
   }
-  if (total <= ctx.maxLength) return { lens, keepItems: items.length, len: total, total, droppedTurns: 0, cut: false };
+  if (total <= ctx.maxLength)
+    return { lens, keepItems: items.length, len: total, total, droppedTurns: 0, cut: false };
   if (ctx.truncation === "drop") return null;
   // Keep the most whole rounds that fit.
   const roundEnd: number[] = [];
@@ -386,7 +425,15 @@ function layout(plan: Plan, enc: Encoded[], ctx: Prepared): Layout | null {
     i = endIdx;
     kept = r + 1;
   }
-  if (kept > 0) return { lens, keepItems: roundEnd[kept - 1], len: acc, total, droppedTurns: 2 * (plan.rounds - kept), cut: false };
+  if (kept > 0)
+    return {
+      lens,
+      keepItems: roundEnd[kept - 1],
+      len: acc,
+      total,
+      droppedTurns: 2 * (plan.rounds - kept),
+      cut: false,
+    };
   if (ctx.truncation !== "cut") return null;
   // Cut the first round at max_length, never inside an image block: move the cut before it.
   const keepItems = roundEnd[0] ?? items.length;
@@ -403,7 +450,15 @@ function layout(plan: Plan, enc: Encoded[], ctx: Prepared): Layout | null {
 }
 
 /** Write the sample's ids and labels into the given (zeroed or reused) views of length lay.len. */
-function fill(record: DataRecord, plan: Plan, enc: Encoded[], ctx: Prepared, lay: Layout, inputIds: Int32Array, labels: Int32Array): Sample | null {
+function fill(
+  record: DataRecord,
+  plan: Plan,
+  enc: Encoded[],
+  ctx: Prepared,
+  lay: Layout,
+  inputIds: Int32Array,
+  labels: Int32Array,
+): Sample | null {
   const tpt = ctx.model.tokensPerTile;
   const never = ctx.never.size ? ctx.never : null;
   const len = lay.len;
@@ -459,7 +514,12 @@ function fill(record: DataRecord, plan: Plan, enc: Encoded[], ctx: Prepared, lay
     learned,
     multimodal: record.images.length > 0 || record.video !== undefined,
   };
-  if (lay.total !== len) sample.truncated = { droppedTurns: lay.droppedTurns, originalLength: lay.total, ...(lay.cut ? { cut: true } : {}) };
+  if (lay.total !== len)
+    sample.truncated = {
+      droppedTurns: lay.droppedTurns,
+      originalLength: lay.total,
+      ...(lay.cut ? { cut: true } : {}),
+    };
   if (straddles) sample.boundaryTokens = straddles;
   return sample;
 }
@@ -469,7 +529,10 @@ function fill(record: DataRecord, plan: Plan, enc: Encoded[], ctx: Prepared, lay
  * truncation policy. Throws UserError for records that cannot be planned (placeholder count,
  * missing image_wh, missing video frame count).
  */
-export async function recordToSample(record: DataRecord, ctx: SampleContext): Promise<Sample | null> {
+export async function recordToSample(
+  record: DataRecord,
+  ctx: SampleContext,
+): Promise<Sample | null> {
   return (await recordsToSamples([record], ctx))[0];
 }
 
@@ -477,7 +540,10 @@ export async function recordToSample(record: DataRecord, ctx: SampleContext): Pr
  * recordToSample for many records, tokenized in one go (the fast path). The samples' arrays
  * are views of one buffer per batch.
  */
-export async function recordsToSamples(records: readonly DataRecord[], ctx: SampleContext): Promise<(Sample | null)[]> {
+export async function recordsToSamples(
+  records: readonly DataRecord[],
+  ctx: SampleContext,
+): Promise<(Sample | null)[]> {
   const plans = records.map((r) => planRecord(r, ctx, false));
   const enc = await encodePlans(plans, ctx.tokenizer);
   const lays = plans.map((p, i) => layout(p, enc[i], ctx));
@@ -489,7 +555,15 @@ export async function recordsToSamples(records: readonly DataRecord[], ctx: Samp
   return records.map((r, i) => {
     const l = lays[i];
     if (!l) return null;
-    const s = fill(r, plans[i], enc[i], ctx, l, ids.subarray(off, off + l.len), labels.subarray(off, off + l.len));
+    const s = fill(
+      r,
+      plans[i],
+      enc[i],
+      ctx,
+      l,
+      ids.subarray(off, off + l.len),
+      labels.subarray(off, off + l.len),
+    );
     off += l.len;
     return s;
   });
@@ -506,11 +580,22 @@ export interface GenerationPrompt {
  * The prompt for generation (eval, chat): a conversation that ends with a human turn, encoded
  * exactly as in training, up to and including the assistant's prefix.
  */
-export async function buildGenerationPrompt(record: DataRecord, ctx: SampleContext): Promise<GenerationPrompt> {
+export async function buildGenerationPrompt(
+  record: DataRecord,
+  ctx: SampleContext,
+): Promise<GenerationPrompt> {
   const plan = planRecord(record, ctx, true);
   const [enc] = await encodePlans([plan], ctx.tokenizer);
   const noLimit = { ...ctx, maxLength: Number.POSITIVE_INFINITY };
   const lay = layout(plan, enc, noLimit) as Layout;
-  const s = fill(record, plan, enc, noLimit, lay, new Int32Array(lay.len), new Int32Array(lay.len)) as Sample;
+  const s = fill(
+    record,
+    plan,
+    enc,
+    noLimit,
+    lay,
+    new Int32Array(lay.len),
+    new Int32Array(lay.len),
+  ) as Sample;
   return { inputIds: s.inputIds, images: s.images, contextStarts: s.contextStarts };
 }

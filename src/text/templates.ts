@@ -30,8 +30,10 @@ export interface ChatTemplate {
   emptyTurnsRoleOnly: boolean;
 }
 
-const INTERNVL_SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。";
-const INTERNVL25_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。";
+const INTERNVL_SYSTEM =
+  "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。";
+const INTERNVL25_SYSTEM =
+  "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。";
 
 const im = {
   systemPrefix: "<|im_start|>system\n",
@@ -41,8 +43,26 @@ const im = {
 };
 
 export const TEMPLATES: Record<string, ChatTemplate> = {
-  "Hermes-2": { name: "Hermes-2", systemMessage: INTERNVL_SYSTEM, ...im, afterTurnEnd: "", stripTurns: false, neverLearned: [], endUserTurns: true, emptyTurnsRoleOnly: true },
-  "internlm2-chat": { name: "internlm2-chat", systemMessage: INTERNVL_SYSTEM, ...im, afterTurnEnd: "", stripTurns: true, neverLearned: [], endUserTurns: true, emptyTurnsRoleOnly: true },
+  "Hermes-2": {
+    name: "Hermes-2",
+    systemMessage: INTERNVL_SYSTEM,
+    ...im,
+    afterTurnEnd: "",
+    stripTurns: false,
+    neverLearned: [],
+    endUserTurns: true,
+    emptyTurnsRoleOnly: true,
+  },
+  "internlm2-chat": {
+    name: "internlm2-chat",
+    systemMessage: INTERNVL_SYSTEM,
+    ...im,
+    afterTurnEnd: "",
+    stripTurns: true,
+    neverLearned: [],
+    endUserTurns: true,
+    emptyTurnsRoleOnly: true,
+  },
   "phi3-chat": {
     name: "phi3-chat",
     systemMessage: INTERNVL_SYSTEM,
@@ -56,7 +76,16 @@ export const TEMPLATES: Record<string, ChatTemplate> = {
     endUserTurns: true,
     emptyTurnsRoleOnly: true,
   },
-  internvl2_5: { name: "internvl2_5", systemMessage: INTERNVL25_SYSTEM, ...im, afterTurnEnd: "\n", stripTurns: false, neverLearned: [], endUserTurns: true, emptyTurnsRoleOnly: false },
+  internvl2_5: {
+    name: "internvl2_5",
+    systemMessage: INTERNVL25_SYSTEM,
+    ...im,
+    afterTurnEnd: "\n",
+    stripTurns: false,
+    neverLearned: [],
+    endUserTurns: true,
+    emptyTurnsRoleOnly: false,
+  },
   /** Pretraining style: no system, no roles: the user text, then the answer and EOS (learned). */
   plain: {
     name: "plain",
@@ -75,6 +104,9 @@ export const TEMPLATES: Record<string, ChatTemplate> = {
 
 export function getTemplate(name: string): ChatTemplate {
   const t = TEMPLATES[name];
-  if (!t) throw new UserError(`unknown chat template "${name}"; known: ${Object.keys(TEMPLATES).join(", ")}`);
+  if (!t)
+    throw new UserError(
+      `unknown chat template "${name}"; known: ${Object.keys(TEMPLATES).join(", ")}`,
+    );
   return t;
 }

@@ -19,7 +19,17 @@ import { FastByteLevelBpe } from "./fast-bpe.ts";
 export const IMG_START = "<img>";
 export const IMG_END = "</img>";
 export const IMG_CONTEXT = "<IMG_CONTEXT>";
-export const INTERNVL_SPECIAL_TOKENS = [IMG_START, IMG_END, IMG_CONTEXT, "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"];
+export const INTERNVL_SPECIAL_TOKENS = [
+  IMG_START,
+  IMG_END,
+  IMG_CONTEXT,
+  "<quad>",
+  "</quad>",
+  "<ref>",
+  "</ref>",
+  "<box>",
+  "</box>",
+];
 
 /** Bump when the conversion changes, so cached conversions are redone. */
 const CONVERTER_VERSION = "1";
@@ -44,9 +54,14 @@ export interface LoadTokenizerOptions {
 }
 
 type Obj = Record<string, unknown>;
-const readJson = (p: string): Obj => (existsSync(p) ? (JSON.parse(readFileSync(p, "utf8")) as Obj) : {});
+const readJson = (p: string): Obj =>
+  existsSync(p) ? (JSON.parse(readFileSync(p, "utf8")) as Obj) : {};
 const tokenContent = (v: unknown): string | undefined =>
-  typeof v === "string" ? v : typeof v === "object" && v && typeof (v as Obj).content === "string" ? ((v as Obj).content as string) : undefined;
+  typeof v === "string"
+    ? v
+    : typeof v === "object" && v && typeof (v as Obj).content === "string"
+      ? ((v as Obj).content as string)
+      : undefined;
 
 export class TextTokenizer {
   /** Whether a sequence starts with BOS (tokenizer_config `add_bos_token`, else the post-processor). */
@@ -74,7 +89,8 @@ export class TextTokenizer {
     this.eosId = this.eosToken != null ? (native.tokenToId(this.eosToken) ?? null) : null;
     const pad = tokenContent(config.pad_token);
     this.padId = pad != null ? (native.tokenToId(pad) ?? null) : null;
-    if (typeof config.add_bos_token === "boolean") this.addBos = config.add_bos_token && this.bosId !== null;
+    if (typeof config.add_bos_token === "boolean")
+      this.addBos = config.add_bos_token && this.bosId !== null;
     else this.addBos = false;
   }
 
@@ -165,7 +181,10 @@ export class TextTokenizer {
   /** Ids and the start of each token in code points of `text` (for the rare label boundary inside a token). */
   async encodeWithStarts(text: string): Promise<{ ids: Int32Array; starts: Int32Array }> {
     const e = await this.native.encode(text, null, { addSpecialTokens: false });
-    return { ids: Int32Array.from(e.getIds()), starts: Int32Array.from(e.getOffsets().map((o) => o[0])) };
+    return {
+      ids: Int32Array.from(e.getIds()),
+      starts: Int32Array.from(e.getOffsets().map((o) => o[0])),
+    };
   }
 
   private remember(text: string, ids: Int32Array): void {
@@ -200,29 +219,47 @@ function withAddedTokens(path: string, dir: string): { native: Tokenizer; json: 
   const cfg = readJson(join(dir, "tokenizer_config.json"));
   const wanted = new Map<number, { content: string; special: boolean }>();
   for (const [id, spec] of Object.entries((cfg.added_tokens_decoder as Record<string, Obj>) ?? {}))
-    if (typeof spec?.content === "string") wanted.set(Number(id), { content: spec.content, special: spec.special !== false });
+    if (typeof spec?.content === "string")
+      wanted.set(Number(id), { content: spec.content, special: spec.special !== false });
   for (const [content, id] of Object.entries(readJson(join(dir, "added_tokens.json"))))
     if (typeof id === "number" && !wanted.has(id)) wanted.set(id, { content, special: true });
   const native = Tokenizer.fromString(JSON.stringify(json));
-  const missing = [...wanted.entries()].filter(([, t]) => native.tokenToId(t.content) == null).sort((a, b) => a[0] - b[0]);
+  const missing = [...wanted.entries()]
+    .filter(([, t]) => native.tokenToId(t.content) == null)
+    .sort((a, b) => a[0] - b[0]);
   for (const [id, t] of wanted) {
     const have = native.tokenToId(t.content);
     if (have != null && have !== id)
-      throw new UserError(`${dir}: token ${t.content} is id ${have} in ${path} but ${id} in the added tokens`);
+      throw new UserError(
+        `${dir}: token ${t.content} is id ${have} in ${path} but ${id} in the added tokens`,
+      );
   }
   if (!missing.length) return { native, json };
   const added = json.added_tokens as Obj[];
   for (const [id, t] of missing)
-    added.push({ id, content: t.content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: t.special });
+    added.push({
+      id,
+      content: t.content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: t.special,
+    });
   const fixed = Tokenizer.fromString(JSON.stringify(json));
   for (const [id, t] of missing)
     if (fixed.tokenToId(t.content) !== id)
-      throw new UserError(`${dir}: added token ${t.content} should be id ${id} but the vocabulary puts it at ${fixed.tokenToId(t.content)}`);
+      throw new UserError(
+        `${dir}: added token ${t.content} should be id ${id} but the vocabulary puts it at ${fixed.tokenToId(t.content)}`,
+      );
   return { native: fixed, json };
 }
 
 /** Load the tokenizer of a model folder (converting and caching it when the folder has no tokenizer.json). */
-export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}): Promise<TextTokenizer> {
+export async function loadTokenizer(
+  dir: string,
+  opts: LoadTokenizerOptions = {},
+): Promise<TextTokenizer> {
   const abs = resolve(dir);
   const config = readJson(join(abs, "tokenizer_config.json"));
   let path = join(abs, "tokenizer.json");
@@ -231,9 +268,18 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
     const hasSpm = existsSync(join(abs, "tokenizer.model"));
     const hasBpe = existsSync(join(abs, "vocab.json")) && existsSync(join(abs, "merges.txt"));
     if (!hasSpm && !hasBpe)
-      throw new UserError(`${abs}: no tokenizer found (expected tokenizer.json, tokenizer.model, or vocab.json + merges.txt)`);
+      throw new UserError(
+        `${abs}: no tokenizer found (expected tokenizer.json, tokenizer.model, or vocab.json + merges.txt)`,
+      );
     kind = hasBpe ? "vocab+merges" : "sentencepiece";
-    const sources = ["tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"];
+    const sources = [
+      "tokenizer.model",
+      "vocab.json",
+      "merges.txt",
+      "tokenizer_config.json",
+      "added_tokens.json",
+      "special_tokens_map.json",
+    ];
     const key = hashFiles(abs, sources);
     path = join(opts.cacheDir ?? cacheRoot(), "tokenizers", key, "tokenizer.json");
     if (!existsSync(path)) {
@@ -241,7 +287,9 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
       try {
         await runEngine({ kind: "tokenizer_convert", dir: abs, out: path }, { python });
       } catch (e) {
-        throw new UserError(`${abs}: could not convert the tokenizer (${kind}): ${(e as Error).message}`);
+        throw new UserError(
+          `${abs}: could not convert the tokenizer (${kind}): ${(e as Error).message}`,
+        );
       }
     }
   }
@@ -254,5 +302,12 @@ export async function loadTokenizer(dir: string, opts: LoadTokenizerOptions = {}
   }
   const useFast = (opts.fastPath ?? true) && process.env.TESSERA_NATIVE_TOKENIZER !== "1";
   const fast = useFast ? FastByteLevelBpe.fromJson(loaded.json) : null;
-  return new TextTokenizer(loaded.native, abs, { kind, path }, config, opts.segmentCacheSize, fast).init(config);
+  return new TextTokenizer(
+    loaded.native,
+    abs,
+    { kind, path },
+    config,
+    opts.segmentCacheSize,
+    fast,
+  ).init(config);
 }

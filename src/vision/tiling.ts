@@ -30,7 +30,10 @@ const gridCache = new Map<string, readonly (readonly [number, number])[]>();
  * iteration order, then a stable sort by area. Within one area that order only matters for an
  * exact tie (possible when min_num > 1), so it is reproduced rather than guessed.
  */
-export function candidateGrids(minNum: number, maxNum: number): readonly (readonly [number, number])[] {
+export function candidateGrids(
+  minNum: number,
+  maxNum: number,
+): readonly (readonly [number, number])[] {
   const key = `${minNum},${maxNum}`;
   let grids = gridCache.get(key);
   if (!grids) {
@@ -47,7 +50,13 @@ export function candidateGrids(minNum: number, maxNum: number): readonly (readon
 }
 
 /** The grid whose aspect ratio is closest to w/h, with the official tie-break. */
-export function closestGrid(w: number, h: number, minNum: number, maxNum: number, tileSize: number): [number, number] {
+export function closestGrid(
+  w: number,
+  h: number,
+  minNum: number,
+  maxNum: number,
+  tileSize: number,
+): [number, number] {
   const aspect = w / h;
   const area = w * h;
   let bestDiff = Number.POSITIVE_INFINITY;
@@ -69,14 +78,21 @@ export function planTiles(w: number, h: number, opts: TileOptions): TileGrid {
   if (!(w > 0 && h > 0) || !Number.isFinite(w) || !Number.isFinite(h))
     throw new RangeError(`image size must be positive, got ${w}×${h}`);
   if (!(opts.minNum >= 1 && opts.maxNum >= opts.minNum))
-    throw new RangeError(`tile budget must satisfy 1 <= min (${opts.minNum}) <= max (${opts.maxNum})`);
+    throw new RangeError(
+      `tile budget must satisfy 1 <= min (${opts.minNum}) <= max (${opts.maxNum})`,
+    );
   const [cols, rows] = closestGrid(w, h, opts.minNum, opts.maxNum, opts.tileSize);
   const thumbnail = opts.useThumbnail && cols * rows !== 1;
   return { cols, rows, thumbnail, tiles: cols * rows + (thumbnail ? 1 : 0) };
 }
 
 /** The one-tile plan: images when dynamic tiling is off, and every video frame. */
-export const SINGLE_TILE: Readonly<TileGrid> = Object.freeze({ cols: 1, rows: 1, thumbnail: false, tiles: 1 });
+export const SINGLE_TILE: Readonly<TileGrid> = Object.freeze({
+  cols: 1,
+  rows: 1,
+  thumbnail: false,
+  tiles: 1,
+});
 
 /** Per-image tile budget in a record with `numImages` images (the official rule). */
 export function perImageMaxNum(maxDynamicPatch: number, numImages: number): number {

@@ -44,7 +44,17 @@ export interface ModelFolderOptions {
 }
 
 /** The tokens InternVL2 adds to every LLM tokenizer. */
-export const INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"];
+export const INTERNVL_TOKENS = [
+  "<img>",
+  "</img>",
+  "<IMG_CONTEXT>",
+  "<quad>",
+  "</quad>",
+  "<ref>",
+  "</ref>",
+  "<box>",
+  "</box>",
+];
 
 const ROLE_TOKENS: Record<string, string[]> = {
   "Hermes-2": ["<|im_start|>", "<|im_end|>"],
@@ -54,8 +64,16 @@ const ROLE_TOKENS: Record<string, string[]> = {
   plain: [],
 };
 
-const PKG: Record<Vocab, string> = { qwen2: "tokenizer-qwen3", llama2: "tokenizer-llama2", llama3: "tokenizer-llama3" };
-const LLM_ARCH: Record<Vocab, string> = { qwen2: "Qwen2ForCausalLM", llama2: "InternLM2ForCausalLM", llama3: "LlamaForCausalLM" };
+const PKG: Record<Vocab, string> = {
+  qwen2: "tokenizer-qwen3",
+  llama2: "tokenizer-llama2",
+  llama3: "tokenizer-llama3",
+};
+const LLM_ARCH: Record<Vocab, string> = {
+  qwen2: "Qwen2ForCausalLM",
+  llama2: "InternLM2ForCausalLM",
+  llama3: "LlamaForCausalLM",
+};
 
 /** Folder of the real tokenizer.json/tokenizer_config.json of a vocabulary. */
 export function vocabDir(vocab: Vocab): string {
@@ -67,7 +85,10 @@ function sourceFiles(vocab: Vocab) {
   let s = parsed.get(vocab);
   if (!s) {
     const d = vocabDir(vocab);
-    s = { tok: readFileSync(join(d, "tokenizer.json"), "utf8"), cfg: readFileSync(join(d, "tokenizer_config.json"), "utf8") };
+    s = {
+      tok: readFileSync(join(d, "tokenizer.json"), "utf8"),
+      cfg: readFileSync(join(d, "tokenizer_config.json"), "utf8"),
+    };
     parsed.set(vocab, s);
   }
   return s;
@@ -76,7 +97,12 @@ function sourceFiles(vocab: Vocab) {
 const built = new Map<string, { files: Record<string, string>; vocabSize: number }>();
 
 /** The tokenizer files of a vocabulary with the template's role tokens and InternVL's tokens added (memoized). */
-function buildTokenizerFiles(vocab: Vocab, template: string, files: "tokenizer.json" | "vocab+merges", dummyPrefix: boolean) {
+function buildTokenizerFiles(
+  vocab: Vocab,
+  template: string,
+  files: "tokenizer.json" | "vocab+merges",
+  dummyPrefix: boolean,
+) {
   const key = `${vocab}|${template}|${files}|${dummyPrefix}`;
   const hit = built.get(key);
   if (hit) return hit;
@@ -86,18 +112,32 @@ function buildTokenizerFiles(vocab: Vocab, template: string, files: "tokenizer.j
   delete cfg.chat_template;
   if (!dummyPrefix) {
     if (vocab !== "llama2") throw new Error("dummyPrefix: false is only for the llama2 vocabulary");
-    tok.normalizer.normalizers = tok.normalizer.normalizers.filter((n: { type: string }) => n.type !== "Prepend");
+    tok.normalizer.normalizers = tok.normalizer.normalizers.filter(
+      (n: { type: string }) => n.type !== "Prepend",
+    );
     tok.decoder.decoders = tok.decoder.decoders.filter((d: { type: string }) => d.type !== "Strip");
   }
-  const taken = new Set<string>([...Object.keys(tok.model.vocab), ...tok.added_tokens.map((t: { content: string }) => t.content)]);
+  const taken = new Set<string>([
+    ...Object.keys(tok.model.vocab),
+    ...tok.added_tokens.map((t: { content: string }) => t.content),
+  ]);
   let next = 0;
-  for (const id of Object.values(tok.model.vocab as Record<string, number>)) if (id >= next) next = id + 1;
+  for (const id of Object.values(tok.model.vocab as Record<string, number>))
+    if (id >= next) next = id + 1;
   for (const t of tok.added_tokens as { id: number }[]) if (t.id >= next) next = t.id + 1;
   cfg.added_tokens_decoder ??= {};
   for (const content of [...(ROLE_TOKENS[template] ?? []), ...INTERNVL_TOKENS]) {
     if (taken.has(content)) continue;
     taken.add(content);
-    const t = { id: next++, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true };
+    const t = {
+      id: next++,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    };
     tok.added_tokens.push(t);
     const { id, ...rest } = t;
     cfg.added_tokens_decoder[String(id)] = rest;
@@ -108,7 +148,9 @@ function buildTokenizerFiles(vocab: Vocab, template: string, files: "tokenizer.j
   else {
     if (vocab !== "qwen2") throw new Error("vocab+merges is only for the qwen2 vocabulary");
     out["vocab.json"] = JSON.stringify(tok.model.vocab);
-    const merges = (tok.model.merges as (string | string[])[]).map((m) => (Array.isArray(m) ? m.join(" ") : m));
+    const merges = (tok.model.merges as (string | string[])[]).map((m) =>
+      Array.isArray(m) ? m.join(" ") : m,
+    );
     out["merges.txt"] = `#version: 0.2\n${merges.join("\n")}\n`;
   }
   out["tokenizer_config.json"] = JSON.stringify(cfg, null, 2);
@@ -124,8 +166,13 @@ export function makeModelFolder(opts: ModelFolderOptions = {}): string {
   mkdirSync(dir, { recursive: true });
 
   const imageSize = opts.imageSize ?? 448;
-  const llmConfig: Record<string, unknown> = { model_type: vocab === "qwen2" ? "qwen2" : "llama", hidden_size: 64, vocab_size: 0 };
-  if (opts.llmArchitecture !== null) llmConfig.architectures = [opts.llmArchitecture ?? LLM_ARCH[vocab]];
+  const llmConfig: Record<string, unknown> = {
+    model_type: vocab === "qwen2" ? "qwen2" : "llama",
+    hidden_size: 64,
+    vocab_size: 0,
+  };
+  if (opts.llmArchitecture !== null)
+    llmConfig.architectures = [opts.llmArchitecture ?? LLM_ARCH[vocab]];
 
   const files = opts.tokenizerFiles ?? "tokenizer.json";
   let vocabSize = 0;
@@ -149,7 +196,12 @@ export function makeModelFolder(opts: ModelFolderOptions = {}): string {
     use_thumbnail: opts.useThumbnail ?? true,
     min_dynamic_patch: opts.minDynamicPatch ?? 1,
     max_dynamic_patch: opts.maxDynamicPatch ?? 12,
-    vision_config: { model_type: "intern_vit_6b", image_size: imageSize, patch_size: opts.patchSize ?? 14, hidden_size: 32 },
+    vision_config: {
+      model_type: "intern_vit_6b",
+      image_size: imageSize,
+      patch_size: opts.patchSize ?? 14,
+      hidden_size: 32,
+    },
     llm_config: llmConfig,
     ...opts.config,
   };

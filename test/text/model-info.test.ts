@@ -8,7 +8,9 @@ import { makeModelFolder } from "../helpers/model-folder.ts";
 
 describe("loadModelInfo", () => {
   it("reads an InternVL2 config and computes tokens per tile", () => {
-    const m = loadModelInfo(makeModelFolder({ vocab: "qwen2", maxDynamicPatch: 6, tokenizerFiles: "none" }));
+    const m = loadModelInfo(
+      makeModelFolder({ vocab: "qwen2", maxDynamicPatch: 6, tokenizerFiles: "none" }),
+    );
     expect(m).toMatchObject({
       template: "Hermes-2",
       tileSize: 448,
@@ -27,7 +29,9 @@ describe("loadModelInfo", () => {
   it("never hard-codes 448 or 256: tiny tiles give their own count", () => {
     const m = loadModelInfo(makeModelFolder({ imageSize: 56, patchSize: 14 }));
     expect([m.tileSize, m.tokensPerTile]).toEqual([56, 4]);
-    const n = loadModelInfo(makeModelFolder({ imageSize: 224, patchSize: 14, downsampleRatio: 0.25 }));
+    const n = loadModelInfo(
+      makeModelFolder({ imageSize: 224, patchSize: 14, downsampleRatio: 0.25 }),
+    );
     expect(n.tokensPerTile).toBe(16);
   });
 
@@ -35,7 +39,9 @@ describe("loadModelInfo", () => {
     const m = loadModelInfo(makeModelFolder({ vocab: "llama2", llmArchitecture: null }));
     expect(m.llmArchitecture).toBeUndefined();
     expect(m.llmFamily).toBe("llama"); // from llm_config.model_type
-    const t = loadModelInfo(makeModelFolder({ vocab: "llama2", llmArchitecture: null, config: { llm_config: {} } }));
+    const t = loadModelInfo(
+      makeModelFolder({ vocab: "llama2", llmArchitecture: null, config: { llm_config: {} } }),
+    );
     expect(t.llmFamily).toBe("internlm2"); // from the template
   });
 

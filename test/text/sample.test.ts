@@ -1,8 +1,20 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import type { DataRecord } from "../../src/data/record.ts";
 import { loadModelInfo } from "../../src/text/model-info.ts";
-import { buildGenerationPrompt, makeSampleContext, recordToSample, recordsToSamples, type SampleContextOptions } from "../../src/text/sample.ts";
-import { IMG_CONTEXT, IMG_END, IMG_START, loadTokenizer, type TextTokenizer } from "../../src/text/tokenizer.ts";
+import {
+  buildGenerationPrompt,
+  makeSampleContext,
+  recordsToSamples,
+  recordToSample,
+  type SampleContextOptions,
+} from "../../src/text/sample.ts";
+import {
+  IMG_CONTEXT,
+  IMG_END,
+  IMG_START,
+  loadTokenizer,
+  type TextTokenizer,
+} from "../../src/text/tokenizer.ts";
 import { IGNORE_INDEX, type Sample } from "../../src/text/types.ts";
 import { makeModelFolder, type Vocab } from "../helpers/model-folder.ts";
 import { askPython } from "./reference.ts";
@@ -38,7 +50,9 @@ function randomRecords(n: number, seed: number): Rec[] {
     }
     if (r() < 0.1) conversations.push({ from: "human", value: text() }); // nothing to learn: dropped
     const images = Array.from({ length: nImages }, (_, j) => `img/${i}_${j}.jpg`);
-    const imageWh = images.map(() => [1 + Math.floor(r() * 3000), 1 + Math.floor(r() * 3000)] as [number, number]);
+    const imageWh = images.map(
+      () => [1 + Math.floor(r() * 3000), 1 + Math.floor(r() * 3000)] as [number, number],
+    );
     out.push({
       id: i,
       conversations,
@@ -72,10 +86,22 @@ describe("record to sample", () => {
     const q = [];
     for (const [vocab, template, dummyPrefix] of setups) {
       // Small tiles keep the expected sequences short; the rule is the same.
-      const dir = makeModelFolder({ vocab, template, dummyPrefix, imageSize: 56, patchSize: 14, maxDynamicPatch: 6 });
+      const dir = makeModelFolder({
+        vocab,
+        template,
+        dummyPrefix,
+        imageSize: 56,
+        patchSize: 14,
+        maxDynamicPatch: 6,
+      });
       const model = loadModelInfo(dir);
       const tk = await loadTokenizer(dir);
-      const ctx = makeSampleContext({ tokenizer: tk, model, mediaRoot: "/data", videoFrames: (r) => (r as Rec).videoFrames ?? 0 });
+      const ctx = makeSampleContext({
+        tokenizer: tk,
+        model,
+        mediaRoot: "/data",
+        videoFrames: (r) => (r as Rec).videoFrames ?? 0,
+      });
       const samples = await recordsToSamples(records, ctx);
       made.push({ dir, tk, samples });
       q.push({
@@ -86,7 +112,9 @@ describe("record to sample", () => {
           conversations: r.conversations,
           num_images: r.images.length,
           video_frames: r.images.length ? undefined : r.videoFrames,
-          tokens_per_image: (samples[i] as Sample).images.map((im) => im.tiles * model.tokensPerTile),
+          tokens_per_image: (samples[i] as Sample).images.map(
+            (im) => im.tiles * model.tokensPerTile,
+          ),
         })),
       });
     }
@@ -103,12 +131,19 @@ describe("record to sample", () => {
         const a = ref[i];
         expect(sample).not.toBeNull();
         const ours = sample as Sample;
-        expect(Array.from(ours.inputIds), `${template}/${vocab} record ${i} ids`).toEqual(a.input_ids);
+        expect(Array.from(ours.inputIds), `${template}/${vocab} record ${i} ids`).toEqual(
+          a.input_ids,
+        );
         if (ours.boundaryTokens) straddled++;
         if (a.mismatch) mismatches++;
-        else expect(Array.from(ours.labels), `${template}/${vocab} record ${i} labels`).toEqual(a.labels);
+        else
+          expect(Array.from(ours.labels), `${template}/${vocab} record ${i} labels`).toEqual(
+            a.labels,
+          );
       });
-      report.push(`${template}/${vocab}: official offsets broke on ${mismatches}, boundary tokens in ${straddled}`);
+      report.push(
+        `${template}/${vocab}: official offsets broke on ${mismatches}, boundary tokens in ${straddled}`,
+      );
       if (template === "phi3-chat") {
         // preprocess_phi3's "-1"/"-2" offsets fit only Phi-3's own tokenizer: past the first
         // round they break (and it masks the whole sample); single rounds must agree.
@@ -131,7 +166,9 @@ describe("record to sample", () => {
       expect(sample.labels.length).toBe(sample.length);
       expect(sample.learned).toBe(sample.labels.filter((x) => x !== IGNORE_INDEX).length);
       expect(sample.learned).toBeGreaterThan(0);
-      expect(sample.multimodal).toBe(records[i].images.length > 0 || records[i].video !== undefined);
+      expect(sample.multimodal).toBe(
+        records[i].images.length > 0 || records[i].video !== undefined,
+      );
       expect(sample.contextStarts.length).toBe(sample.images.length);
       sample.images.forEach((im, k) => {
         const p = sample.contextStarts[k];
@@ -142,14 +179,18 @@ describe("record to sample", () => {
         expect(sample.labels[p]).toBe(IGNORE_INDEX);
         seen++;
       });
-      expect(sample.inputIds.filter((x) => x === ctx).length).toBe(sample.images.reduce((a, im) => a + im.tiles * 4, 0));
+      expect(sample.inputIds.filter((x) => x === ctx).length).toBe(
+        sample.images.reduce((a, im) => a + im.tiles * 4, 0),
+      );
       // Image paths resolved against the media root; video frames are single tiles.
       for (const im of sample.images) {
         expect(im.path.startsWith("/data/")).toBe(true);
         if (im.frame !== undefined) expect(im.tiles).toBe(1);
       }
       // Multi-image records share the tile budget.
-      if (records[i].images.length > 1) for (const im of sample.images) expect(im.tiles).toBeLessThanOrEqual(Math.floor(6 / records[i].images.length) + 1);
+      if (records[i].images.length > 1)
+        for (const im of sample.images)
+          expect(im.tiles).toBeLessThanOrEqual(Math.floor(6 / records[i].images.length) + 1);
     });
     expect(seen).toBeGreaterThan(50);
   });
@@ -177,7 +218,10 @@ describe("record to sample", () => {
     });
 
     it("drops whole rounds from the end and says so", async () => {
-      const s = (await recordToSample(long, makeSampleContext({ ...base, maxLength: full.length - 5 }))) as Sample;
+      const s = (await recordToSample(
+        long,
+        makeSampleContext({ ...base, maxLength: full.length - 5 }),
+      )) as Sample;
       expect(s.truncated).toEqual({ droppedTurns: 2, originalLength: full.length });
       expect(Array.from(s.inputIds)).toEqual(Array.from(full.inputIds.subarray(0, s.length)));
       expect(s.images).toHaveLength(1);
@@ -185,19 +229,35 @@ describe("record to sample", () => {
 
     it("drops the sample when its first round alone is too long, or under the drop policy", async () => {
       expect(await recordToSample(long, makeSampleContext({ ...base, maxLength: 20 }))).toBeNull();
-      expect(await recordToSample(long, makeSampleContext({ ...base, maxLength: full.length - 1, truncation: "drop" }))).toBeNull();
-      const fits = await recordToSample(long, makeSampleContext({ ...base, maxLength: full.length, truncation: "drop" }));
+      expect(
+        await recordToSample(
+          long,
+          makeSampleContext({ ...base, maxLength: full.length - 1, truncation: "drop" }),
+        ),
+      ).toBeNull();
+      const fits = await recordToSample(
+        long,
+        makeSampleContext({ ...base, maxLength: full.length, truncation: "drop" }),
+      );
       expect(fits?.truncated).toBeUndefined();
     });
 
     it("cuts inside the first round only outside image tokens", async () => {
       const imageEnd = full.contextStarts[0] + full.images[0].tiles * 4 + 1;
-      const s = (await recordToSample(long, makeSampleContext({ ...base, maxLength: imageEnd + 12, truncation: "cut" }))) as Sample;
+      const s = (await recordToSample(
+        long,
+        makeSampleContext({ ...base, maxLength: imageEnd + 12, truncation: "cut" }),
+      )) as Sample;
       expect(s.length).toBe(imageEnd + 12);
       expect(s.truncated).toMatchObject({ droppedTurns: 4, cut: true });
       expect(s.images).toHaveLength(1);
       // A limit inside the image's tokens: the cut moves before the image, which leaves nothing to learn.
-      expect(await recordToSample(long, makeSampleContext({ ...base, maxLength: full.contextStarts[0] + 3, truncation: "cut" }))).toBeNull();
+      expect(
+        await recordToSample(
+          long,
+          makeSampleContext({ ...base, maxLength: full.contextStarts[0] + 3, truncation: "cut" }),
+        ),
+      ).toBeNull();
     });
   });
 
@@ -214,9 +274,14 @@ describe("record to sample", () => {
       extra: {},
     };
     const sample = (await recordToSample(rec, ctx)) as Sample;
-    const prompt = await buildGenerationPrompt({ ...rec, conversations: rec.conversations.slice(0, 1) }, ctx);
+    const prompt = await buildGenerationPrompt(
+      { ...rec, conversations: rec.conversations.slice(0, 1) },
+      ctx,
+    );
     const firstLearned = sample.labels.findIndex((x) => x !== IGNORE_INDEX);
-    expect(Array.from(prompt.inputIds)).toEqual(Array.from(sample.inputIds.subarray(0, firstLearned)));
+    expect(Array.from(prompt.inputIds)).toEqual(
+      Array.from(sample.inputIds.subarray(0, firstLearned)),
+    );
     expect(await tk.decode(prompt.inputIds.subarray(-3))).toContain("assistant");
     expect(prompt.images).toEqual(sample.images);
     await expect(buildGenerationPrompt(rec, ctx)).rejects.toThrow(/must end with a human turn/);
@@ -229,19 +294,40 @@ describe("record to sample", () => {
       { from: "human" as const, value: "<image> <image> two?" },
       { from: "gpt" as const, value: "yes" },
     ];
-    await expect(recordToSample({ id: "x", conversations: turns, images: ["a"], imageWh: [[9, 9]], extra: {} }, ctx)).rejects.toThrow(
-      /record "x": 2 <image> placeholders for 1 images/,
-    );
+    await expect(
+      recordToSample(
+        { id: "x", conversations: turns, images: ["a"], imageWh: [[9, 9]], extra: {} },
+        ctx,
+      ),
+    ).rejects.toThrow(/record "x": 2 <image> placeholders for 1 images/);
     // No placeholder at all: one `<image>\n` per image goes before the first human turn.
     const auto = (await recordToSample(
-      { conversations: [{ from: "human", value: "two?" }, turns[1]], images: ["a", "b"], imageWh: [[9, 9], [9, 9]], extra: {} },
+      {
+        conversations: [{ from: "human", value: "two?" }, turns[1]],
+        images: ["a", "b"],
+        imageWh: [
+          [9, 9],
+          [9, 9],
+        ],
+        extra: {},
+      },
       ctx,
     )) as Sample;
     expect(auto.images).toHaveLength(2);
     expect(auto.contextStarts[1] - auto.contextStarts[0]).toBe(4 + 2 + 1); // </img>, "\n", <img>
-    await expect(recordToSample({ conversations: turns, images: ["a", "b"], extra: {} }, ctx)).rejects.toThrow(/no image_wh.*fill-wh/);
     await expect(
-      recordToSample({ conversations: [{ from: "human", value: "<video>\nhi" }, turns[1]], images: [], video: "v.mp4", extra: {} }, ctx),
+      recordToSample({ conversations: turns, images: ["a", "b"], extra: {} }, ctx),
+    ).rejects.toThrow(/no image_wh.*fill-wh/);
+    await expect(
+      recordToSample(
+        {
+          conversations: [{ from: "human", value: "<video>\nhi" }, turns[1]],
+          images: [],
+          video: "v.mp4",
+          extra: {},
+        },
+        ctx,
+      ),
     ).rejects.toThrow(/planner's frame count/);
   });
 
@@ -249,7 +335,15 @@ describe("record to sample", () => {
     const dir = makeModelFolder({ dynamicImageSize: false, imageSize: 56 });
     const ctx = makeSampleContext({ tokenizer: made[0].tk, model: loadModelInfo(dir) });
     const s = (await recordToSample(
-      { conversations: [{ from: "human", value: "<image>x" }, { from: "gpt", value: "y" }], images: ["a"], imageWh: [[3000, 500]], extra: {} },
+      {
+        conversations: [
+          { from: "human", value: "<image>x" },
+          { from: "gpt", value: "y" },
+        ],
+        images: ["a"],
+        imageWh: [[3000, 500]],
+        extra: {},
+      },
       ctx,
     )) as Sample;
     expect(s.images[0]).toMatchObject({ cols: 1, rows: 1, thumbnail: false, tiles: 1 });

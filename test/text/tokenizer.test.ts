@@ -2,7 +2,12 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { IMG_CONTEXT, INTERNVL_SPECIAL_TOKENS, loadTokenizer, type TextTokenizer } from "../../src/text/tokenizer.ts";
+import {
+  IMG_CONTEXT,
+  INTERNVL_SPECIAL_TOKENS,
+  loadTokenizer,
+  type TextTokenizer,
+} from "../../src/text/tokenizer.ts";
 import { makeModelFolder, type Vocab } from "../helpers/model-folder.ts";
 import { askPython } from "./reference.ts";
 import { randomStrings } from "./strings.ts";
@@ -15,15 +20,29 @@ const spTexts = randomStrings(3000, 12, false);
 // Small SentencePiece BPE models trained here, one per normalizer style of the InternVL2 family.
 const spmStyles: Record<string, Record<string, unknown>> = {
   // InternLM2: identity normalization, no dummy prefix, whitespace kept, byte fallback.
-  internlm2: { normalization_rule_name: "identity", add_dummy_prefix: false, remove_extra_whitespaces: false, split_digits: true, allow_whitespace_only_pieces: true },
+  internlm2: {
+    normalization_rule_name: "identity",
+    add_dummy_prefix: false,
+    remove_extra_whitespaces: false,
+    split_digits: true,
+    allow_whitespace_only_pieces: true,
+  },
   // Llama / Phi-3 / Yi: dummy prefix.
-  llama: { normalization_rule_name: "identity", add_dummy_prefix: true, remove_extra_whitespaces: false, split_digits: true },
+  llama: {
+    normalization_rule_name: "identity",
+    add_dummy_prefix: true,
+    remove_extra_whitespaces: false,
+    split_digits: true,
+  },
   // SentencePiece's defaults: NFKC and whitespace runs collapsed.
   nfkc: { add_dummy_prefix: true, remove_extra_whitespaces: true },
 };
 
 describe("tokenizers", () => {
-  const dirs = Object.fromEntries(vocabs.map((v) => [v, makeModelFolder({ vocab: v })])) as Record<Vocab, string>;
+  const dirs = Object.fromEntries(vocabs.map((v) => [v, makeModelFolder({ vocab: v })])) as Record<
+    Vocab,
+    string
+  >;
   const bpeFolder = makeModelFolder({ vocab: "qwen2", tokenizerFiles: "vocab+merges" });
   const spmRoot = mkdtempSync(join(tmpdir(), "tessera-spm-"));
   let answers: unknown[];
@@ -31,13 +50,23 @@ describe("tokenizers", () => {
 
   beforeAll(async () => {
     const corpus = randomStrings(4000, 13, false).map((s) => s.replace(/[\r\n]/g, " "));
-    const q: { op: string; [k: string]: unknown }[] = vocabs.map((v) => ({ op: "encode", dir: dirs[v], texts }));
+    const q: { op: string; [k: string]: unknown }[] = vocabs.map((v) => ({
+      op: "encode",
+      dir: dirs[v],
+      texts,
+    }));
     for (const [name, o] of Object.entries(spmStyles)) {
       q.push({
         op: "spm_train",
         dir: join(spmRoot, name),
         corpus,
-        options: { vocab_size: 800, model_type: "bpe", byte_fallback: true, character_coverage: 0.9995, ...o },
+        options: {
+          vocab_size: 800,
+          model_type: "bpe",
+          byte_fallback: true,
+          character_coverage: 0.9995,
+          ...o,
+        },
       });
       q.push({ op: "spm_encode", model: join(spmRoot, name, "tokenizer.model"), texts: spTexts });
     }
@@ -57,7 +86,16 @@ describe("tokenizers", () => {
     expect(tk.qwen2.fast).not.toBeNull();
     expect(tk.llama3.fast).not.toBeNull();
     expect(tk.llama2.fast).toBeNull(); // SentencePiece-style: always native
-    const odd = ["a\u0085b \ufeff c", "x\u2028y", "   \n\n  z", "I'M HE'S", "𝔘𝔫𝔦 ﬁ ｶﾀｶﾅ", "e\u0301", "\u0000\u0001", "x<ref>y</ref>"];
+    const odd = [
+      "a\u0085b \ufeff c",
+      "x\u2028y",
+      "   \n\n  z",
+      "I'M HE'S",
+      "𝔘𝔫𝔦 ﬁ ｶﾀｶﾅ",
+      "e\u0301",
+      "\u0000\u0001",
+      "x<ref>y</ref>",
+    ];
     const many = [...randomStrings(4000, 21), ...odd];
     for (const v of ["qwen2", "llama3"] as const) {
       const fast = tk[v].fast;
@@ -97,10 +135,13 @@ describe("tokenizers", () => {
     expect(ours).toEqual(answers[0]);
     expect(conv.tokenId(IMG_CONTEXT)).toBe(tk.qwen2.tokenId(IMG_CONTEXT));
     // A second folder with the same files reuses the cached conversion (no engine run).
-    const again = await loadTokenizer(makeModelFolder({ vocab: "qwen2", tokenizerFiles: "vocab+merges" }), {
-      cacheDir,
-      python: "/nonexistent/python",
-    });
+    const again = await loadTokenizer(
+      makeModelFolder({ vocab: "qwen2", tokenizerFiles: "vocab+merges" }),
+      {
+        cacheDir,
+        python: "/nonexistent/python",
+      },
+    );
     expect(again.source.path).toBe(conv.source.path);
   });
 
@@ -109,12 +150,17 @@ describe("tokenizers", () => {
     for (const name of Object.keys(spmStyles)) {
       const model = answers[k++] as string;
       const expected = answers[k++] as number[][];
-      const folder = makeModelFolder({ vocab: "llama2", tokenizerFiles: "none", tokenizerModel: model });
+      const folder = makeModelFolder({
+        vocab: "llama2",
+        tokenizerFiles: "none",
+        tokenizerModel: model,
+      });
       const conv = await loadTokenizer(folder, { cacheDir });
       expect(conv.source.kind).toBe("sentencepiece");
       const ours = (await conv.encodeMany(spTexts)).map((a) => Array.from(a));
       let same = 0;
-      for (let i = 0; i < ours.length; i++) if (JSON.stringify(ours[i]) === JSON.stringify(expected[i])) same++;
+      for (let i = 0; i < ours.length; i++)
+        if (JSON.stringify(ours[i]) === JSON.stringify(expected[i])) same++;
       expect(`${name}: ${same}/${ours.length}`).toBe(`${name}: ${ours.length}/${ours.length}`);
       expect(conv.addBos).toBe(true); // SentencePiece folders without tokenizer_config: BOS from the model
     }

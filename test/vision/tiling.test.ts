@@ -9,18 +9,62 @@ import {
 import { askPython } from "../text/reference.ts";
 import { rng } from "../text/strings.ts";
 
-const opts = (maxNum: number, minNum = 1) => ({ minNum, maxNum, tileSize: 448, useThumbnail: true });
+const opts = (maxNum: number, minNum = 1) => ({
+  minNum,
+  maxNum,
+  tileSize: 448,
+  useThumbnail: true,
+});
 
 // (w, h) pairs: extreme aspect ratios, tiny and huge images, exact ties and common sizes.
 function sizes(): [number, number][] {
   const out: [number, number][] = [
-    [1695, 2025], [448, 448], [1000, 200], [640, 480], [1280, 720], [1, 1], [1, 10000], [10000, 1], [2, 1], [1, 2],
-    [20000, 20000], [100000, 3], [3, 100000], [447, 448], [449, 448], [896, 448], [448, 896], [1344, 448],
-    [500, 400], [1000, 800], [400, 500], [800, 1000], [1250, 1000], [4000, 3000], [3000, 4000], [1920, 1080],
-    [1080, 1920], [3840, 2160], [224, 224], [14, 14], [300, 7000], [7000, 300], [1023, 767], [768, 1024],
+    [1695, 2025],
+    [448, 448],
+    [1000, 200],
+    [640, 480],
+    [1280, 720],
+    [1, 1],
+    [1, 10000],
+    [10000, 1],
+    [2, 1],
+    [1, 2],
+    [20000, 20000],
+    [100000, 3],
+    [3, 100000],
+    [447, 448],
+    [449, 448],
+    [896, 448],
+    [448, 896],
+    [1344, 448],
+    [500, 400],
+    [1000, 800],
+    [400, 500],
+    [800, 1000],
+    [1250, 1000],
+    [4000, 3000],
+    [3000, 4000],
+    [1920, 1080],
+    [1080, 1920],
+    [3840, 2160],
+    [224, 224],
+    [14, 14],
+    [300, 7000],
+    [7000, 300],
+    [1023, 767],
+    [768, 1024],
   ];
   // Exact midpoints between neighbouring grid ratios (ties in |w/h - i/j|).
-  for (const [a, b] of [[1, 2], [2, 3], [3, 4], [1, 3], [5, 6], [4, 5], [2, 5], [7, 8]]) {
+  for (const [a, b] of [
+    [1, 2],
+    [2, 3],
+    [3, 4],
+    [1, 3],
+    [5, 6],
+    [4, 5],
+    [2, 5],
+    [7, 8],
+  ]) {
     out.push([a + b, 2 * b]); // midpoint of a/b and 1
     out.push([(a + b) * 224, 2 * b * 224]);
     out.push([(a + b) * 1000, 2 * b * 1000]);
@@ -37,11 +81,16 @@ function sizes(): [number, number][] {
 describe("dynamic tiling", () => {
   it("gives the spec's worked examples exactly", () => {
     const table: [number, number, number, string, number][] = [
-      [1695, 2025, 12, "3×4 + thumbnail", 13], [1695, 2025, 6, "2×2 + thumbnail", 5],
-      [448, 448, 12, "1×1", 1], [448, 448, 6, "1×1", 1],
-      [1000, 200, 12, "5×1 + thumbnail", 6], [1000, 200, 6, "5×1 + thumbnail", 6],
-      [640, 480, 12, "4×3 + thumbnail", 13], [640, 480, 6, "3×2 + thumbnail", 7],
-      [1280, 720, 12, "4×2 + thumbnail", 9], [1280, 720, 6, "2×1 + thumbnail", 3],
+      [1695, 2025, 12, "3×4 + thumbnail", 13],
+      [1695, 2025, 6, "2×2 + thumbnail", 5],
+      [448, 448, 12, "1×1", 1],
+      [448, 448, 6, "1×1", 1],
+      [1000, 200, 12, "5×1 + thumbnail", 6],
+      [1000, 200, 6, "5×1 + thumbnail", 6],
+      [640, 480, 12, "4×3 + thumbnail", 13],
+      [640, 480, 6, "3×2 + thumbnail", 7],
+      [1280, 720, 12, "4×2 + thumbnail", 9],
+      [1280, 720, 6, "2×1 + thumbnail", 3],
     ];
     for (const [w, h, max, grid, tiles] of table) {
       const g = planTiles(w, h, opts(max));
@@ -94,10 +143,16 @@ describe("dynamic tiling", () => {
   describe("against Python", () => {
     const all = sizes();
     const budgets: [number, number][] = [];
-    for (let min = 1; min <= 6; min++) for (let max = min; max <= 40; max += min === 1 ? 1 : 3) budgets.push([min, max]);
+    for (let min = 1; min <= 6; min++)
+      for (let max = min; max <= 40; max += min === 1 ? 1 : 3) budgets.push([min, max]);
     const tieCases: { w: number; h: number; min: number; max: number }[] = [];
     // Exact ties between two grids of one area exist only when min_num > 1 removes the grids in between.
-    for (const [min, max] of [[2, 2], [6, 6], [4, 6], [12, 12]] as [number, number][])
+    for (const [min, max] of [
+      [2, 2],
+      [6, 6],
+      [4, 6],
+      [12, 12],
+    ] as [number, number][])
       for (const g of candidateGrids(min, max))
         for (const k of candidateGrids(min, max))
           if (g[0] * g[1] === k[0] * k[1] && g[0] !== k[0]) {
@@ -110,12 +165,26 @@ describe("dynamic tiling", () => {
     beforeAll(async () => {
       const q = [];
       for (const max of [1, 2, 6, 12, 24, 40]) {
-        q.push({ op: "tiles", sizes: all, min_num: 1, max_num: max, image_size: 448, use_thumbnail: true });
+        q.push({
+          op: "tiles",
+          sizes: all,
+          min_num: 1,
+          max_num: max,
+          image_size: 448,
+          use_thumbnail: true,
+        });
         q.push({ op: "hf_tiles", sizes: all, min_num: 1, max_num: max, image_size: 448 });
       }
       q.push({ op: "grids", budgets });
       for (const t of tieCases)
-        q.push({ op: "tiles", sizes: [[t.w, t.h]], min_num: t.min, max_num: t.max, image_size: 448, use_thumbnail: true });
+        q.push({
+          op: "tiles",
+          sizes: [[t.w, t.h]],
+          min_num: t.min,
+          max_num: t.max,
+          image_size: 448,
+          use_thumbnail: true,
+        });
       answers = await askPython(q);
     });
 
@@ -123,7 +192,12 @@ describe("dynamic tiling", () => {
       expect(all.length).toBeGreaterThanOrEqual(200);
       let i = 0;
       for (const max of [1, 2, 6, 12, 24, 40]) {
-        const official = answers[i++] as { cols: number; rows: number; thumbnail: boolean; tiles: number }[];
+        const official = answers[i++] as {
+          cols: number;
+          rows: number;
+          thumbnail: boolean;
+          tiles: number;
+        }[];
         const hf = answers[i++] as [number, number][];
         const ours = all.map(([w, h]) => planTiles(w, h, opts(max)));
         expect(ours).toEqual(official);
