@@ -90,9 +90,78 @@ async function fillDataset(
     window = [];
     if (buf) await out.write(buf);
   };
-  const media = (rel: string) => {
-    const abs = resolveMediaPath(spec, rel, { allowOutside: opts.allowOutside });
-    return reader.get(abs);
+  // Each distinct path is resolved and read once; settled results answer synchronously.
+  type Got = { w: number; h: number } | { kind: string; message: string; found: string };
+  const known = new Map<string, Got>();
+  const pending = new Map<string, Promise<Got>>();
+  const lookup = (rel: string): Got | Promise<Got> => {
+    const hit = known.get(rel);
+    if (hit) return hit;
+    let p = pending.get(rel);
+    if (!p) {
+      p = (async (): Promise<Got> => {
+        try {
+          const h = await reader.get(
+            resolveMediaPath(spec, rel, { allowOutside: opts.allowOutside }),
+          );
+          return { w: h.width, h: h.height };
+        } catch (e) {
+          if (e instanceof MediaPathError)
+            return { kind: "path-escapes", message: e.message, found: JSON.stringify(rel) };
+          if (e instanceof ImageHeaderError)
+            return {
+              kind: e.kind === "missing" ? "missing-image" : "unreadable-image",
+              message: e.message,
+              found: e.path,
+            };
+          throw e;
+        }
+      })().then((g) => {
+        if (known.size >= 1_000_000) known.clear();
+        known.set(rel, g);
+        pending.delete(rel);
+        return g;
+      });
+      pending.set(rel, p);
+    }
+    return p;
+  };
+  const finish = (
+    raw: Record<string, unknown>,
+    line: number,
+    text: string,
+    got: Got[],
+  ): { text: string } => {
+    const wh: [number, number][] = [];
+    let ok = true;
+    for (let k = 0; k < got.length; k++) {
+      const g = got[k];
+      if ("w" in g) wh.push([g.w, g.h]);
+      else {
+        ok = false;
+        issues.push(
+          issue(
+            file,
+            line,
+            got.length === 1 ? "image" : `image[${k}]`,
+            g.kind,
+            `image_wh not filled: ${g.message}`,
+            {
+              expected: "a readable image inside media_root",
+              found: g.found,
+            },
+          ),
+        );
+      }
+    }
+    if (!ok) {
+      r.failed++;
+      return { text };
+    }
+    r.filled++;
+    if (JSON.stringify(raw.image_wh) !== JSON.stringify(wh)) r.changed++;
+    raw.image_wh = wh;
+    return { text: JSON.stringify(raw) };
   };
   try {
     for await (const item of readRecords(spec, { keepRaw: true, onBytes })) {
@@ -109,36 +178,11 @@ async function fillDataset(
       } else {
         const raw = item.raw as Record<string, unknown>;
         const line = item.line;
+        const got = images.map(lookup);
         window.push(
-          (async () => {
-            const wh: [number, number][] = [];
-            for (let k = 0; k < images.length; k++) {
-              const field = images.length === 1 ? "image" : `image[${k}]`;
-              try {
-                const h = await media(images[k]);
-                wh.push([h.width, h.height]);
-              } catch (e) {
-                if (!(e instanceof MediaPathError || e instanceof ImageHeaderError)) throw e;
-                const kind =
-                  e instanceof MediaPathError
-                    ? "path-escapes"
-                    : e.kind === "missing"
-                      ? "missing-image"
-                      : "unreadable-image";
-                issues.push(
-                  issue(file, line, field, kind, `image_wh not filled: ${e.message}`, {
-                    found: e instanceof ImageHeaderError ? e.path : JSON.stringify(images[k]),
-                  }),
-                );
-                r.failed++;
-                return { text };
-              }
-            }
-            r.filled++;
-            if (JSON.stringify(raw.image_wh) !== JSON.stringify(wh)) r.changed++;
-            raw.image_wh = wh;
-            return { text: JSON.stringify(raw) };
-          })(),
+          got.some((g) => g instanceof Promise)
+            ? Promise.all(got).then((g) => finish(raw, line, text, g))
+            : finish(raw, line, text, got as Got[]),
         );
       }
       if (window.length >= 4096) await flush();
