@@ -8,7 +8,7 @@
  * would split it.
  */
 import { join } from "node:path";
-import type { DataRecord, Turn } from "../data/record.ts";
+import { type DataRecord, normalizePlaceholders, type Turn } from "../data/record.ts";
 import { UserError } from "../util/errors.ts";
 import { perImageMaxNum, planTiles, SINGLE_TILE, type TileGrid } from "../vision/tiling.ts";
 import type { ModelInfo } from "./model-info.ts";
@@ -221,7 +221,9 @@ class ItemBuilder {
 /** Turn the record into the ordered items of its sequence (no tokenization yet). */
 function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Plan {
   const tpl = ctx.template;
-  let turns: Turn[] = record.conversations;
+  // The official placeholder rule (data/record.ts): `<image>\n` per image, or `<video>\n`,
+  // before the first human turn when the record has none.
+  let turns: Turn[] = normalizePlaceholders(record).conversations;
   let system = tpl.systemMessage;
   let start = 0;
   if (turns[0]?.from === "system") {
@@ -259,9 +261,6 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
         : SINGLE_TILE;
       images.push({ path: ctx.resolvePath(record.images[i]), wh: [wh[0], wh[1]], ...grid });
     }
-    // The official rule: no placeholder at all means one `<image>\n` per image before the first human turn.
-    if (values.length && !values.some((v, i) => i % 2 === 0 && v.includes(IMAGE)))
-      values[0] = `${IMAGE}\n`.repeat(n) + values[0];
   } else if (record.video !== undefined) {
     const frames =
       typeof ctx.videoFrames === "function" ? ctx.videoFrames(record) : ctx.videoFrames;
@@ -269,13 +268,11 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
       throw new UserError(`${recordName(record)}: a video record needs the planner's frame count`);
     const path = ctx.resolvePath(record.video);
     for (let f = 0; f < frames; f++) images.push({ path, wh: [0, 0], ...SINGLE_TILE, frame: f });
-    if (values.length) {
-      if (!values[0].includes("<video>")) values[0] = `<video>\n${values[0]}`;
-      const tags = Array.from({ length: frames }, (_, i) => `Frame${i + 1}: ${IMAGE}`).join("\n");
-      values[0] = values[0].includes("<video>\n")
-        ? values[0].replaceAll("<video>\n", tags)
-        : values[0].replaceAll("<video>", tags);
-    }
+    // `<video>\n` becomes the frames, joined by "\n" with no newline after the last (as the official code).
+    const tags = Array.from({ length: frames }, (_, i) => `Frame${i + 1}: ${IMAGE}`).join("\n");
+    for (let i = 0; i < values.length; i += 2)
+      if (values[i].includes("<video>"))
+        values[i] = values[i].replaceAll("<video>\n", tags).replaceAll("<video>", tags);
   }
   const placeholders = values.reduce((s, v, i) => s + (i % 2 === 0 ? countImage(v) : 0), 0);
   if (placeholders !== images.length)
