@@ -314,15 +314,21 @@ function packSoft(order: Int32Array, src: PackSource, o: PackOptions, out: Rows)
     open.push(b);
     return b;
   };
+  // Lengths and tiles by position in the order, gathered once (sequential reads after this).
+  const lenAt = new Int32Array(n);
+  const tilesAt = new Int32Array(n);
+  for (let p = 0; p < n; p++) {
+    lenAt[p] = src.lengths[order[p]];
+    tilesAt[p] = src.tiles[order[p]];
+  }
   const emit = (b: number) => {
-    for (let p = first[b]; p >= 0; p = next[p])
-      out.add(order[p], 0, src.lengths[order[p]], src.tiles[order[p]]);
+    for (let p = first[b]; p >= 0; p = next[p]) out.add(order[p], 0, lenAt[p], tilesAt[p]);
     out.endRow();
     free.push(b);
   };
   const pos = new Int32Array(window);
   const scratch = new Float64Array(window);
-  const keyOf = (p: number) => src.lengths[order[p]];
+  const keyOf = (p: number) => lenAt[p];
   let w = 0;
   for (let w0 = 0; w0 < n; w0 += window, w++) {
     const m = Math.min(window, n - w0);
@@ -332,10 +338,9 @@ function packSoft(order: Int32Array, src: PackSource, o: PackOptions, out: Rows)
     sortByKeyDesc(idx, keyOf, scratch);
     for (let k = 0; k < m; k++) {
       const p = idx[k];
-      const s = order[p];
-      const len = src.lengths[s];
-      const t = src.tiles[s];
-      checkFits(len, t, s, o);
+      const len = lenAt[p];
+      const t = tilesAt[p];
+      if (len > cap || t > tcap) checkFits(len, t, order[p], o);
       if (len < minLen) minLen = len;
       let b = -1;
       for (let r = firstAtLeast(len); r >= 0 && b < 0; r = firstAtLeast(r + 1)) {

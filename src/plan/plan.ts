@@ -292,6 +292,12 @@ function assemble(
   const pieceStart = new Int32Array(P);
   const pieceLength = new Int32Array(P);
   const pieceLearned = new Int32Array(P);
+  // learned and image counts side by side: one cache line per piece instead of two
+  const perSample = new Int32Array(2 * table.learned.length);
+  for (let i = 0; i < table.learned.length; i++) {
+    perSample[2 * i] = table.learned[i];
+    perSample[2 * i + 1] = table.images[i];
+  }
   let at = 0;
   const concat = opt.packing === "concat";
   let splitSamples = 0;
@@ -315,8 +321,8 @@ function assemble(
         if (st === 0) splitSamples++;
         if (!table.learnedIn) throw new Error("concat packing needs the table's learnedIn");
       }
-      pieceLearned[at] = whole ? table.learned[s] : table.learnedIn!(s, st, st + len);
-      if (whole) images += table.images[s];
+      pieceLearned[at] = whole ? perSample[2 * s] : table.learnedIn!(s, st, st + len);
+      if (whole) images += perSample[2 * s + 1];
       tok += len;
       til += rows.tiles.data[p];
       at++;
