@@ -45,7 +45,7 @@ export interface LaunchOptions extends Omit<RunEngineOptions, "command" | "jobPa
 export interface Launch {
   /** The process started: the engine itself, or torchrun. */
   child: ChildProcess;
-  /** Resolves with rank 0's result; rejects with an EngineError naming the failed rank. */
+  /** Resolves with rank 0's result (on other nodes: their first rank's); rejects with an EngineError naming the failed rank. */
   done: Promise<Record<string, unknown>>;
   /** Ask every local rank to checkpoint and stop at the end of its step (SIGTERM to each). */
   stop(): void;
@@ -124,13 +124,15 @@ async function launchTorchrun(job: Job, opts: LaunchOptions, pidSet: Set<number>
   const dir = await mkdtemp(join(tmpdir(), "tessera-ev-"));
   const socketPath = join(dir, "events.sock");
   const merged = new PassThrough();
+  const leaderRank = new RegExp(`"rank":${t.nodeRank * t.nprocPerNode}[,}]`);
   const sockets = new Set<Socket>();
   const server: Server = createServer((sock) => {
     sockets.add(sock);
     const rl = createInterface({ input: sock });
     rl.on("line", (line) => {
-      // Only rank 0's result and done settle the run; the others' are bookkeeping.
-      if (/"event":"(result|done)"/.test(line) && !/"rank":0[,}]/.test(line)) return;
+      // Only this node's first rank settles the run (rank 0 on node 0); the others' result
+      // and done are bookkeeping.
+      if (/"event":"(result|done)"/.test(line) && !leaderRank.test(line)) return;
       merged.write(`${line}\n`);
     });
     sock.on("close", () => sockets.delete(sock));

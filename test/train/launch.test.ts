@@ -108,4 +108,35 @@ describe("launching ranks", () => {
     expect(e.message).toContain("rank 1 about to fail");
     expect(e.exitCode).not.toBe(0);
   });
+
+  it("runs several nodes with --nnodes/--node-rank/--master-addr (two nodes on this machine)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tessera-launch-"));
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const events: EngineEvent[][] = [[], []];
+    const nodes = await Promise.all(
+      [0, 1].map((nodeRank) =>
+        launchEngine(
+          { kind: "echo", count: 3 },
+          {
+            python,
+            topology: {
+              nprocPerNode: 1,
+              nnodes: 2,
+              nodeRank,
+              masterAddr: "127.0.0.1",
+              masterPort: port,
+            },
+            jobPath: join(dir, `job${nodeRank}.json`),
+            onEvent: (e) => events[nodeRank].push(e),
+            env: { OMP_NUM_THREADS: "1" },
+          },
+        ),
+      ),
+    );
+    const results = await Promise.all(nodes.map((n) => n.done));
+    expect(results.map((r) => r.count)).toEqual([3, 3]);
+    // Each node hears its own ranks: global rank 0 on node 0, global rank 1 on node 1.
+    expect(events[0].filter((e) => e.event === "hello").map((e) => e.rank)).toEqual([0]);
+    expect(events[1].filter((e) => e.event === "hello").map((e) => e.rank)).toEqual([1]);
+  });
 });
