@@ -95,7 +95,7 @@ def run_variant(a) -> dict:
     return {"variant": a.variant, "device": str(dev), "dtype": a.dtype, "tokens": a.tokens, "hidden": a.hidden,
             "vocab": a.vocab, "learned_tokens": int((target != -100).sum()), "chunk": a.chunk,
             "peak_extra_mib": round(peak / 2**20, 1), "time_s": round(statistics.median(times), 4),
-            "loss_per_token": float(loss) / max(1, int((target != -100).sum()))}
+            "loss_per_token": float(loss.detach()) / max(1, int((target != -100).sum()))}
 
 
 def main() -> int:
