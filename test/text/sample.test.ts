@@ -331,6 +331,29 @@ describe("record to sample", () => {
     ).rejects.toThrow(/planner's frame count/);
   });
 
+  it("plain template: question then answer and EOS, only the answer and EOS learned", async () => {
+    const { dir, tk } = made[0];
+    const ctx = makeSampleContext({ tokenizer: tk, model: loadModelInfo(dir), template: "plain" });
+    const s = (await recordToSample(
+      {
+        conversations: [
+          { from: "human", value: "A photo of" },
+          { from: "gpt", value: " a cat" },
+        ],
+        images: [],
+        extra: {},
+      },
+      ctx,
+    )) as Sample;
+    const whole = Array.from(await tk.encode("A photo of a cat"));
+    expect(Array.from(s.inputIds)).toEqual([...whole, tk.eosId]);
+    const answer = Array.from(await tk.encode(" a cat"));
+    expect(Array.from(s.labels)).toEqual([
+      ...whole.map((_, i) => (i < whole.length - answer.length ? IGNORE_INDEX : whole[i])),
+      tk.eosId,
+    ]);
+  });
+
   it("uses one tile per image when dynamic tiling is off", async () => {
     const dir = makeModelFolder({ dynamicImageSize: false, imageSize: 56 });
     const ctx = makeSampleContext({ tokenizer: made[0].tk, model: loadModelInfo(dir) });
