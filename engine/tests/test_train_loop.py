@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -134,3 +136,21 @@ def test_lora_merge_equals_adapter_at_run_time(data):
     del pix
     assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
     assert torch.allclose(feats_a, feats_b, atol=1e-5), (feats_a - feats_b).abs().max()
+
+
+def test_weights_only_checkpoints_still_resume(data):
+    root, model, cache = data
+    plan = F.write_plan(root / "plan-dropopt", cache, steps=3, slots_per_step=2, world_size=1)
+    cfg = dict(lr=1e-2, checkpoint_interval=1, checkpoint_keep=5, checkpoint_drop_optimizer=True)
+    r = loop.train(F.job(model, cache, plan, root / "dropopt", **cfg))
+    names = sorted(os.listdir(r["checkpoint"]))
+    meta = json.loads(Path(r["checkpoint"], "meta.json").read_text())
+    assert meta["has_optimizer"] is False and meta["steps_done"] == 3
+    assert "rng-rank0.pt" in names
+    assert _weights(r["checkpoint"])  # the weights are there, the optimizer is not:
+    assert "optim" not in torch.load(Path(r["checkpoint"]).parent.parent / "step-00000003.pt", weights_only=False)
+    # Resuming from step 1's weights-only checkpoint: a fresh optimizer, the plan position kept.
+    for later in ("step-00000002", "step-00000003"):
+        shutil.rmtree(Path(r["checkpoint"]).parent / later)
+    again = loop.train({**F.job(model, cache, plan, root / "dropopt", **cfg), "resume": True})
+    assert again["start_step"] == 1 and again["steps_done"] == 3 and len(again["losses"]) == 2
