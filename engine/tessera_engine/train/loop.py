@@ -292,6 +292,7 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         data_wait = 0.0
         totals = plan.step_totals(*plan.position(g))
         local = torch.zeros(4, dtype=torch.float64)  # loss, tokens, pieces, rows
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per micro-batch
         for a in range(per_step):
             tw = time.perf_counter()
             item = next(batches)
@@ -304,7 +305,7 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
             # FSDP and DDP average gradients over ranks; the loss is already normalised by the
             # global batch, so scale it back up to get the sum.
             (loss * world.size).backward()
-            local[0] += loss.detach().double().cpu()
+            loss_sum += loss.detach().double()
             if not item["empty"]:
                 local[1] += item["tokens"]
                 local[2] += item["pieces"]
@@ -316,7 +317,8 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         scheduler.step()
         steps_done = g + 1
 
-        summed = parallel.all_reduce_sum(local.clone(), world)
+        local[0] = loss_sum.cpu()
+        summed = parallel.all_reduce_sum(local, world)
         step_time = time.perf_counter() - t0
         step_loss = float(summed[0])
         losses.append(step_loss)

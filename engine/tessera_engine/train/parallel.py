@@ -95,16 +95,21 @@ def apply_ddp(model: nn.Module, world: World) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
+def _all_reduce(x: torch.Tensor, world: World, op) -> torch.Tensor:
+    if not world.distributed:
+        return x
+    # NCCL reduces only device tensors; gloo only CPU ones. The result comes back on the CPU.
+    y = x.to(world.device)
+    dist.all_reduce(y, op=op)
+    return y.cpu()
+
+
 def all_reduce_sum(x: torch.Tensor, world: World) -> torch.Tensor:
-    if world.distributed:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+    return _all_reduce(x, world, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(x: torch.Tensor, world: World) -> torch.Tensor:
-    if world.distributed:
-        dist.all_reduce(x, op=dist.ReduceOp.MAX)
-    return x
+    return _all_reduce(x, world, dist.ReduceOp.MAX)
 
 
 def barrier(world: World) -> None:
