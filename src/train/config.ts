@@ -269,7 +269,7 @@ export function flagsToConfig(opts: Record<string, unknown>): Partial<TrainConfi
       const flag = refused === "spSize" ? "--sp-size" : "--ring-size";
       throw new UserError(
         `${flag} ${v}: sequence parallelism is not supported by tessera yet. Remove ${flag} (or set it to 1); ` +
-          "long samples fit by lowering --pack-max-length or by --shard-strategy zero3 with gradient checkpointing.",
+          "to fit long sequences in memory, use --shard-strategy zero3 with gradient checkpointing, or a lower --max-length.",
       );
     }
   }
