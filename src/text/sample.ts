@@ -131,7 +131,16 @@ export function makeSampleContext(opts: SampleContextOptions): SampleContext {
 type Item =
   | { k: "ids"; ids: readonly number[]; learn: boolean; round: number }
   /** Text encoded as one unit; tokens after `prefix` (a text that starts it) are `learn`. */
-  | { k: "text"; prefix: string; text: string; learn: boolean; round: number }
+  | {
+      k: "text";
+      prefix: string;
+      text: string;
+      learn: boolean;
+      round: number;
+      /** Only template text and the system message: recurs in every record. */
+      fixed: boolean;
+      prefixFixed: boolean;
+    }
   | { k: "image"; index: number; round: number };
 
 interface Plan {
@@ -156,19 +165,19 @@ function recordName(r: DataRecord): string {
 /** Collects items; adjacent texts merge into one unit (they are one segment for the tokenizer). */
 class ItemBuilder {
   items: Item[] = [];
-  private pending: { prefix: string; text: string; learn: boolean; round: number } | null = null;
+  private pending: {
+    prefix: string;
+    text: string;
+    learn: boolean;
+    round: number;
+    fixed: boolean;
+    prefixFixed: boolean;
+  } | null = null;
   private imageIndex = 0;
 
   flush(): void {
     const p = this.pending;
-    if (p && (p.prefix || p.text))
-      this.items.push({
-        k: "text",
-        prefix: p.prefix,
-        text: p.text,
-        learn: p.learn,
-        round: p.round,
-      });
+    if (p && (p.prefix || p.text)) this.items.push({ k: "text", ...p });
     this.pending = null;
   }
 
@@ -177,14 +186,16 @@ class ItemBuilder {
     this.items.push({ k: "ids", ids, learn, round });
   }
 
-  /** Text not learned (template text, user text). */
-  text(s: string, round: number): void {
+  /** Text not learned (template text, user text); `fixed` when it recurs in every record. */
+  text(s: string, round: number, fixed = false): void {
     if (!s) return;
     const p = this.pending;
-    if (p && !p.learn && p.round === round) p.text += s;
-    else {
+    if (p && !p.learn && p.round === round) {
+      p.text += s;
+      p.fixed &&= fixed;
+    } else {
       this.flush();
-      this.pending = { prefix: "", text: s, learn: false, round };
+      this.pending = { prefix: "", text: s, learn: false, round, fixed, prefixFixed: false };
     }
   }
 
@@ -192,17 +203,25 @@ class ItemBuilder {
   learned(s: string, round: number): void {
     if (!s) return;
     const p = this.pending;
-    if (p && !p.learn) this.pending = { prefix: p.text, text: s, learn: true, round };
+    if (p && !p.learn)
+      this.pending = {
+        prefix: p.text,
+        text: s,
+        learn: true,
+        round,
+        fixed: false,
+        prefixFixed: p.fixed,
+      };
     else {
       this.flush();
-      this.pending = { prefix: "", text: s, learn: true, round };
+      this.pending = { prefix: "", text: s, learn: true, round, fixed: false, prefixFixed: false };
     }
   }
 
   template(ps: Piece[], round: number): void {
     for (const p of ps)
       if ("tok" in p) this.tok([p.tok], false, round);
-      else this.text(p.text, round);
+      else this.text(p.text, round, true);
   }
 
   /** User text with its `<image>` placeholders as image items. */
@@ -290,9 +309,9 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
   if (ctx.bos !== null) b.tok([ctx.bos], false, 0);
   if (system !== null && tpl.systemMessage !== null) {
     b.template(ctx.system, 0);
-    b.text(strip(system), 0);
+    b.text(strip(system), 0, true);
     b.tok(ctx.end, false, 0);
-    b.text(ctx.after, 0);
+    b.text(ctx.after, 0, true);
   }
   const rounds = Math.ceil(values.length / 2);
   for (let r = 0; r < rounds; r++) {
@@ -301,7 +320,7 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
     b.userText(q, r);
     if (tpl.endUserTurns && (q || !tpl.emptyTurnsRoleOnly)) {
       b.tok(ctx.end, false, r);
-      b.text(ctx.after, r);
+      b.text(ctx.after, r, true);
     }
     b.template(ctx.assistant, r);
     if (2 * r + 1 >= values.length) break; // generation: the prompt ends with the assistant prefix
@@ -309,7 +328,7 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
     if (!a && tpl.emptyTurnsRoleOnly) continue; // conversation.py writes only the role for an empty message
     b.learned(a, r);
     b.tok(ctx.end, true, r);
-    b.text(ctx.after, r);
+    b.text(ctx.after, r, true);
   }
   b.flush();
   return { items: b.items, images, rounds };
@@ -333,13 +352,18 @@ function commonPrefix(a: Int32Array, b: Int32Array): number {
 
 async function encodePlans(plans: Plan[], tk: TextTokenizer): Promise<Encoded[][]> {
   const texts: string[] = [];
+  const keep: boolean[] = [];
   for (const p of plans)
     for (const it of p.items)
       if (it.k === "text") {
         texts.push(it.prefix + it.text);
-        if (it.prefix) texts.push(it.prefix);
+        keep.push(it.fixed);
+        if (it.prefix) {
+          texts.push(it.prefix);
+          keep.push(it.prefixFixed);
+        }
       }
-  const ids = await tk.encodeMany(texts);
+  const ids = await tk.encodeMany(texts, keep);
   let j = 0;
   const fixes: Promise<void>[] = [];
   const out = plans.map((p) => {

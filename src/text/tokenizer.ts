@@ -139,8 +139,11 @@ export class TextTokenizer {
     return (await this.encodeMany([text]))[0];
   }
 
-  /** encode() for many texts in one native batch (repeated and cached texts are encoded once). */
-  async encodeMany(texts: readonly string[]): Promise<Int32Array[]> {
+  /**
+   * encode() for many texts in one native batch (repeated and cached texts are encoded once).
+   * `remember[i]` keeps text i in the text cache even on the JavaScript path (texts that recur).
+   */
+  async encodeMany(texts: readonly string[], remember?: readonly boolean[]): Promise<Int32Array[]> {
     const out: Int32Array[] = new Array(texts.length);
     const todo: string[] = [];
     const where = new Map<string, number[]>();
@@ -153,10 +156,12 @@ export class TextTokenizer {
         continue;
       }
       if (fast?.handles(t)) {
-        // Not remembered: the fast path caches words, and most texts are seen once.
+        // Remembered only when asked (template text, system messages): the fast path caches
+        // words, and most texts are seen once.
         const ids = fast.encode(t);
         if (ids) {
           out[i] = Int32Array.from(ids);
+          if (remember?.[i]) this.remember(t, out[i]);
           continue;
         }
       }
