@@ -5,17 +5,16 @@
  * again on the held-out split, export, and report.
  */
 import { existsSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import cliProgress from "cli-progress";
 import { checkMeta } from "../data/check.ts";
+import { type Dashboard, startDashboard } from "../dashboard/server.ts";
 import { type EngineEvent, runEngine } from "../engine/protocol.ts";
 import { ensureEngine } from "../engine/setup.ts";
 import { type EvalResult, evaluate } from "../eval/eval.ts";
 import { hashJson } from "../plan/fingerprint.ts";
-import { planDir, prepareAndPlan } from "../plan/from-config.ts";
-import { writePlan } from "../plan/plan.ts";
 import { readConfigFile, resolveConfig, type TrainConfig, type TrainConfigInput } from "../train/config.ts";
+import { type TrainResult, train } from "../train/driver.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { UserError } from "../util/errors.ts";
 import { type DemoData, writeDemoData } from "./generate.ts";
@@ -31,6 +30,8 @@ export interface DemoOptions {
   log?: (line: string) => void;
   /** Show a live progress bar (default: when stderr is a terminal). */
   bar?: boolean;
+  /** Serve the live dashboard while training (default: with the bar). */
+  dashboard?: boolean;
   /** A real model folder instead of the tiny one (original InternVL2 format). */
   model?: string;
   /** A real training meta file instead of the synthetic data (needs `evalMeta`). */
@@ -95,77 +96,74 @@ export function demoConfig(out: string, model: string, meta: string, seed: numbe
   return resolveConfig(undefined, flags, out);
 }
 
-/** Prepare, plan and run the engine's training loop, with a progress bar. */
-async function trainDemo(c: TrainConfig, python: string, log: (l: string) => void, bar: boolean): Promise<TrainSummary> {
-  const { plan } = await prepareAndPlan(c, { workers: 0 });
-  if (plan.stats.steps < (c.steps ?? 0))
-    throw new UserError(`the demo plan has ${plan.stats.steps} steps, fewer than the ${c.steps} asked`);
-  const dir = planDir(c);
-  await writePlan(plan, dir);
-  log(
-    `plan: ${plan.stats.steps} steps · packs of ≤ ${c.pack_max_length} tokens, fill ${(plan.stats.fill_ratio * 100).toFixed(1)}% · ` +
-      `${plan.stats.samples_per_pack.toFixed(1)} samples and ${plan.stats.tiles_per_pack.toFixed(1)} tiles per pack · sampler ${c.sampler}`,
-  );
-  const progress = bar
-    ? new cliProgress.SingleBar(
-        { format: "  train {bar} {value}/{total} steps · loss {loss} · {tps} tok/s · eta {eta_formatted}", hideCursor: true, clearOnComplete: false, stream: process.stderr },
-        cliProgress.Presets.shades_classic,
-      )
-    : undefined;
-  progress?.start(plan.stats.steps, 0, { loss: "-", tps: "-" });
+/**
+ * Train through the same driver as `tessera train` (cache, plan, engine, metrics.jsonl, export),
+ * with the live dashboard on a free local port while it runs.
+ */
+async function trainDemo(c: TrainConfig, out: string, python: string, log: (l: string) => void, bar: boolean, dashboard: boolean): Promise<TrainSummary> {
+  if (c.work_dir === join(out, "run")) {
+    // The demo's own run folder: every demo trains from the start.
+    for (const sub of ["checkpoints", "export", "metrics.jsonl"]) await rm(join(c.work_dir, sub), { recursive: true, force: true });
+  }
+  let board: Dashboard | undefined;
+  if (dashboard) {
+    try {
+      board = await startDashboard({ workDir: c.work_dir, host: "127.0.0.1", port: 0 });
+      log(`      dashboard: ${board.url}`);
+    } catch (e) {
+      log(`      (no dashboard: ${(e as Error).message})`);
+    }
+  }
   let tokens = 0;
   let stepSeconds = 0;
   let fillSum = 0;
   let fillN = 0;
-  const losses: number[] = [];
-  const every = Math.max(1, Math.round(plan.stats.steps / 10));
   const t0 = Date.now();
   const onEvent = (e: EngineEvent) => {
     if (e.event !== "metric") return;
-    const loss = Number(e.loss);
-    losses.push(loss);
     tokens += Number(e.tokens ?? 0);
     stepSeconds += Number(e.step_time ?? 0);
     if (typeof e.pack_fill === "number") {
       fillSum += e.pack_fill;
       fillN++;
     }
-    const tps = stepSeconds > 0 ? Math.round(tokens / stepSeconds) : 0;
-    progress?.update(Number(e.step), { loss: loss.toFixed(3), tps });
-    if (!progress && (Number(e.step) % every === 0 || e.step === e.total))
-      log(`  step ${e.step}/${e.total} · loss ${loss.toFixed(3)} · ${tps} tok/s`);
   };
-  let res: Record<string, unknown>;
+  // Without a bar the driver logs every step; keep about ten of those lines.
+  const every = Math.max(1, Math.round((c.steps ?? 100) / 10));
+  const quiet = (l: string) => {
+    const m = /^step (\d+)\/(\d+)/.exec(l);
+    if (!m || Number(m[1]) % every === 0 || m[1] === m[2]) log(`      ${l}`);
+  };
+  let res: TrainResult;
   try {
-    res = await runEngine(
-      {
-        kind: "train",
-        model: c.model,
-        cache_dir: c.cache_dir,
-        plan_dir: dir,
-        work_dir: c.work_dir,
-        config: c,
-        max_dynamic_patch: c.max_dynamic_patch,
-      },
-      { python, onEvent },
-    );
+    res = await train(c, { python, progress: bar, log: quiet, onEvent, prepareWorkers: 0, handleSignals: true });
   } finally {
-    progress?.stop();
+    await board?.close();
   }
-  const exp = res.export as { dir?: string } | null;
-  if (!exp?.dir) throw new Error("the training run exported no model");
+  if (res.stopped) throw new UserError(`training stopped at step ${res.stepsDone}; the checkpoint is ${res.checkpoint}`);
+  if (!res.export?.dir) throw new Error("the training run exported no model");
+  const losses = res.losses;
   return {
-    steps: Number(res.steps_done),
+    steps: res.stepsDone,
     seconds: (Date.now() - t0) / 1000,
     tokens,
     tokensPerS: stepSeconds > 0 ? tokens / stepSeconds : 0,
-    packFill: fillN ? fillSum / fillN : plan.stats.fill_ratio,
+    packFill: fillN ? fillSum / fillN : 0,
     firstLoss: losses.length ? losses[0] : null,
-    lastLoss: losses.length ? losses[losses.length - 1] : null,
-    trainableParameters: typeof res.trainable_parameters === "number" ? res.trainable_parameters : null,
-    checkpoint: typeof res.checkpoint === "string" ? res.checkpoint : null,
-    export: exp.dir,
+    lastLoss: losses.length ? mean(losses.slice(-Math.max(1, Math.floor(losses.length / 10)))) : null,
+    trainableParameters: res.trainableParameters,
+    checkpoint: res.checkpoint,
+    export: res.export.dir,
   };
+}
+
+function accuracyLine(r: EvalResult): string {
+  const parts = Object.entries(r.byType).map(([t, a]) => `${t} ${(a.accuracy * 100).toFixed(1)}%`);
+  return `${parts.join(" · ")} (${r.overall.total} questions, ${r.seconds.toFixed(0)}s)`;
+}
+
+function mean(xs: number[]): number {
+  return xs.reduce((a, b) => a + b, 0) / xs.length;
 }
 
 export async function runDemo(o: DemoOptions): Promise<DemoReport> {
@@ -236,16 +234,18 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
 
   log("[4/6] evaluating before training (held-out split)");
   const before = await evaluate(model, data.evalMeta, { python });
+  log(`      ${accuracyLine(before)}`);
   lap("eval_before");
 
   const c = demoConfig(out, model, data.trainMeta, o.seed, steps, o.config);
   log(`[5/6] training ${c.steps} steps (packing ${c.packing}, sampler ${c.sampler})`);
-  const train = await trainDemo(c, python, log, bar);
+  const trained = await trainDemo(c, out, python, log, bar, o.dashboard ?? bar);
   lap("train");
 
   log("[6/6] evaluating after training (held-out split)");
-  const after = await evaluate(train.export, data.evalMeta, { python });
+  const after = await evaluate(trained.export, data.evalMeta, { python });
+  log(`      ${accuracyLine(after)}`);
   lap("eval_after");
 
-  return { out, data, check, model, before, after, train, timings, seconds: (Date.now() - start) / 1000 };
+  return { out, data, check, model, before, after, train: trained, timings, seconds: (Date.now() - start) / 1000 };
 }
