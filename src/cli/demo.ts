@@ -6,14 +6,17 @@ import { UserError } from "../util/errors.ts";
 function int(v: string | undefined, flag: string, min: number): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new UserError(`${flag}: expected a whole number ≥ ${min}, got ${v}`);
+  if (!Number.isInteger(n) || n < min)
+    throw new UserError(`${flag}: expected a whole number ≥ ${min}, got ${v}`);
   return n;
 }
 
 export function registerDemo(program: Command): void {
   program
     .command("demo")
-    .description("fine-tune a tiny InternVL2-layout model on synthetic pictures, on this CPU, in minutes")
+    .description(
+      "fine-tune a tiny InternVL2-layout model on synthetic pictures, on this CPU, in minutes",
+    )
     .option("--out <dir>", "where the data, model, run and export go", "tessera-demo")
     .option("--steps <n>", "optimizer steps (default: the demo's measured setting)")
     .option("--seed <n>", "seed of the data, the model and the plan", "0")
@@ -25,8 +28,21 @@ export function registerDemo(program: Command): void {
     .option("--venv <dir>", "the engine's virtual environment")
     .option("--json", "print the full report as JSON")
     .action(async (o) => {
-      const r = await runDemo({ out: o.out, steps: int(o.steps, "--steps", 1), seed: int(o.seed, "--seed", 0)!, fast: o.fast === true, venv: o.venv, model: o.model, meta: o.meta, evalMeta: o.eval, config: o.config });
-      if (o.json) process.stdout.write(`${JSON.stringify({ ...r, before: { ...r.before, items: undefined }, after: { ...r.after, items: undefined } }, null, 2)}\n`);
+      const r = await runDemo({
+        out: o.out,
+        steps: int(o.steps, "--steps", 1),
+        seed: int(o.seed, "--seed", 0)!,
+        fast: o.fast === true,
+        venv: o.venv,
+        model: o.model,
+        meta: o.meta,
+        evalMeta: o.eval,
+        config: o.config,
+      });
+      if (o.json)
+        process.stdout.write(
+          `${JSON.stringify({ ...r, before: { ...r.before, items: undefined }, after: { ...r.after, items: undefined } }, null, 2)}\n`,
+        );
       else process.stdout.write(`${formatDemoReport(r)}\n`);
     });
 }

@@ -6,17 +6,26 @@ import { UserError } from "../util/errors.ts";
 function posInt(v: string | undefined, flag: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) throw new UserError(`${flag}: expected a positive integer, got ${v}`);
+  if (!Number.isInteger(n) || n <= 0)
+    throw new UserError(`${flag}: expected a positive integer, got ${v}`);
   return n;
 }
 
 export function registerEval(program: Command): void {
   program
     .command("eval")
-    .description("exact-match accuracy of a model on questions with answers, overall and per question type")
+    .description(
+      "exact-match accuracy of a model on questions with answers, overall and per question type",
+    )
     .argument("<model>", "model folder (original InternVL2 format)")
-    .argument("<questions>", "a meta file, or one JSONL of records whose last turn is the expected answer")
-    .option("--media-root <dir>", "folder image paths of a lone JSONL are relative to (default: its folder)")
+    .argument(
+      "<questions>",
+      "a meta file, or one JSONL of records whose last turn is the expected answer",
+    )
+    .option(
+      "--media-root <dir>",
+      "folder image paths of a lone JSONL are relative to (default: its folder)",
+    )
     .option("--limit <n>", "at most n questions per dataset")
     .option("--batch-size <n>", "prompts per generation batch", "16")
     .option("--max-new-tokens <n>", "longest answer in tokens", "8")
@@ -45,7 +54,11 @@ export function registerEval(program: Command): void {
       }
       const show = posInt(o.show === "0" ? undefined : o.show, "--show") ?? 0;
       for (const it of r.items.slice(0, show))
-        process.stdout.write(`${it.correct ? "✓" : "✗"} [${it.type}] ${it.id}: expected ${JSON.stringify(it.answer)}, got ${JSON.stringify(it.prediction)}\n`);
-      process.stdout.write(`${formatEval(r)}\n(${r.items.length} questions in ${r.seconds.toFixed(1)}s)\n`);
+        process.stdout.write(
+          `${it.correct ? "✓" : "✗"} [${it.type}] ${it.id}: expected ${JSON.stringify(it.answer)}, got ${JSON.stringify(it.prediction)}\n`,
+        );
+      process.stdout.write(
+        `${formatEval(r)}\n(${r.items.length} questions in ${r.seconds.toFixed(1)}s)\n`,
+      );
     });
 }

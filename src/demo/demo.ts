@@ -7,18 +7,30 @@
 import { existsSync } from "node:fs";
 import { readFile, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { checkMeta } from "../data/check.ts";
 import { type Dashboard, startDashboard } from "../dashboard/server.ts";
+import { checkMeta } from "../data/check.ts";
 import { type EngineEvent, runEngine } from "../engine/protocol.ts";
 import { ensureEngine } from "../engine/setup.ts";
 import { type EvalResult, evaluate } from "../eval/eval.ts";
 import { hashJson } from "../plan/fingerprint.ts";
-import { readConfigFile, resolveConfig, type TrainConfig, type TrainConfigInput } from "../train/config.ts";
+import {
+  readConfigFile,
+  resolveConfig,
+  type TrainConfig,
+  type TrainConfigInput,
+} from "../train/config.ts";
 import { type TrainResult, train } from "../train/driver.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { UserError } from "../util/errors.ts";
 import { type DemoData, writeDemoData } from "./generate.ts";
-import { DEMO_EVAL_COUNTS, DEMO_FAST, DEMO_MODEL, DEMO_REPEAT, DEMO_TRAIN, DEMO_TRAIN_COUNTS } from "./settings.ts";
+import {
+  DEMO_EVAL_COUNTS,
+  DEMO_FAST,
+  DEMO_MODEL,
+  DEMO_REPEAT,
+  DEMO_TRAIN,
+  DEMO_TRAIN_COUNTS,
+} from "./settings.ts";
 
 export interface DemoOptions {
   out: string;
@@ -73,13 +85,25 @@ async function buildModel(dir: string, seed: number, python: string): Promise<vo
   const job = { kind: "build-tiny", out: dir, ...DEMO_MODEL, seed };
   const stamp = hashJson({ version: 1, job });
   const stampPath = join(dir, ".tessera-demo-model");
-  if (existsSync(join(dir, "config.json")) && existsSync(stampPath) && (await readFile(stampPath, "utf8")).trim() === stamp) return;
+  if (
+    existsSync(join(dir, "config.json")) &&
+    existsSync(stampPath) &&
+    (await readFile(stampPath, "utf8")).trim() === stamp
+  )
+    return;
   await runEngine(job, { python });
   await writeFileAtomic(stampPath, `${stamp}\n`);
 }
 
 /** The demo's training config (every setting from settings.ts, paths under `out`). */
-export function demoConfig(out: string, model: string, meta: string, seed: number, steps: number | undefined, file?: string): TrainConfig {
+export function demoConfig(
+  out: string,
+  model: string,
+  meta: string,
+  seed: number,
+  steps: number | undefined,
+  file?: string,
+): TrainConfig {
   const fromFile = file ? readConfigFile(file) : {};
   const flags: Partial<TrainConfigInput> = {
     ...(DEMO_TRAIN as unknown as Partial<TrainConfigInput>),
@@ -100,10 +124,18 @@ export function demoConfig(out: string, model: string, meta: string, seed: numbe
  * Train through the same driver as `tessera train` (cache, plan, engine, metrics.jsonl, export),
  * with the live dashboard on a free local port while it runs.
  */
-async function trainDemo(c: TrainConfig, out: string, python: string, log: (l: string) => void, bar: boolean, dashboard: boolean): Promise<TrainSummary> {
+async function trainDemo(
+  c: TrainConfig,
+  out: string,
+  python: string,
+  log: (l: string) => void,
+  bar: boolean,
+  dashboard: boolean,
+): Promise<TrainSummary> {
   if (c.work_dir === join(out, "run")) {
     // The demo's own run folder: every demo trains from the start.
-    for (const sub of ["checkpoints", "export", "metrics.jsonl"]) await rm(join(c.work_dir, sub), { recursive: true, force: true });
+    for (const sub of ["checkpoints", "export", "metrics.jsonl"])
+      await rm(join(c.work_dir, sub), { recursive: true, force: true });
   }
   let board: Dashboard | undefined;
   if (dashboard) {
@@ -136,11 +168,21 @@ async function trainDemo(c: TrainConfig, out: string, python: string, log: (l: s
   };
   let res: TrainResult;
   try {
-    res = await train(c, { python, progress: bar, log: quiet, onEvent, prepareWorkers: 0, handleSignals: true });
+    res = await train(c, {
+      python,
+      progress: bar,
+      log: quiet,
+      onEvent,
+      prepareWorkers: 0,
+      handleSignals: true,
+    });
   } finally {
     await board?.close();
   }
-  if (res.stopped) throw new UserError(`training stopped at step ${res.stepsDone}; the checkpoint is ${res.checkpoint}`);
+  if (res.stopped)
+    throw new UserError(
+      `training stopped at step ${res.stepsDone}; the checkpoint is ${res.checkpoint}`,
+    );
   if (!res.export?.dir) throw new Error("the training run exported no model");
   const losses = res.losses;
   return {
@@ -150,7 +192,9 @@ async function trainDemo(c: TrainConfig, out: string, python: string, log: (l: s
     tokensPerS: stepSeconds > 0 ? tokens / stepSeconds : 0,
     packFill: fillN ? fillSum / fillN : 0,
     firstLoss: losses.length ? losses[0] : null,
-    lastLoss: losses.length ? mean(losses.slice(-Math.max(1, Math.floor(losses.length / 10)))) : null,
+    lastLoss: losses.length
+      ? mean(losses.slice(-Math.max(1, Math.floor(losses.length / 10))))
+      : null,
     trainableParameters: res.trainableParameters,
     checkpoint: res.checkpoint,
     export: res.export.dir,
@@ -181,12 +225,22 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
 
   const fast = o.fast === true;
   if ((o.meta === undefined) !== (o.evalMeta === undefined))
-    throw new UserError("--meta and --eval go together: training data and the held-out questions to score it on");
+    throw new UserError(
+      "--meta and --eval go together: training data and the held-out questions to score it on",
+    );
   const steps = o.steps ?? (fast ? DEMO_FAST.steps : undefined);
   let data: DemoData;
   if (o.meta && o.evalMeta) {
     log(`[1/6] using your data: ${o.meta} (train), ${o.evalMeta} (held out)`);
-    data = { dir: out, trainMeta: resolve(o.meta), evalMeta: resolve(o.evalMeta), counts: null, tiles: {}, images: 0, rendered: false };
+    data = {
+      dir: out,
+      trainMeta: resolve(o.meta),
+      evalMeta: resolve(o.evalMeta),
+      counts: null,
+      tiles: {},
+      images: 0,
+      rendered: false,
+    };
   } else {
     log(`[1/6] generating the synthetic dataset (seed ${o.seed}) in ${join(out, "data")}`);
     data = await writeDemoData(
@@ -217,7 +271,13 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
     records: checks.reduce((a, c) => a + c.datasets.reduce((b, d) => b + d.records, 0), 0),
   };
   if (check.errors)
-    throw new UserError(`the data has ${check.errors} errors (run \`tessera data check ${data.trainMeta}\` for the list): ${checks.flatMap((c) => c.issues).map((i) => i.message).slice(0, 3).join("; ")}`);
+    throw new UserError(
+      `the data has ${check.errors} errors (run \`tessera data check ${data.trainMeta}\` for the list): ${checks
+        .flatMap((c) => c.issues)
+        .map((i) => i.message)
+        .slice(0, 3)
+        .join("; ")}`,
+    );
   log(`      ${check.records} records, no errors, ${check.warnings} warnings`);
   lap("check");
 
@@ -247,5 +307,15 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
   log(`      ${accuracyLine(after)}`);
   lap("eval_after");
 
-  return { out, data, check, model, before, after, train: trained, timings, seconds: (Date.now() - start) / 1000 };
+  return {
+    out,
+    data,
+    check,
+    model,
+    before,
+    after,
+    train: trained,
+    timings,
+    seconds: (Date.now() - start) / 1000,
+  };
 }

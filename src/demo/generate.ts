@@ -9,7 +9,15 @@ import { join } from "node:path";
 import { type EngineEvent, runEngine } from "../engine/protocol.ts";
 import { hashJson } from "../plan/fingerprint.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
-import { type DemoRecord, type GeneratedSplit, generateSplit, QUESTION_TYPES, type QuestionType, recordTiles, type Scene } from "./scenes.ts";
+import {
+  type DemoRecord,
+  type GeneratedSplit,
+  generateSplit,
+  QUESTION_TYPES,
+  type QuestionType,
+  recordTiles,
+  type Scene,
+} from "./scenes.ts";
 
 export interface DemoDataOptions {
   seed: number;
@@ -41,14 +49,20 @@ export interface DemoDataFiles {
   eval: GeneratedSplit;
 }
 
-const jsonl = (rs: DemoRecord[]) => rs.map((r) => JSON.stringify(r)).join("\n") + (rs.length ? "\n" : "");
+const jsonl = (rs: DemoRecord[]) =>
+  rs.map((r) => JSON.stringify(r)).join("\n") + (rs.length ? "\n" : "");
 
 /** Everything the demo data consists of, in memory (pure, deterministic). */
 export function demoDataFiles(o: DemoDataOptions): DemoDataFiles {
   const common = { seed: o.seed, tileSize: o.tileSize, maxDynamicPatch: o.maxDynamicPatch };
   const train = generateSplit({ ...common, counts: o.train, prefix: "train/" });
   // The held-out split has its own seed stream and its own files: never the training images.
-  const evalSplit = generateSplit({ ...common, seed: o.seed + 1_000_003, counts: o.eval, prefix: "eval/" });
+  const evalSplit = generateSplit({
+    ...common,
+    seed: o.seed + 1_000_003,
+    counts: o.eval,
+    prefix: "eval/",
+  });
   const files = new Map<string, string>();
   const trainMeta: Record<string, unknown> = {};
   const evalMeta: Record<string, unknown> = {};
@@ -56,14 +70,20 @@ export function demoDataFiles(o: DemoDataOptions): DemoDataFiles {
     const text = t === "text";
     if (o.train[t] > 0) {
       files.set(`train/${t}.jsonl`, jsonl(train.records[t]));
-      const entry: Record<string, unknown> = { media_root: text ? "" : "images/", annotation: `train/${t}.jsonl` };
+      const entry: Record<string, unknown> = {
+        media_root: text ? "" : "images/",
+        annotation: `train/${t}.jsonl`,
+      };
       const rt = o.repeatTime[t];
       if (rt !== undefined && rt !== 1) entry.repeat_time = rt;
       trainMeta[`demo_${t}`] = entry;
     }
     if (o.eval[t] > 0) {
       files.set(`eval/${t}.jsonl`, jsonl(evalSplit.records[t]));
-      evalMeta[`demo_${t}_eval`] = { media_root: text ? "" : "images/", annotation: `eval/${t}.jsonl` };
+      evalMeta[`demo_${t}_eval`] = {
+        media_root: text ? "" : "images/",
+        annotation: `eval/${t}.jsonl`,
+      };
     }
   }
   files.set("train.json", `${JSON.stringify(trainMeta, null, 2)}\n`);
@@ -95,7 +115,11 @@ export async function writeDemoData(
   for (const split of [d.train, d.eval])
     for (const t of QUESTION_TYPES)
       for (const r of split.records[t])
-        for (const n of recordTiles(r, { tileSize: o.tileSize, maxDynamicPatch: o.maxDynamicPatch })) tiles[n] = (tiles[n] ?? 0) + 1;
+        for (const n of recordTiles(r, {
+          tileSize: o.tileSize,
+          maxDynamicPatch: o.maxDynamicPatch,
+        }))
+          tiles[n] = (tiles[n] ?? 0) + 1;
   return {
     dir,
     trainMeta: join(dir, "train.json"),

@@ -26,11 +26,18 @@ export function formatDemoReport(r: DemoReport, cwd = process.cwd()): string {
   for (const t of types) {
     const b = r.before.byType[t];
     const a = r.after.byType[t];
-    lines.push(`  ${t.padEnd(w)}  ${(b ? pct(b.accuracy) : "-").padStart(7)}  ${pct(a.accuracy).padStart(7)}  ${a.total}`);
+    lines.push(
+      `  ${t.padEnd(w)}  ${(b ? pct(b.accuracy) : "-").padStart(7)}  ${pct(a.accuracy).padStart(7)}  ${a.total}`,
+    );
   }
-  lines.push(`  ${"overall".padEnd(w)}  ${pct(r.before.overall.accuracy).padStart(7)}  ${pct(r.after.overall.accuracy).padStart(7)}  ${r.after.overall.total}`);
+  lines.push(
+    `  ${"overall".padEnd(w)}  ${pct(r.before.overall.accuracy).padStart(7)}  ${pct(r.after.overall.accuracy).padStart(7)}  ${r.after.overall.total}`,
+  );
   const t = r.train;
-  const loss = t.firstLoss !== null && t.lastLoss !== null ? ` · loss ${t.firstLoss.toFixed(2)} → ${t.lastLoss.toFixed(2)}` : "";
+  const loss =
+    t.firstLoss !== null && t.lastLoss !== null
+      ? ` · loss ${t.firstLoss.toFixed(2)} → ${t.lastLoss.toFixed(2)}`
+      : "";
   lines.push(
     "",
     `training    ${t.steps} steps in ${duration(t.seconds)} · ${Math.round(t.tokensPerS).toLocaleString("en-US")} tokens/s · pack fill ${pct(t.packFill)}${loss}`,

@@ -79,7 +79,20 @@ const ONE_WORD = "Answer with one word.";
 
 /** Aspect ratios (w:h) that, with the size jitter, give every grid from 1×1 to 6×1 and 1×6. */
 const ASPECTS: [number, number][] = [
-  [1, 1], [1, 1], [2, 1], [1, 2], [3, 1], [1, 3], [3, 2], [2, 3], [4, 1], [1, 4], [5, 1], [6, 1], [1, 6], [2, 2],
+  [1, 1],
+  [1, 1],
+  [2, 1],
+  [1, 2],
+  [3, 1],
+  [1, 3],
+  [3, 2],
+  [2, 3],
+  [4, 1],
+  [1, 4],
+  [5, 1],
+  [6, 1],
+  [1, 6],
+  [2, 2],
 ];
 
 function pick<T>(rng: Rng, xs: readonly T[]): T {
@@ -109,7 +122,13 @@ function background(rng: Rng): Rgb {
 }
 
 /** n non-overlapping boxes: cells of a grid shaped like the image, n of them chosen at random. */
-function boxes(rng: Rng, w: number, h: number, n: number, fill = 0.7): [number, number, number, number][] {
+function boxes(
+  rng: Rng,
+  w: number,
+  h: number,
+  n: number,
+  fill = 0.7,
+): [number, number, number, number][] {
   let cols = 1;
   let rows = 1;
   while (cols * rows < n) {
@@ -143,9 +162,16 @@ export function generateSplit(o: GenerateOptions): GeneratedSplit {
   const records = {} as Record<QuestionType, DemoRecord[]>;
   const tile = o.tileSize;
   // One stream per type, so changing one type's count leaves the others' records unchanged.
-  const stream = (t: QuestionType) => new Rng(o.seed, QUESTION_TYPES.indexOf(t), o.prefix.length, hashString(o.prefix));
+  const stream = (t: QuestionType) =>
+    new Rng(o.seed, QUESTION_TYPES.indexOf(t), o.prefix.length, hashString(o.prefix));
 
-  const single = (type: QuestionType, i: number, scene: Omit<Scene, "path">, question: string, answer: string): DemoRecord => {
+  const single = (
+    type: QuestionType,
+    i: number,
+    scene: Omit<Scene, "path">,
+    question: string,
+    answer: string,
+  ): DemoRecord => {
     const path = `${o.prefix}${type}/${String(i).padStart(5, "0")}.png`;
     scenes.push({ path, ...scene });
     return {
@@ -167,7 +193,12 @@ export function generateSplit(o: GenerateOptions): GeneratedSplit {
       const shape = pick(rng, SHAPES);
       const colour = pick(rng, COLOUR_NAMES);
       const [box] = boxes(rng, w, h, 1, 0.85);
-      const scene = { size: [w, h] as [number, number], background: background(rng), shapes: [{ shape, fill: jitterColour(rng, COLOURS[colour], 12), box }], texts: [] };
+      const scene = {
+        size: [w, h] as [number, number],
+        background: background(rng),
+        shapes: [{ shape, fill: jitterColour(rng, COLOURS[colour], 12), box }],
+        texts: [],
+      };
       return single("colour", i, scene, `What colour is the ${shape}?`, colour);
     });
   }
@@ -179,7 +210,13 @@ export function generateSplit(o: GenerateOptions): GeneratedSplit {
       const fill = COLOURS[pick(rng, COLOUR_NAMES)];
       const n = 1 + rng.int(MAX_COUNT);
       const shapes = boxes(rng, w, h, n).map((box) => ({ shape, fill, box }));
-      return single("count", i, { size: [w, h], background: background(rng), shapes, texts: [] }, `How many ${plural(shape)} are there?`, String(n));
+      return single(
+        "count",
+        i,
+        { size: [w, h], background: background(rng), shapes, texts: [] },
+        `How many ${plural(shape)} are there?`,
+        String(n),
+      );
     });
   }
   {
@@ -191,11 +228,20 @@ export function generateSplit(o: GenerateOptions): GeneratedSplit {
       h = Math.max(h, Math.round(tile * 0.6));
       const word = pick(rng, WORDS);
       // The default font is about 0.6 × size wide per letter.
-      const size = Math.max(10, Math.min(Math.floor(h * 0.6), Math.floor((w * 0.8) / (0.6 * word.length))));
+      const size = Math.max(
+        10,
+        Math.min(Math.floor(h * 0.6), Math.floor((w * 0.8) / (0.6 * word.length))),
+      );
       const tw = Math.ceil(0.6 * size * word.length);
       const xy: [number, number] = [rng.int(Math.max(1, w - tw)), rng.int(Math.max(1, h - size))];
       const texts = [{ text: word, xy, size, fill: [20, 20, 20] as Rgb }];
-      return single("word", i, { size: [w, h], background: background(rng), shapes: [], texts }, "Which word is written in the image?", word);
+      return single(
+        "word",
+        i,
+        { size: [w, h], background: background(rng), shapes: [], texts },
+        "Which word is written in the image?",
+        word,
+      );
     });
   }
   {
@@ -210,7 +256,13 @@ export function generateSplit(o: GenerateOptions): GeneratedSplit {
         const [w, h] = imageSize(rng, tile, 1.2);
         const fill = COLOURS[pick(rng, COLOUR_NAMES)];
         const path = `${o.prefix}compare/${String(i).padStart(5, "0")}-${k + 1}.png`;
-        scenes.push({ path, size: [w, h], background: background(rng), shapes: boxes(rng, w, h, n).map((box) => ({ shape: "circle" as const, fill, box })), texts: [] });
+        scenes.push({
+          path,
+          size: [w, h],
+          background: background(rng),
+          shapes: boxes(rng, w, h, n).map((box) => ({ shape: "circle" as const, fill, box })),
+          texts: [],
+        });
         paths.push(path);
         whs.push([w, h]);
       }
@@ -220,7 +272,10 @@ export function generateSplit(o: GenerateOptions): GeneratedSplit {
         image: paths,
         image_wh: whs,
         conversations: [
-          { from: "human", value: `Image-1: <image>\nImage-2: <image>\nWhich image has more circles? Answer first or second.` },
+          {
+            from: "human",
+            value: `Image-1: <image>\nImage-2: <image>\nWhich image has more circles? Answer first or second.`,
+          },
           { from: "gpt", value: a > b ? "first" : "second" },
         ],
       };
@@ -245,15 +300,27 @@ export function generateSplit(o: GenerateOptions): GeneratedSplit {
 }
 
 /** The tiles each image of a record gets (the planner's rule), for the generator's statistics. */
-export function recordTiles(r: DemoRecord, o: Pick<GenerateOptions, "tileSize" | "maxDynamicPatch" | "useThumbnail">): number[] {
+export function recordTiles(
+  r: DemoRecord,
+  o: Pick<GenerateOptions, "tileSize" | "maxDynamicPatch" | "useThumbnail">,
+): number[] {
   const whs = r.image_wh ?? [];
   const maxNum = perImageMaxNum(o.maxDynamicPatch, whs.length);
-  return whs.map(([w, h]) => planTiles(w, h, { minNum: 1, maxNum, tileSize: o.tileSize, useThumbnail: o.useThumbnail ?? true }).tiles);
+  return whs.map(
+    ([w, h]) =>
+      planTiles(w, h, {
+        minNum: 1,
+        maxNum,
+        tileSize: o.tileSize,
+        useThumbnail: o.useThumbnail ?? true,
+      }).tiles,
+  );
 }
 
 /** The answer a record expects: its last assistant turn. */
 export function answerOf(r: { conversations: { from: string; value: string }[] }): string {
-  for (let i = r.conversations.length - 1; i >= 0; i--) if (r.conversations[i].from === "gpt") return r.conversations[i].value;
+  for (let i = r.conversations.length - 1; i >= 0; i--)
+    if (r.conversations[i].from === "gpt") return r.conversations[i].value;
   return "";
 }
 

@@ -25,8 +25,20 @@ export const DEMO_MODEL = {
 } as const;
 
 /** Records per question type. */
-export const DEMO_TRAIN_COUNTS: Record<QuestionType, number> = { colour: 600, count: 300, word: 200, compare: 200, text: 400 };
-export const DEMO_EVAL_COUNTS: Record<QuestionType, number> = { colour: 60, count: 30, word: 20, compare: 20, text: 20 };
+export const DEMO_TRAIN_COUNTS: Record<QuestionType, number> = {
+  colour: 600,
+  count: 300,
+  word: 200,
+  compare: 200,
+  text: 400,
+};
+export const DEMO_EVAL_COUNTS: Record<QuestionType, number> = {
+  colour: 60,
+  count: 30,
+  word: 20,
+  compare: 20,
+  text: 20,
+};
 /** Colour questions twice per epoch (an integer repeat), half the text ones (a fraction). */
 export const DEMO_REPEAT: Partial<Record<QuestionType, number>> = { colour: 2, text: 0.5 };
 
@@ -60,6 +72,9 @@ export const DEMO_TRAIN = {
 /** The shortened run of --fast (tests). */
 export const DEMO_FAST = {
   steps: 100,
-  train: { colour: 240, count: 40, word: 20, compare: 20, text: 40 } as Record<QuestionType, number>,
+  train: { colour: 240, count: 40, word: 20, compare: 20, text: 40 } as Record<
+    QuestionType,
+    number
+  >,
   eval: { colour: 30, count: 10, word: 5, compare: 5, text: 5 } as Record<QuestionType, number>,
 };

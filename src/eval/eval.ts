@@ -13,8 +13,8 @@ import { type EngineEvent, runEngine } from "../engine/protocol.ts";
 import { loadModelInfo } from "../text/model-info.ts";
 import { buildGenerationPrompt, makeSampleContext } from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
-import { perImageMaxNum } from "../vision/tiling.ts";
 import { UserError } from "../util/errors.ts";
+import { perImageMaxNum } from "../vision/tiling.ts";
 import { type Scored, type ScoreReport, scoreAnswers } from "./score.ts";
 
 export interface EvalOptions {
@@ -32,7 +32,14 @@ export interface EvalOptions {
 /** One prompt of the engine's generate job (engine/tessera_engine/jobs/generate.py). */
 export interface GeneratePrompt {
   input_ids: number[];
-  images: { path: string; wh: [number, number]; cols: number; rows: number; thumbnail: boolean; max_num?: number }[];
+  images: {
+    path: string;
+    wh: [number, number];
+    cols: number;
+    rows: number;
+    thumbnail: boolean;
+    max_num?: number;
+  }[];
 }
 
 export interface Question {
@@ -53,11 +60,18 @@ export interface EvalResult extends ScoreReport {
 }
 
 /** The questions of a meta file or a JSONL: records whose last turn is the assistant's. */
-export async function loadQuestions(source: string, opts: Pick<EvalOptions, "mediaRoot" | "limit"> = {}): Promise<{ questions: Question[]; skipped: number; mediaRoots: Map<string, string> }> {
+export async function loadQuestions(
+  source: string,
+  opts: Pick<EvalOptions, "mediaRoot" | "limit"> = {},
+): Promise<{ questions: Question[]; skipped: number; mediaRoots: Map<string, string> }> {
   const abs = resolve(source);
   const specs = abs.endsWith(".jsonl")
     ? [{ name: "questions", annotation: abs, mediaRoot: resolve(opts.mediaRoot ?? dirname(abs)) }]
-    : (await loadMeta(abs)).map((s) => ({ name: s.name, annotation: s.annotation, mediaRoot: s.mediaRoot }));
+    : (await loadMeta(abs)).map((s) => ({
+        name: s.name,
+        annotation: s.annotation,
+        mediaRoot: s.mediaRoot,
+      }));
   const questions: Question[] = [];
   const mediaRoots = new Map<string, string>();
   let skipped = 0;
@@ -67,7 +81,10 @@ export async function loadQuestions(source: string, opts: Pick<EvalOptions, "med
     for await (const item of readRecords(spec)) {
       if (opts.limit !== undefined && n >= opts.limit) break;
       const errors = item.issues.filter((i) => i.severity === "error");
-      if (!item.record || errors.length) throw new UserError(`${spec.annotation}:${item.line}: ${errors[0]?.message ?? "not a usable record"}`);
+      if (!item.record || errors.length)
+        throw new UserError(
+          `${spec.annotation}:${item.line}: ${errors[0]?.message ?? "not a usable record"}`,
+        );
       const r = item.record;
       let last = r.conversations.length - 1;
       while (last >= 0 && r.conversations[last].from !== "gpt") last--;
@@ -90,24 +107,48 @@ export async function loadQuestions(source: string, opts: Pick<EvalOptions, "med
 }
 
 /** Evaluate a model on the questions of `source`. */
-export async function evaluate(model: string, source: string, opts: EvalOptions): Promise<EvalResult> {
+export async function evaluate(
+  model: string,
+  source: string,
+  opts: EvalOptions,
+): Promise<EvalResult> {
   const modelDir = resolve(model);
-  const info = loadModelInfo(modelDir, opts.maxDynamicPatch ? { maxDynamicPatch: opts.maxDynamicPatch } : {});
+  const info = loadModelInfo(
+    modelDir,
+    opts.maxDynamicPatch ? { maxDynamicPatch: opts.maxDynamicPatch } : {},
+  );
   const tokenizer = await loadTokenizer(modelDir, { python: opts.python });
   const { questions, mediaRoots } = await loadQuestions(source, opts);
-  if (!questions.length) throw new UserError(`${source}: no questions (records ending with an assistant answer) to evaluate`);
-  const contexts = new Map([...mediaRoots].map(([name, root]) => [name, makeSampleContext({ tokenizer, model: info, mediaRoot: root })]));
+  if (!questions.length)
+    throw new UserError(
+      `${source}: no questions (records ending with an assistant answer) to evaluate`,
+    );
+  const contexts = new Map(
+    [...mediaRoots].map(([name, root]) => [
+      name,
+      makeSampleContext({ tokenizer, model: info, mediaRoot: root }),
+    ]),
+  );
   const prompts: GeneratePrompt[] = [];
   for (const q of questions) {
     const p = await buildGenerationPrompt(q.record, contexts.get(q.dataset)!);
     const maxNum = perImageMaxNum(info.maxDynamicPatch, p.images.length);
     prompts.push({
       input_ids: Array.from(p.inputIds),
-      images: p.images.map((im) => ({ path: im.path, wh: im.wh, cols: im.cols, rows: im.rows, thumbnail: im.thumbnail, max_num: im.frame === undefined ? maxNum : undefined })),
+      images: p.images.map((im) => ({
+        path: im.path,
+        wh: im.wh,
+        cols: im.cols,
+        rows: im.rows,
+        thumbnail: im.thumbnail,
+        max_num: im.frame === undefined ? maxNum : undefined,
+      })),
     });
   }
   // Batches of similar lengths waste the least on padding; the answers go back in input order.
-  const order = prompts.map((_, i) => i).sort((a, b) => prompts[a].input_ids.length - prompts[b].input_ids.length || a - b);
+  const order = prompts
+    .map((_, i) => i)
+    .sort((a, b) => prompts[a].input_ids.length - prompts[b].input_ids.length || a - b);
   const t0 = Date.now();
   const res = await runEngine(
     {
@@ -121,10 +162,14 @@ export async function evaluate(model: string, source: string, opts: EvalOptions)
   );
   const outputs = res.outputs as number[][];
   if (!Array.isArray(outputs) || outputs.length !== prompts.length)
-    throw new Error(`the engine answered ${Array.isArray(outputs) ? outputs.length : "no"} prompts, expected ${prompts.length}`);
+    throw new Error(
+      `the engine answered ${Array.isArray(outputs) ? outputs.length : "no"} prompts, expected ${prompts.length}`,
+    );
   const predictions: string[] = new Array(prompts.length);
   for (const [k, i] of order.entries()) predictions[i] = await tokenizer.decode(outputs[k], true);
-  const { report, scored } = scoreAnswers(questions.map((q, i) => ({ type: q.type, answer: q.answer, prediction: predictions[i] })));
+  const { report, scored } = scoreAnswers(
+    questions.map((q, i) => ({ type: q.type, answer: q.answer, prediction: predictions[i] })),
+  );
   return {
     model: modelDir,
     source: resolve(source),
@@ -137,10 +182,22 @@ export async function evaluate(model: string, source: string, opts: EvalOptions)
 
 /** The per-type table `tessera eval` prints. */
 export function formatEval(r: ScoreReport): string {
-  const rows = Object.entries(r.byType).map(([t, a]) => [t, `${a.correct}/${a.total}`, `${(a.accuracy * 100).toFixed(1)}%`]);
-  rows.push(["overall", `${r.overall.correct}/${r.overall.total}`, `${(r.overall.accuracy * 100).toFixed(1)}%`]);
-  const w = [Math.max(4, ...rows.map((x) => x[0].length)), Math.max(7, ...rows.map((x) => x[1].length))];
+  const rows = Object.entries(r.byType).map(([t, a]) => [
+    t,
+    `${a.correct}/${a.total}`,
+    `${(a.accuracy * 100).toFixed(1)}%`,
+  ]);
+  rows.push([
+    "overall",
+    `${r.overall.correct}/${r.overall.total}`,
+    `${(r.overall.accuracy * 100).toFixed(1)}%`,
+  ]);
+  const w = [
+    Math.max(4, ...rows.map((x) => x[0].length)),
+    Math.max(7, ...rows.map((x) => x[1].length)),
+  ];
   const lines = [`${"type".padEnd(w[0])}  ${"correct".padStart(w[1])}  accuracy`];
-  for (const [t, c, a] of rows) lines.push(`${t.padEnd(w[0])}  ${c.padStart(w[1])}  ${a.padStart(8)}`);
+  for (const [t, c, a] of rows)
+    lines.push(`${t.padEnd(w[0])}  ${c.padStart(w[1])}  ${a.padStart(8)}`);
   return lines.join("\n");
 }

@@ -15,7 +15,14 @@ afterAll(() => rmSync(out, { recursive: true, force: true }));
 describe("tessera demo --fast", () => {
   it("learns the colour questions", { timeout: 900_000 }, async () => {
     const lines: string[] = [];
-    const r = await runDemo({ out, seed: 0, fast: true, bar: false, dashboard: false, log: (l) => lines.push(l) });
+    const r = await runDemo({
+      out,
+      seed: 0,
+      fast: true,
+      bar: false,
+      dashboard: false,
+      log: (l) => lines.push(l),
+    });
     const before = r.before.byType.colour;
     const after = r.after.byType.colour;
     expect(before.total).toBeGreaterThanOrEqual(30);

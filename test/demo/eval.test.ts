@@ -43,14 +43,34 @@ describe("questions", () => {
     writeFileSync(
       a,
       [
-        { id: 1, type: "colour", image: "x.png", image_wh: [[10, 10]], conversations: [{ from: "human", value: "<image>\nWhat colour?" }, { from: "gpt", value: "red" }] },
-        { id: 2, conversations: [{ from: "human", value: "hi" }, { from: "gpt", value: "hello" }, { from: "human", value: "2+2?" }, { from: "gpt", value: "4" }] },
+        {
+          id: 1,
+          type: "colour",
+          image: "x.png",
+          image_wh: [[10, 10]],
+          conversations: [
+            { from: "human", value: "<image>\nWhat colour?" },
+            { from: "gpt", value: "red" },
+          ],
+        },
+        {
+          id: 2,
+          conversations: [
+            { from: "human", value: "hi" },
+            { from: "gpt", value: "hello" },
+            { from: "human", value: "2+2?" },
+            { from: "gpt", value: "4" },
+          ],
+        },
       ]
         .map((r) => JSON.stringify(r))
         .join("\n"),
     );
     const meta = join(dir, "meta.json");
-    writeFileSync(meta, JSON.stringify({ chat: { media_root: "", annotation: "a.jsonl", repeat_time: 0.5 } }));
+    writeFileSync(
+      meta,
+      JSON.stringify({ chat: { media_root: "", annotation: "a.jsonl", repeat_time: 0.5 } }),
+    );
     const { questions } = await loadQuestions(a);
     expect(questions.map((q) => [q.id, q.type, q.answer])).toEqual([
       ["1", "colour", "red"],
@@ -59,7 +79,10 @@ describe("questions", () => {
     expect(questions[1].record.conversations).toHaveLength(3);
     expect(questions[1].record.conversations.at(-1)!.value).toBe("2+2?");
     const bad = join(dir, "bad.jsonl");
-    writeFileSync(bad, `${JSON.stringify({ conversations: [{ from: "human", value: "no answer" }] })}\n`);
+    writeFileSync(
+      bad,
+      `${JSON.stringify({ conversations: [{ from: "human", value: "no answer" }] })}\n`,
+    );
     await expect(loadQuestions(bad)).rejects.toThrow(/bad\.jsonl:1: .*no gpt turn/);
     // a meta file: every record of each dataset (repeat_time is for training), typed by dataset
     const fromMeta = await loadQuestions(meta);

@@ -1,7 +1,15 @@
 import { describe, expect, it } from "vitest";
-import { demoDataFiles } from "../../src/demo/generate.ts";
-import { answerOf, COLOURS, generateSplit, MAX_COUNT, QUESTION_TYPES, recordTiles, WORDS } from "../../src/demo/scenes.ts";
 import { selectedRecordCount } from "../../src/data/meta.ts";
+import { demoDataFiles } from "../../src/demo/generate.ts";
+import {
+  answerOf,
+  COLOURS,
+  generateSplit,
+  MAX_COUNT,
+  QUESTION_TYPES,
+  recordTiles,
+  WORDS,
+} from "../../src/demo/scenes.ts";
 
 const counts = { colour: 120, count: 60, word: 30, compare: 40, text: 40 };
 const opts = { seed: 7, tileSize: 56, maxDynamicPatch: 6, counts, prefix: "train/" };
@@ -18,7 +26,8 @@ describe("demo scenes", () => {
   it("varies tiling from 1 to 6 tiles, with thumbnails", () => {
     const { records } = generateSplit(opts);
     const seen = new Set<number>();
-    for (const t of QUESTION_TYPES) for (const r of records[t]) for (const n of recordTiles(r, opts)) seen.add(n);
+    for (const t of QUESTION_TYPES)
+      for (const r of records[t]) for (const n of recordTiles(r, opts)) seen.add(n);
     // 1 tile (no thumbnail) and 2..6 tiles + thumbnail = 3..7
     for (const n of [1, 3, 4, 5, 7]) expect(seen.has(n), `tiles ${n} in ${[...seen]}`).toBe(true);
     expect(Math.max(...seen)).toBeLessThanOrEqual(7);
@@ -34,7 +43,9 @@ describe("demo scenes", () => {
       const rgb = s.shapes[0].fill;
       // the nearest named colour is the answer
       const nearest = Object.entries(COLOURS).sort(
-        (x, y) => x[1].reduce((d, v, i) => d + (v - rgb[i]) ** 2, 0) - y[1].reduce((d, v, i) => d + (v - rgb[i]) ** 2, 0),
+        (x, y) =>
+          x[1].reduce((d, v, i) => d + (v - rgb[i]) ** 2, 0) -
+          y[1].reduce((d, v, i) => d + (v - rgb[i]) ** 2, 0),
       )[0][0];
       expect(answerOf(r)).toBe(nearest);
       expect(r.conversations[0].value).toContain(`the ${s.shapes[0].shape}?`);
@@ -50,7 +61,12 @@ describe("demo scenes", () => {
         expect(a.box[2]).toBeLessThan(s.size[0]);
         expect(a.box[3]).toBeLessThan(s.size[1]);
         for (const b of s.shapes.slice(i + 1))
-          expect(a.box[2] < b.box[0] || b.box[2] < a.box[0] || a.box[3] < b.box[1] || b.box[3] < a.box[1]).toBe(true);
+          expect(
+            a.box[2] < b.box[0] ||
+              b.box[2] < a.box[0] ||
+              a.box[3] < b.box[1] ||
+              b.box[3] < a.box[1],
+          ).toBe(true);
       }
     }
     for (const r of records.word) {
@@ -70,7 +86,8 @@ describe("demo scenes", () => {
       expect(r.image).toBeUndefined();
     }
     // answers are single words, so exact match is fair
-    for (const t of QUESTION_TYPES) for (const r of records[t]) expect(answerOf(r)).toMatch(/^\w+$/);
+    for (const t of QUESTION_TYPES)
+      for (const r of records[t]) expect(answerOf(r)).toMatch(/^\w+$/);
   });
 
   it("writes meta files with repeat_time both ways and a held-out split", () => {
