@@ -228,7 +228,7 @@ function withAddedTokens(path: string, dir: string): { native: Tokenizer; json: 
       wanted.set(Number(id), { content: spec.content, special: spec.special !== false });
   for (const [content, id] of Object.entries(readJson(join(dir, "added_tokens.json"))))
     if (typeof id === "number" && !wanted.has(id)) wanted.set(id, { content, special: true });
-  const native = Tokenizer.fromString(JSON.stringify(json));
+  const native = Tokenizer.fromFile(path);
   const missing = [...wanted.entries()]
     .filter(([, t]) => native.tokenToId(t.content) == null)
     .sort((a, b) => a[0] - b[0]);
