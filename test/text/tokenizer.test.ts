@@ -1,4 +1,11 @@
-import { existsSync, mkdirSync, mkdtempSync, readdirSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -165,6 +172,34 @@ describe("tokenizers", () => {
       expect(conv.addBos).toBe(true); // SentencePiece folders without tokenizer_config: BOS from the model
     }
     expect(readdirSync(join(cacheDir, "tokenizers")).length).toBeGreaterThanOrEqual(4);
+  });
+
+  it("registers tokens from added_tokens.json with the folder's ids, and refuses conflicting ids", async () => {
+    const dir = makeModelFolder({ vocab: "qwen2" });
+    const tokPath = join(dir, "tokenizer.json");
+    const json = JSON.parse(readFileSync(tokPath, "utf8"));
+    const mine = json.added_tokens.filter((t: { content: string }) =>
+      INTERNVL_SPECIAL_TOKENS.includes(t.content),
+    );
+    json.added_tokens = json.added_tokens.filter(
+      (t: { content: string }) => !INTERNVL_SPECIAL_TOKENS.includes(t.content),
+    );
+    writeFileSync(tokPath, JSON.stringify(json));
+    writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ eos_token: "<|im_end|>" }));
+    writeFileSync(
+      join(dir, "added_tokens.json"),
+      JSON.stringify(
+        Object.fromEntries(mine.map((t: { content: string; id: number }) => [t.content, t.id])),
+      ),
+    );
+    const t = await loadTokenizer(dir, { cacheDir });
+    for (const m of mine) expect(t.tokenId(m.content)).toBe(m.id);
+    expect(Array.from(await t.encode(`x${IMG_CONTEXT}y`))).toContain(t.tokenId(IMG_CONTEXT));
+    // An id that is already taken by another token: the files disagree.
+    writeFileSync(join(dir, "added_tokens.json"), JSON.stringify({ "<|im_end|>": 5 }));
+    await expect(loadTokenizer(dir, { cacheDir })).rejects.toThrow(
+      /<\|im_end\|> is id \d+ .* but 5 in the added tokens/,
+    );
   });
 
   it("names the folder when there is no tokenizer", async () => {
