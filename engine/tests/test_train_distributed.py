@@ -49,7 +49,10 @@ def test_two_ranks_match_one_process(data, strategy):
     steps = STEPS if strategy == "zero2" else 4
     cfg = dict(lr=5e-3, warmup_ratio=0.1, min_lr=1e-4, weight_decay=0.05, shard_strategy=strategy,
                gradient_checkpointing=strategy == "zero2")
-    # ZeRO-3 also exports: the sharded weights are gathered whole on rank 0.
+    if strategy == "zero3":
+        # ZeRO-3 also trains LoRA layers inside the sharded ones (initialised alike on every rank).
+        cfg.update(llm_lora_rank=4, vit_lora_rank=2)
+    # ZeRO-3 also exports: the sharded weights are gathered whole on rank 0 and LoRA is merged.
     two_cfg = dict(cfg, export="original") if strategy == "zero3" else cfg
     one_plan = F.write_plan(root / f"plan1-{strategy}", cache, steps=steps, slots_per_step=2, world_size=1)
     one = loop.train(F.job(model, cache, one_plan, root / f"one-{strategy}", **cfg))["losses"]

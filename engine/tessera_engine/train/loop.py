@@ -236,6 +236,7 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
     dtype = compute_dtype(s, device)
     root: nn.Module = TrainModule(model, info.tile_size, s.loss_reduction)
     if world.distributed and s.shard_strategy in ("zero2", "zero3"):
+        parallel.inputs_require_grad(model)
         parallel.apply_fsdp(root, world, s.shard_strategy, dtype)
         autocast = False
     elif world.distributed:

@@ -73,6 +73,29 @@ def apply_ac(model: nn.Module) -> None:
     model.config.use_cache = False
 
 
+def inputs_require_grad(model: nn.Module) -> None:
+    """Make the outputs of the (possibly frozen) vision and text embeddings require grad.
+
+    FSDP2 reduces a layer's gradients when the gradient of that layer's input is computed.
+    With frozen embeddings and no image in a micro-batch, the first LLM layer's input needs
+    no gradient, so that layer would reduce at the end of backward on one rank and in order
+    on another: the ranks' collectives would no longer pair up.
+    """
+    inner = model
+    while not hasattr(inner, "vision_tower"):
+        inner = inner.model
+
+    def hook(_module, _inputs, output):
+        if torch.is_grad_enabled():
+            out = output[0] if isinstance(output, tuple) else output
+            if isinstance(out, torch.Tensor) and not out.requires_grad:
+                out.requires_grad_(True)
+        return output
+
+    inner.language_model.get_input_embeddings().register_forward_hook(hook)
+    inner.vision_tower.embeddings.register_forward_hook(hook)
+
+
 def apply_fsdp(model: nn.Module, world: World, strategy: str, param_dtype: torch.dtype) -> nn.Module:
     """FSDP2 over the data-parallel mesh; parameters stay float32, gradients reduce in float32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
