@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,20 +29,40 @@ def data(tmp_path_factory):
     return root, model, cache
 
 
-def _torchrun(job: dict, root: Path, name: str) -> list[dict]:
+def _read(events: Path) -> list[dict]:
+    if not events.exists():
+        return []
+    return [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+
+
+def _torchrun(job: dict, root: Path, name: str, stop_rank_at: tuple[int, int] | None = None) -> list[dict]:
+    """Run the job on 2 ranks; with stop_rank_at=(rank, step), SIGTERM that rank once rank 0
+    reports the step."""
     job_path = root / f"{name}.json"
     events = root / f"{name}.events.jsonl"
+    events.unlink(missing_ok=True)
     job_path.write_text(json.dumps(job))
     env = F.env_with_engine()
     env["TESSERA_EVENTS"] = f"file:{events}"
     env["OMP_NUM_THREADS"] = "1"
-    p = subprocess.run(
+    p = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
          "-m", "tessera_engine", str(job_path)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    if stop_rank_at is not None:
+        rank, step = stop_rank_at
+        deadline = time.time() + 300
+        while p.poll() is None and time.time() < deadline:
+            seen = _read(events)
+            if any(e["event"] == "metric" and e["step"] >= step for e in seen):
+                pid = next(e["pid"] for e in seen if e["event"] == "hello" and e["rank"] == rank)
+                os.kill(pid, signal.SIGTERM)
+                break
+            time.sleep(0.05)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out[-5000:]
+    return _read(events)
 
 
 @pytest.mark.parametrize("strategy", ["zero2", "zero3", "ddp"])
@@ -78,3 +101,16 @@ def test_two_ranks_match_one_process(data, strategy):
         before = load_internvl(model).model.state_dict()
         assert trained.keys() == before.keys()
         assert any(not torch.equal(trained[k], before[k]) for k in trained)
+    if strategy == "zero2":
+        # Stop rank 1 with SIGTERM after step 5: both ranks checkpoint the same step and stop;
+        # resuming on 2 ranks reproduces the unbroken run's losses.
+        job = F.job(model, cache, two_plan, root / "two-zero2-broken", **cfg)
+        first = _torchrun(job, root, "broken", stop_rank_at=(1, 5))
+        r0 = next(e for e in first if e["event"] == "result" and e["rank"] == 0)
+        r1 = next(e for e in first if e["event"] == "result" and e["rank"] == 1)
+        assert r0["stopped"] and r0["steps_done"] == r1["steps_done"] < steps
+        k = r0["steps_done"]
+        rest = _torchrun({**job, "resume": True}, root, "resumed")
+        r = next(e for e in rest if e["event"] == "result" and e["rank"] == 0)
+        assert r["start_step"] == k and r["steps_done"] == steps
+        assert r0["losses"] + r["losses"] == pytest.approx(two, abs=1e-6)
