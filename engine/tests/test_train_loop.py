@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,3 +155,33 @@ def test_weights_only_checkpoints_still_resume(data):
         shutil.rmtree(Path(r["checkpoint"]).parent / later)
     again = loop.train({**F.job(model, cache, plan, root / "dropopt", **cfg), "resume": True})
     assert again["start_step"] == 1 and again["steps_done"] == 3 and len(again["losses"]) == 2
+
+
+def test_concat_packing_cuts_inside_images(data):
+    """Rows cut inside an image use only their share of its features; the run still learns."""
+    from tessera_engine.data.cache import PreparedCache
+    from tessera_engine.model.load import load_internvl
+    from tessera_engine.model.packed import embed_with_images, image_features
+
+    root, model, cache_dir = data
+    cache = PreparedCache(str(cache_dir))
+    # A row length that cuts at least one image's context tokens in two.
+    for cap in range(9, 40):
+        rows = F.concat_pieces(cache, list(range(len(cache))), cap)
+        if any(im.context_start < s + n < im.context_start + im.tiles for r in rows for i, s, n in r
+               for im in cache.images(i)):
+            break
+    plan = F.write_plan(root / "plan-concat", cache_dir, steps=8, slots_per_step=2, world_size=1,
+                        pack_max_length=cap, concat=True)
+    r = loop.train(F.job(model, cache_dir, plan, root / "concat", lr=1e-2))
+    assert r["steps_done"] == 8 and all(np.isfinite(r["losses"]))
+
+    # The split rows see exactly the halves of the image's features.
+    m = load_internvl(model).model.eval()
+    ctx = m.config.image_token_id
+    px = torch.randn(4, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        feats = image_features(m, px).reshape(-1, m.config.text_config.hidden_size)
+        a = embed_with_images(m, torch.tensor([[5, ctx, ctx]]), px, image_spans=[(4, 0, 2)])
+        b = embed_with_images(m, torch.tensor([[ctx, ctx, 6]]), px, image_spans=[(4, 2, 4)])
+    assert torch.allclose(a[0, 1:], feats[0:2]) and torch.allclose(b[0, :2], feats[2:4])

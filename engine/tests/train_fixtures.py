@@ -129,8 +129,26 @@ def write_cache(root: Path, model: Path, n_samples: int = 32, seed: int = 0, ima
     return root / "cache"
 
 
+def concat_pieces(cache, order: list[int], cap: int) -> list[list[tuple[int, int, int]]]:
+    """Concatenate samples in order and cut every `cap` tokens: rows of (sample, start, length)."""
+    rows, cur, used = [], [], 0
+    for i in order:
+        n, start = int(cache.lengths[i]), 0
+        while start < n:
+            take = min(n - start, cap - used)
+            cur.append((i, start, take))
+            used += take
+            start += take
+            if used == cap:
+                rows.append(cur)
+                cur, used = [], 0
+    if cur:
+        rows.append(cur)
+    return rows
+
+
 def write_plan(out: Path, cache_dir: Path, steps: int, slots_per_step: int, world_size: int,
-               pack_max_length: int = 64, seed: int = 0) -> Path:
+               pack_max_length: int = 64, seed: int = 0, concat: bool = False) -> Path:
     """Greedy packs in a seeded order, epoch after epoch, `slots_per_step` packs per step in all.
 
     The packs of step g are micro-batches g·slots … (g+1)·slots − 1 whatever the world size,
@@ -142,6 +160,8 @@ def write_plan(out: Path, cache_dir: Path, steps: int, slots_per_step: int, worl
     n = len(cache)
     lengths = cache.lengths
     learned = cache.learned
+    if concat:
+        return _write_concat_plan(out, cache, steps, slots_per_step, world_size, pack_max_length, seed)
     packs: list[list[int]] = []
     epoch = 0
     while len(packs) < steps * slots_per_step:
@@ -203,6 +223,69 @@ def write_plan(out: Path, cache_dir: Path, steps: int, slots_per_step: int, worl
             "micro_batches": len(packs), "rows": len(packs), "pieces": len(pieces),
             "options": {"packing": "soft", "pack_max_length": pack_max_length, "seed": seed},
             "stats": {}, "columns": cols}
+    (out / "plan.json").write_text(json.dumps(plan))
+    return out
+
+
+def _write_concat_plan(out: Path, cache, steps: int, slots: int, world_size: int, cap: int, seed: int) -> Path:
+    order: list[int] = []
+    while True:
+        rows = concat_pieces(cache, order, cap)
+        if len(rows) > steps * slots:
+            break
+        order += np.random.default_rng(seed + len(order)).permutation(len(cache)).tolist()
+    rows = rows[: steps * slots]
+    labels = {i: cache.tokens(i)[1] for i in {p[0] for r in rows for p in r}}
+
+    def learned(i, start, length):
+        return int((labels[i][start:start + length] != IGNORE).sum())
+
+    def tiles(i, start, length):
+        tpt = cache.tokens_per_tile
+        return sum(im.tiles for im in cache.images(i)
+                   if im.context_start < start + length and im.context_start + im.tiles * tpt > start)
+
+    pieces = [p for r in rows for p in r]
+    row_offset = np.zeros(len(rows) + 1, "<i8")
+    row_offset[1:] = np.cumsum([len(r) for r in rows])
+    row_tokens = np.array([sum(p[2] for p in r) for r in rows], "<i4")
+    row_tiles = np.array([sum(tiles(*p) for p in r) for r in rows], "<i4")
+    row_learned = np.array([sum(learned(*p) for p in r) for r in rows], "<i4")
+    plearn = np.array([learned(*p) for p in pieces], "<i4")
+    st = {"tokens": [], "learned": [], "samples": [], "ls": [], "sqrt": []}
+    for g in range(steps):
+        ps = [p for r in rows[g * slots:(g + 1) * slots] for p in r]
+        ls = [learned(*p) for p in ps]
+        st["tokens"].append(sum(p[2] for p in ps))
+        st["learned"].append(sum(ls))
+        st["samples"].append(len(ps))
+        st["ls"].append(sum(1 for x in ls if x > 0))
+        st["sqrt"].append(float(sum(math.sqrt(x) for x in ls)))
+    out.mkdir(parents=True, exist_ok=True)
+    cols = {
+        "mb_offset": _col(out, "mb_offset", np.arange(len(rows) + 1, dtype="<i8"), "i64"),
+        "row_offset": _col(out, "row_offset", row_offset, "i64"),
+        "row_tokens": _col(out, "row_tokens", row_tokens, "i32"),
+        "row_tiles": _col(out, "row_tiles", row_tiles, "i32"),
+        "mb_tokens": _col(out, "mb_tokens", row_tokens, "i32"),
+        "mb_tiles": _col(out, "mb_tiles", row_tiles, "i32"),
+        "mb_learned": _col(out, "mb_learned", row_learned, "i32"),
+        "piece_sample": _col(out, "piece_sample", np.array([p[0] for p in pieces], "<i4"), "i32"),
+        "piece_start": _col(out, "piece_start", np.array([p[1] for p in pieces], "<i4"), "i32"),
+        "piece_length": _col(out, "piece_length", np.array([p[2] for p in pieces], "<i4"), "i32"),
+        "piece_learned": _col(out, "piece_learned", plearn, "i32"),
+        "step_tokens": _col(out, "step_tokens", np.array(st["tokens"], "<i8"), "i64"),
+        "step_learned": _col(out, "step_learned", np.array(st["learned"], "<i8"), "i64"),
+        "step_samples": _col(out, "step_samples", np.array(st["samples"], "<i4"), "i32"),
+        "step_learned_samples": _col(out, "step_learned_samples", np.array(st["ls"], "<i4"), "i32"),
+        "step_sqrt_learned": _col(out, "step_sqrt_learned", np.array(st["sqrt"], "<f8"), "f64"),
+    }
+    fp = hashlib.sha256(json.dumps(["concat", steps, slots, cap, seed]).encode()).hexdigest()
+    plan = {"format": "tessera-plan", "version": 1, "fingerprint": fp, "cache_fingerprint": cache.fingerprint,
+            "cache_dir": cache.path, "world_size": world_size, "micro_batches_per_step": slots // world_size,
+            "epochs": 1, "epoch_steps": [steps], "epoch_first_step": [0], "total_steps": steps,
+            "micro_batches": len(rows), "rows": len(rows), "pieces": len(pieces),
+            "options": {"packing": "concat", "pack_max_length": cap, "seed": seed}, "stats": {}, "columns": cols}
     (out / "plan.json").write_text(json.dumps(plan))
     return out
 

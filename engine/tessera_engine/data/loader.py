@@ -70,7 +70,8 @@ class _PlanSlice(Dataset):
         pos = torch.arange(width, dtype=torch.int64).repeat(n, 1)
         cu = []
         t = self.tiling
-        pixels, tiles = [], []
+        pixels, tiles, spans = [], [], []
+        cut = False
         for b, row in enumerate(packed):
             L = len(row.input_ids)
             ids[b, :L] = torch.from_numpy(row.input_ids.astype(np.int64))
@@ -82,9 +83,10 @@ class _PlanSlice(Dataset):
                 im = pim.image
                 if im.frame is not None:
                     raise PixelError(f"{im.path}: video frames are not decoded by the engine yet")
-                if pim.token_lo != 0 or pim.token_hi != im.tiles * cache.tokens_per_tile:
-                    raise PixelError(f"{im.path}: the plan splits this image's tokens across packs; "
-                                     "concat packing must not cut inside an image")
+                # Concat packing may cut a sample inside an image: the row then uses only
+                # features [token_lo, token_hi) of the image's tiles (all tiles still run).
+                spans.append((im.tiles, pim.token_lo, pim.token_hi))
+                cut = cut or pim.token_lo != 0 or pim.token_hi != im.tiles * cache.tokens_per_tile
                 n_images = len(cache.images(pim.sample))
                 check_grid(
                     im.wh, im.cols, im.rows, im.thumbnail, im.tiles, tile=t.tile, min_num=t.min_num,
@@ -100,6 +102,7 @@ class _PlanSlice(Dataset):
             cu_seqlens=cu,
             pixel_values=torch.from_numpy(np.concatenate(pixels)) if pixels else torch.zeros(0, 3, t.tile, t.tile),
             image_tiles=tiles,
+            image_spans=spans if cut else None,
             tokens=mb.tokens,
             learned=mb.learned_tokens,
             pieces=int(sum(len(r.samples) for r in mb.rows)),

@@ -113,14 +113,32 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def embed_with_images(model, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-                      image_token_id: int | None = None) -> torch.Tensor:
-    """Text embeddings with image features scattered at the <IMG_CONTEXT> positions, tile by tile."""
+                      image_token_id: int | None = None,
+                      image_spans: Sequence[tuple[int, int, int]] | None = None) -> torch.Tensor:
+    """Text embeddings with image features scattered at the <IMG_CONTEXT> positions, tile by tile.
+
+    image_spans: one (tiles, lo, hi) per image of pixel_values, in order, when a row holds only
+    features [lo, hi) of an image's tiles x tokens-per-tile (concat packing cut it)."""
     img_id = model.config.image_token_id if image_token_id is None else image_token_id
     embeds = model.get_input_embeddings()(input_ids)
     slots = input_ids == img_id
     n_slots = int(slots.sum())
     per_tile = int(model.config.image_seq_length)
     n_tiles = 0 if pixel_values is None else int(pixel_values.shape[0])
+    if image_spans is not None:
+        if sum(t for t, _, _ in image_spans) != n_tiles:
+            raise ValueError(f"image_spans cover {sum(t for t, _, _ in image_spans)} tiles, pixel_values has {n_tiles}")
+        used = sum(hi - lo for _, lo, hi in image_spans)
+        if n_slots != used:
+            raise ValueError(f"{n_slots} <IMG_CONTEXT> tokens but the image spans use {used} features")
+        if n_tiles == 0:
+            return embeds
+        feats = image_features(model, pixel_values.to(embeds.dtype))
+        parts, at = [], 0
+        for tiles, lo, hi in image_spans:
+            parts.append(feats[at:at + tiles].reshape(-1, feats.shape[-1])[lo:hi])
+            at += tiles
+        return embeds.masked_scatter(slots[..., None], torch.cat(parts).to(embeds.dtype))
     if n_slots != n_tiles * per_tile:
         raise ValueError(f"{n_slots} <IMG_CONTEXT> tokens but {n_tiles} tile(s) x {per_tile} tokens per tile "
                          f"= {n_tiles * per_tile}")
@@ -174,6 +192,7 @@ def packed_forward(
     image_token_id: int | None = None,
     chunk_size: int = 2048,
     return_logits: bool = False,
+    image_spans: Sequence[tuple[int, int, int]] | None = None,
 ) -> PackedOutput:
     """Forward a packed batch. input_ids [T] or [B, T]; cu_seqlens per row (see segments_from_cu_seqlens);
     position_ids default to restarting at 0 per sample; pixel_values [N, 3, S, S] for all tiles of the
@@ -194,7 +213,7 @@ def packed_forward(
     if labels is None:
         labels = input_ids.masked_fill(seg.sample_id < 0, IGNORE)
 
-    embeds = embed_with_images(model, input_ids, pixel_values, image_token_id)
+    embeds = embed_with_images(model, input_ids, pixel_values, image_token_id, image_spans)
     impl = model.config.text_config._attn_implementation or "sdpa"
     mask, extra = attention_inputs(impl, seg, embeds.dtype)
     out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,

@@ -142,6 +142,7 @@ class TrainModule(nn.Module):
                 [c.to(device) for c in item["cu_seqlens"]],
                 pixels,
                 item["labels"].to(device, non_blocking=True),
+                image_spans=item["image_spans"],
             )
             if out.token_losses.numel():
                 loss = reduce_loss(out.token_losses, out.sample_index, self.reduction, _global_norm(totals),
@@ -152,7 +153,8 @@ class TrainModule(nn.Module):
 
 
 def _touch(x: torch.Tensor) -> torch.Tensor:
-    return x.sum() if x.numel() else x.new_zeros(())
+    # The sum of an empty tensor is 0 and keeps the graph (the head's weight is in it).
+    return x.sum()
 
 
 def _global_norm(t: StepTotals):
