@@ -107,10 +107,215 @@ function byteAlphabet(): string[] {
   return table;
 }
 
+/** The Qwen2 pre-tokenizer pattern; Llama-3's is the same with `\p{N}{1,3}` for `\p{N}`. */
+const QWEN2_SPLIT =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const LLAMA3_SPLIT = QWEN2_SPLIT.replace("|\\p{N}|", "|\\p{N}{1,3}|");
+
+// ASCII character classes of the pattern: letter (\p{L}), digit (\p{N}), white space (\s).
+const C_OTHER = 0;
+const C_LETTER = 1;
+const C_DIGIT = 2;
+const C_SPACE = 3;
+const ASCII_CLASS = new Uint8Array(128);
+for (let c = 0; c < 128; c++)
+  ASCII_CLASS[c] =
+    (c >= 65 && c <= 90) || (c >= 97 && c <= 122)
+      ? C_LETTER
+      : c >= 48 && c <= 57
+        ? C_DIGIT
+        : c === 9 || c === 10 || c === 11 || c === 12 || c === 13 || c === 32
+          ? C_SPACE
+          : C_OTHER;
+
+/**
+ * End of the pre-token that starts at `i` of the pure-ASCII text `s`, exactly as the Qwen2 /
+ * Llama-3 pattern matches it (alternatives tried in order, greedy, with the same backtracking).
+ * `maxDigits` is 1 (Qwen2) or 3 (Llama-3).
+ */
+export function asciiPieceEnd(s: string, i: number, maxDigits: number): number {
+  const n = s.length;
+  const c = s.charCodeAt(i);
+  const k = ASCII_CLASS[c];
+  // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+  if (c === 39 && i + 1 < n) {
+    const a = s.charCodeAt(i + 1) | 32;
+    if (a === 115 || a === 116 || a === 109 || a === 100) return i + 2; // s t m d
+    if (i + 2 < n) {
+      const b = s.charCodeAt(i + 2) | 32;
+      if ((a === 114 && b === 101) || (a === 118 && b === 101) || (a === 108 && b === 108))
+        return i + 3; // re ve ll
+    }
+  }
+  // [^\r\n\p{L}\p{N}]?\p{L}+
+  if (k === C_LETTER) {
+    let j = i + 1;
+    while (j < n && ASCII_CLASS[s.charCodeAt(j)] === C_LETTER) j++;
+    return j;
+  }
+  if (
+    k !== C_DIGIT &&
+    c !== 10 &&
+    c !== 13 &&
+    i + 1 < n &&
+    ASCII_CLASS[s.charCodeAt(i + 1)] === C_LETTER
+  ) {
+    let j = i + 2;
+    while (j < n && ASCII_CLASS[s.charCodeAt(j)] === C_LETTER) j++;
+    return j;
+  }
+  // \p{N} or \p{N}{1,3}
+  if (k === C_DIGIT) {
+    let j = i + 1;
+    while (j < n && j - i < maxDigits && ASCII_CLASS[s.charCodeAt(j)] === C_DIGIT) j++;
+    return j;
+  }
+  //  ?[^\s\p{L}\p{N}]+[\r\n]*
+  let p = -1;
+  if (k === C_OTHER) p = i;
+  else if (c === 32 && i + 1 < n && ASCII_CLASS[s.charCodeAt(i + 1)] === C_OTHER) p = i + 1;
+  if (p >= 0) {
+    let j = p + 1;
+    while (j < n && ASCII_CLASS[s.charCodeAt(j)] === C_OTHER) j++;
+    while (j < n && (s.charCodeAt(j) === 10 || s.charCodeAt(j) === 13)) j++;
+    return j;
+  }
+  // Only white space is left: \s*[\r\n]+ ends after the run's last line break.
+  let end = i + 1;
+  while (end < n && ASCII_CLASS[s.charCodeAt(end)] === C_SPACE) end++;
+  for (let j = end - 1; j >= i; j--) {
+    const d = s.charCodeAt(j);
+    if (d === 10 || d === 13) return j + 1;
+  }
+  // \s+(?!\S): the whole run at the end of the text, else all but its last character; then \s+.
+  if (end === n || end - i === 1) return end;
+  return end - 1;
+}
+
+/** FNV-1a over the UTF-16 units of s[from, to). */
+function hashRange(s: string, from: number, to: number): number {
+  let h = 0x811c9dc5 | 0;
+  for (let i = from; i < to; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h;
+}
+
+/**
+ * Pre-token → ids, without building a string per lookup: open addressing keyed by the hash of
+ * a range of the text, entries compared unit by unit; ids kept in one pool.
+ */
+class WordCache {
+  private slots: Int32Array; // entry index + 1, 0 = empty
+  private keys: string[] = [];
+  private hashes: Int32Array;
+  private starts: Int32Array;
+  private lens: Int32Array;
+  pool: Int32Array;
+  private poolLen = 0;
+  size = 0;
+
+  constructor(private readonly capacity: number) {
+    let slots = 1024;
+    while (slots < capacity * 2 && slots < 1 << 22) slots *= 2;
+    this.slots = new Int32Array(slots);
+    const first = Math.min(capacity, 4096);
+    this.hashes = new Int32Array(first);
+    this.starts = new Int32Array(first);
+    this.lens = new Int32Array(first);
+    this.pool = new Int32Array(first * 4);
+  }
+
+  /** Entry of s[from, to) with hash h, or -1. */
+  find(s: string, from: number, to: number, h: number): number {
+    const mask = this.slots.length - 1;
+    const len = to - from;
+    for (let at = h & mask; ; at = (at + 1) & mask) {
+      const e = this.slots[at] - 1;
+      if (e < 0) return -1;
+      if (this.hashes[e] !== h) continue;
+      const key = this.keys[e];
+      if (key.length !== len) continue;
+      let k = 0;
+      while (k < len && key.charCodeAt(k) === s.charCodeAt(from + k)) k++;
+      if (k === len) return e;
+    }
+  }
+
+  start(e: number): number {
+    return this.starts[e];
+  }
+  len(e: number): number {
+    return this.lens[e];
+  }
+
+  add(key: string, h: number, ids: readonly number[]): number {
+    if (this.size >= this.capacity || this.size * 2 >= this.slots.length) this.clear();
+    const e = this.size++;
+    if (e === this.hashes.length) {
+      const cap = e * 2;
+      this.hashes = grow(this.hashes, cap);
+      this.starts = grow(this.starts, cap);
+      this.lens = grow(this.lens, cap);
+    }
+    if (this.poolLen + ids.length > this.pool.length)
+      this.pool = grow(this.pool, Math.max(this.pool.length * 2, this.poolLen + ids.length));
+    this.keys.push(key);
+    this.hashes[e] = h;
+    this.starts[e] = this.poolLen;
+    this.lens[e] = ids.length;
+    for (let k = 0; k < ids.length; k++) this.pool[this.poolLen++] = ids[k];
+    const mask = this.slots.length - 1;
+    let at = h & mask;
+    while (this.slots[at] !== 0) at = (at + 1) & mask;
+    this.slots[at] = e + 1;
+    return e;
+  }
+
+  clear(): void {
+    this.slots.fill(0);
+    this.keys = [];
+    this.size = 0;
+    this.poolLen = 0;
+  }
+}
+
+function grow(a: Int32Array, cap: number): Int32Array {
+  const b = new Int32Array(cap);
+  b.set(a);
+  return b;
+}
+
+/** A growable Int32 buffer that encoders append ids to. */
+export class IdBuffer {
+  data: Int32Array;
+  length = 0;
+  constructor(capacity = 4096) {
+    this.data = new Int32Array(Math.max(16, capacity));
+  }
+  reserve(extra: number): void {
+    const need = this.length + extra;
+    if (need <= this.data.length) return;
+    let cap = this.data.length * 2;
+    while (cap < need) cap *= 2;
+    const next = new Int32Array(cap);
+    next.set(this.data.subarray(0, this.length));
+    this.data = next;
+  }
+  push(id: number): void {
+    if (this.length === this.data.length) this.reserve(1);
+    this.data[this.length++] = id;
+  }
+  pushAll(ids: ArrayLike<number>): void {
+    this.reserve(ids.length);
+    for (let k = 0; k < ids.length; k++) this.data[this.length++] = ids[k];
+  }
+}
+
 export class FastByteLevelBpe {
   private readonly byteChar = byteAlphabet();
   private readonly encoder = new TextEncoder();
-  private cache = new Map<string, number[]>();
+  private readonly cache: WordCache;
+  /** 1 or 3 for the two known patterns (scanned by hand on ASCII texts), 0 for others. */
+  private readonly asciiDigits: number;
 
   private constructor(
     private readonly vocab: Map<string, number>,
@@ -120,8 +325,12 @@ export class FastByteLevelBpe {
     private readonly ignoreMerges: boolean,
     /** Texts matching this contain an added token: the native tokenizer handles them. */
     readonly addedToken: RegExp | null,
-    private readonly cacheSize: number,
-  ) {}
+    cacheSize: number,
+    pattern: string,
+  ) {
+    this.cache = new WordCache(Math.max(1, cacheSize));
+    this.asciiDigits = pattern === QWEN2_SPLIT ? 1 : pattern === LLAMA3_SPLIT ? 3 : 0;
+  }
 
   /** An encoder for this tokenizer.json, or null when its pipeline is not the supported shape. */
   static fromJson(json: Obj, cacheSize = 500_000): FastByteLevelBpe | null {
@@ -169,6 +378,7 @@ export class FastByteLevelBpe {
       model.ignore_merges === true,
       addedToken,
       cacheSize,
+      pattern,
     );
   }
 
@@ -191,39 +401,78 @@ export class FastByteLevelBpe {
 
   /** Ids of a text without added tokens; null when a piece is missing from the vocabulary. */
   encode(text: string): number[] | null {
+    const buf = new IdBuffer(64);
+    if (!this.encodeInto(text, buf)) return null;
+    return Array.from(buf.data.subarray(0, buf.length));
+  }
+
+  /**
+   * Append the ids of a text without added tokens to `out`; false (and `out` as it was) when a
+   * piece is missing from the vocabulary.
+   */
+  encodeInto(text: string, out: IdBuffer): boolean {
+    const mark = out.length;
+    if (this.asciiDigits && isAscii(text)) {
+      // Pure ASCII (already NFC): the known pattern, scanned by hand.
+      const digits = this.asciiDigits;
+      for (let i = 0; i < text.length; ) {
+        const j = asciiPieceEnd(text, i, digits);
+        if (!this.word(text, i, j, out)) {
+          out.length = mark;
+          return false;
+        }
+        i = j;
+      }
+      return true;
+    }
     // Pure ASCII is already NFC; skipping ICU there is most of the normalizer's cost.
     const s = this.nfc && !isAscii(text) ? text.normalize("NFC") : text;
-    const out: number[] = [];
     const re = this.split;
     let last = 0;
     re.lastIndex = 0;
+    let ok = true;
     for (let m = re.exec(s); m !== null; m = re.exec(s)) {
-      const piece = m[0];
-      if (m.index > last && !this.word(s.slice(last, m.index), out)) return null;
-      if (piece.length === 0) {
+      const len = m[0].length;
+      if (m.index > last && !this.word(s, last, m.index, out)) {
+        ok = false;
+        break;
+      }
+      if (len === 0) {
         re.lastIndex++;
         continue;
       }
-      if (!this.word(piece, out)) return null;
-      last = m.index + piece.length;
+      if (!this.word(s, m.index, m.index + len, out)) {
+        ok = false;
+        break;
+      }
+      last = m.index + len;
     }
-    if (last < s.length && !this.word(s.slice(last), out)) return null;
-    return out;
+    if (ok && last < s.length && !this.word(s, last, s.length, out)) ok = false;
+    if (!ok) out.length = mark;
+    return ok;
   }
 
-  private word(piece: string, out: number[]): boolean {
-    const hit = this.cache.get(piece);
-    if (hit) {
-      for (const id of hit) out.push(id);
-      return true;
+  /** Append the ids of the pre-token s[from, to). */
+  private word(s: string, from: number, to: number, out: IdBuffer): boolean {
+    const cache = this.cache;
+    const h = hashRange(s, from, to);
+    let e = cache.find(s, from, to, h);
+    if (e < 0) {
+      const piece = s.slice(from, to);
+      let mapped = "";
+      for (const b of this.encoder.encode(piece)) mapped += this.byteChar[b];
+      const ids = this.bpe(mapped);
+      if (!ids) return false;
+      e = cache.add(piece, h, ids);
     }
-    let mapped = "";
-    for (const b of this.encoder.encode(piece)) mapped += this.byteChar[b];
-    const ids = this.bpe(mapped);
-    if (!ids) return false;
-    if (this.cache.size >= this.cacheSize) this.cache.clear();
-    this.cache.set(piece, ids);
-    for (const id of ids) out.push(id);
+    const start = cache.start(e);
+    const n = cache.len(e);
+    out.reserve(n);
+    const pool = cache.pool;
+    const data = out.data;
+    let at = out.length;
+    for (let k = 0; k < n; k++) data[at++] = pool[start + k];
+    out.length = at;
     return true;
   }
 

@@ -336,26 +336,29 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
 
 // ---------------------------------------------------------------------------------------------
 
+/** The encoded text items of a batch of plans: one buffer, per-item ranges. */
 interface Encoded {
-  /** Per text item: its ids and how many leading ids are not learned (the prefix). */
   ids: Int32Array;
-  prefixLen: number;
-  straddled: boolean;
+  /** Per text item (plans in order, items in order): where its ids start and how many. */
+  start: Int32Array;
+  len: Int32Array;
+  /** How many leading ids are not learned (the prefix; all of them when not learned). */
+  prefixLen: Int32Array;
+  straddled: Uint8Array;
+  /** Index of each plan's first text item. */
+  first: Int32Array;
 }
 
-function commonPrefix(a: Int32Array, b: Int32Array): number {
-  const n = Math.min(a.length, b.length);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
-}
-
-async function encodePlans(plans: Plan[], tk: TextTokenizer): Promise<Encoded[][]> {
+async function encodePlans(plans: Plan[], tk: TextTokenizer): Promise<Encoded> {
   const texts: string[] = [];
   const keep: boolean[] = [];
-  for (const p of plans)
-    for (const it of p.items)
+  const first = new Int32Array(plans.length);
+  let items = 0;
+  for (let p = 0; p < plans.length; p++) {
+    first[p] = items;
+    for (const it of plans[p].items)
       if (it.k === "text") {
+        items++;
         texts.push(it.prefix + it.text);
         keep.push(it.fixed);
         if (it.prefix) {
@@ -363,38 +366,51 @@ async function encodePlans(plans: Plan[], tk: TextTokenizer): Promise<Encoded[][
           keep.push(it.prefixFixed);
         }
       }
-  const ids = await tk.encodeMany(texts, keep);
+  }
+  const { ids, offsets } = await tk.encodeFlat(texts, keep);
+  const start = new Int32Array(items);
+  const len = new Int32Array(items);
+  const prefixLen = new Int32Array(items);
+  const straddled = new Uint8Array(items);
   let j = 0;
+  let t = 0;
   const fixes: Promise<void>[] = [];
-  const out = plans.map((p) => {
-    const out: Encoded[] = [];
-    for (const it of p.items)
-      if (it.k === "text") {
-        const whole = ids[j++];
-        if (!it.prefix) {
-          out.push({ ids: whole, prefixLen: it.learn ? 0 : whole.length, straddled: false });
-          continue;
-        }
-        const pre = ids[j++];
-        const e: Encoded = { ids: whole, prefixLen: pre.length, straddled: false };
-        out.push(e);
-        if (commonPrefix(pre, whole) !== pre.length) {
-          // A token spans the end of the prefix: learn exactly the tokens that start in the answer.
-          e.straddled = true;
-          const cut = [...it.prefix].length;
-          fixes.push(
-            tk.encodeWithStarts(it.prefix + it.text).then(({ starts }) => {
-              let k = 0;
-              while (k < starts.length && starts[k] < cut) k++;
-              e.prefixLen = k;
-            }),
-          );
-        }
+  for (const p of plans)
+    for (const it of p.items) {
+      if (it.k !== "text") continue;
+      const from = offsets[j];
+      const n = offsets[j + 1] - from;
+      j++;
+      start[t] = from;
+      len[t] = n;
+      if (!it.prefix) {
+        prefixLen[t++] = it.learn ? 0 : n;
+        continue;
       }
-    return out;
-  });
+      const preFrom = offsets[j];
+      const preLen = offsets[j + 1] - preFrom;
+      j++;
+      prefixLen[t] = preLen;
+      let same = 0;
+      const m = Math.min(n, preLen);
+      while (same < m && ids[from + same] === ids[preFrom + same]) same++;
+      if (same !== preLen) {
+        // A token spans the end of the prefix: learn exactly the tokens that start in the answer.
+        straddled[t] = 1;
+        const cut = [...it.prefix].length;
+        const at = t;
+        fixes.push(
+          tk.encodeWithStarts(it.prefix + it.text).then(({ starts }) => {
+            let k = 0;
+            while (k < starts.length && starts[k] < cut) k++;
+            prefixLen[at] = k;
+          }),
+        );
+      }
+      t++;
+    }
   await Promise.all(fixes);
-  return out;
+  return { ids, start, len, prefixLen, straddled, first };
 }
 
 interface Layout {
@@ -411,11 +427,11 @@ interface Layout {
 }
 
 /** Where the sample ends under max_length and the truncation policy; null: dropped. */
-function layout(plan: Plan, enc: Encoded[], ctx: Prepared): Layout | null {
+function layout(plan: Plan, enc: Encoded, p: number, ctx: Prepared): Layout | null {
   const tpt = ctx.model.tokensPerTile;
   const items = plan.items;
   const lens: number[] = new Array(items.length);
-  let t = 0;
+  let t = enc.first[p];
   let total = 0;
   for (let i = 0; i < items.length; i++) {
     const it = items[i];
@@ -423,7 +439,7 @@ function layout(plan: Plan, enc: Encoded[], ctx: Prepared): Layout | null {
       it.k === "ids"
         ? it.ids.length
         : it.k === "text"
-          ? enc[t++].ids.length
+          ? enc.len[t++]
           : plan.images[it.index].tiles * tpt + 2;
     lens[i] = n;
     total += n;
@@ -474,7 +490,8 @@ function layout(plan: Plan, enc: Encoded[], ctx: Prepared): Layout | null {
 function fill(
   record: DataRecord,
   plan: Plan,
-  enc: Encoded[],
+  enc: Encoded,
+  p: number,
   ctx: Prepared,
   lay: Layout,
   inputIds: Int32Array,
@@ -489,7 +506,7 @@ function fill(
   let pos = 0;
   let learned = 0;
   let straddles = 0;
-  let t = 0;
+  let t = enc.first[p];
   for (let i = 0; i < lay.keepItems && pos < len; i++) {
     const it = plan.items[i];
     if (it.k === "image") {
@@ -504,19 +521,25 @@ function fill(
       continue;
     }
     let ids: ArrayLike<number>;
+    let base: number;
+    let count: number;
     let from: number;
     if (it.k === "ids") {
       ids = it.ids;
-      from = it.learn ? 0 : ids.length;
+      base = 0;
+      count = ids.length;
+      from = it.learn ? 0 : count;
     } else {
-      const e = enc[t++];
-      if (e.straddled) straddles++;
-      ids = e.ids;
-      from = it.learn ? e.prefixLen : ids.length;
+      if (enc.straddled[t]) straddles++;
+      ids = enc.ids;
+      base = enc.start[t];
+      count = enc.len[t];
+      from = it.learn ? enc.prefixLen[t] : count;
+      t++;
     }
-    const n = Math.min(ids.length, len - pos);
+    const n = Math.min(count, len - pos);
     for (let k = 0; k < n; k++) {
-      const id = ids[k];
+      const id = ids[base + k];
       inputIds[pos] = id;
       if (k >= from && !never?.has(id)) {
         labels[pos] = id;
@@ -567,7 +590,7 @@ export async function recordsToSamples(
 ): Promise<(Sample | null)[]> {
   const plans = records.map((r) => planRecord(r, ctx, false));
   const enc = await encodePlans(plans, ctx.tokenizer);
-  const lays = plans.map((p, i) => layout(p, enc[i], ctx));
+  const lays = plans.map((p, i) => layout(p, enc, i, ctx));
   let total = 0;
   for (const l of lays) if (l) total += l.len;
   const ids = new Int32Array(total);
@@ -579,7 +602,8 @@ export async function recordsToSamples(
     const s = fill(
       r,
       plans[i],
-      enc[i],
+      enc,
+      i,
       ctx,
       l,
       ids.subarray(off, off + l.len),
@@ -606,13 +630,14 @@ export async function buildGenerationPrompt(
   ctx: SampleContext,
 ): Promise<GenerationPrompt> {
   const plan = planRecord(record, ctx, true);
-  const [enc] = await encodePlans([plan], ctx.tokenizer);
+  const enc = await encodePlans([plan], ctx.tokenizer);
   const noLimit = { ...ctx, maxLength: Number.POSITIVE_INFINITY };
-  const lay = layout(plan, enc, noLimit) as Layout;
+  const lay = layout(plan, enc, 0, noLimit) as Layout;
   const s = fill(
     record,
     plan,
     enc,
+    0,
     noLimit,
     lay,
     new Int32Array(lay.len),

@@ -13,7 +13,7 @@ import { Tokenizer } from "tokenizers";
 import { runEngine } from "../engine/protocol.ts";
 import { ensureEngine } from "../engine/setup.ts";
 import { UserError } from "../util/errors.ts";
-import { FastByteLevelBpe } from "./fast-bpe.ts";
+import { FastByteLevelBpe, IdBuffer } from "./fast-bpe.ts";
 
 /** Tokens InternVL2 adds to every LLM tokenizer. */
 export const IMG_START = "<img>";
@@ -72,6 +72,8 @@ export class TextTokenizer {
   readonly bosToken: string | null;
   readonly eosToken: string | null;
   private cache = new Map<string, Int32Array>();
+  /** Where encodeFlat collects ids (reused from batch to batch). */
+  private readonly scratch = new IdBuffer(1 << 16);
 
   constructor(
     readonly native: Tokenizer,
@@ -144,43 +146,81 @@ export class TextTokenizer {
    * `remember[i]` keeps text i in the text cache even on the JavaScript path (texts that recur).
    */
   async encodeMany(texts: readonly string[], remember?: readonly boolean[]): Promise<Int32Array[]> {
+    const flat = await this.encodeFlat(texts, remember);
     const out: Int32Array[] = new Array(texts.length);
-    const todo: string[] = [];
-    const where = new Map<string, number[]>();
+    for (let i = 0; i < texts.length; i++)
+      out[i] = flat.ids.slice(flat.offsets[i], flat.offsets[i + 1]);
+    return out;
+  }
+
+  /**
+   * encodeMany() into one buffer: the ids of text i are `ids[offsets[i] .. offsets[i + 1])`.
+   * No array per text, which is what makes batches of short texts fast.
+   */
+  async encodeFlat(
+    texts: readonly string[],
+    remember?: readonly boolean[],
+  ): Promise<{ ids: Int32Array; offsets: Int32Array }> {
+    const n = texts.length;
+    const buf = this.scratch;
+    buf.length = 0;
+    const offsets = new Int32Array(n + 1);
+    // Texts left to the native tokenizer: their slot in the output, filled in afterwards.
+    let native: Int32Array[] | null = null;
+    let todo: string[] | null = null;
+    let where: Map<string, number> | null = null;
+    let slot: Int32Array | null = null;
     const fast = this.fast;
-    for (let i = 0; i < texts.length; i++) {
+    for (let i = 0; i < n; i++) {
       const t = texts[i];
+      offsets[i] = buf.length;
       const hit = this.cache.get(t);
       if (hit) {
-        out[i] = hit;
+        buf.pushAll(hit);
         continue;
       }
       if (fast?.handles(t)) {
         // Remembered only when asked (template text, system messages): the fast path caches
         // words, and most texts are seen once.
-        const ids = fast.encode(t);
-        if (ids) {
-          out[i] = Int32Array.from(ids);
-          if (remember?.[i]) this.remember(t, out[i]);
+        const from = buf.length;
+        if (fast.encodeInto(t, buf)) {
+          if (remember?.[i]) this.remember(t, buf.data.slice(from, buf.length));
           continue;
         }
       }
-      const w = where.get(t);
-      if (w) w.push(i);
-      else {
-        where.set(t, [i]);
+      todo ??= [];
+      where ??= new Map();
+      slot ??= new Int32Array(n).fill(-1);
+      let k = where.get(t);
+      if (k === undefined) {
+        k = todo.length;
+        where.set(t, k);
         todo.push(t);
       }
+      slot[i] = k;
     }
-    if (todo.length) {
+    offsets[n] = buf.length;
+    if (todo && slot) {
       const encs = await this.native.encodeBatch(todo, { addSpecialTokens: false });
-      for (let k = 0; k < todo.length; k++) {
-        const ids = Int32Array.from(encs[k].getIds());
-        this.remember(todo[k], ids);
-        for (const i of where.get(todo[k]) as number[]) out[i] = ids;
+      native = encs.map((e, k) => {
+        const ids = Int32Array.from(e.getIds());
+        this.remember((todo as string[])[k], ids);
+        return ids;
+      });
+      // Rebuild with the native texts in place.
+      const out = new IdBuffer(buf.length + native.reduce((a, x) => a + x.length, 0));
+      for (let i = 0; i < n; i++) {
+        const own = native[slot[i]];
+        const from = offsets[i];
+        const to = offsets[i + 1];
+        offsets[i] = out.length;
+        if (slot[i] >= 0) out.pushAll(own);
+        else out.pushAll(buf.data.subarray(from, to));
       }
+      offsets[n] = out.length;
+      return { ids: out.data.slice(0, out.length), offsets };
     }
-    return out;
+    return { ids: buf.data.slice(0, buf.length), offsets };
   }
 
   /** Ids and the start of each token in code points of `text` (for the rare label boundary inside a token). */
