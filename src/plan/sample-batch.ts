@@ -36,11 +36,17 @@ export interface SampleBatch {
 export const FLAG_MULTIMODAL = 1;
 export const FLAG_TRUNCATED = 2;
 
-/** What turns one record into a sample (null: dropped on purpose). */
-export type SampleMaker = (
+/**
+ * What turns one record into a sample (null: dropped on purpose). `batch`, when present, does
+ * many records at once with the same results; it may throw when any record fails, and those
+ * records are then made one by one so each failure is reported on its own line.
+ */
+export type SampleMaker = ((
   record: DataRecord,
   line: number,
-) => Sample | null | Promise<Sample | null>;
+) => Sample | null | Promise<Sample | null>) & {
+  batch?: (records: DataRecord[], lines: number[]) => Promise<(Sample | null)[]>;
+};
 
 export interface MakerOptions {
   model: string;
@@ -63,36 +69,82 @@ export interface MakerModule {
   createSampleMaker(o: MakerOptions): Promise<SampleMaker> | SampleMaker;
 }
 
+/** Append a typed array to an IntVec in one copy. */
+function append(v: IntVec, a: Int32Array): void {
+  const end = v.length + a.length;
+  if (end > v.data.length) v.grow(end);
+  v.data.set(a, v.length);
+  v.length = end;
+}
+
+/** The pushed values: the vector's own array when it is exactly full, else a trimmed copy. */
+function exact(v: IntVec): Int32Array {
+  return v.length === v.data.length ? v.data : v.take();
+}
+
+/** Samples of the items: in one call when the maker has `batch`, else (or when it throws) one by one. */
+async function makeSamples(
+  items: { line: number; record: DataRecord }[],
+  maker: SampleMaker,
+): Promise<(Sample | null | Error)[]> {
+  if (maker.batch && items.length > 1) {
+    try {
+      return await maker.batch(
+        items.map((it) => it.record),
+        items.map((it) => it.line),
+      );
+    } catch {
+      // Some record failed: make them one by one so each error names its own line.
+    }
+  }
+  const out: (Sample | null | Error)[] = new Array(items.length);
+  for (let i = 0; i < items.length; i++) {
+    try {
+      out[i] = await maker(items[i].record, items[i].line);
+    } catch (e) {
+      out[i] = e instanceof Error ? e : new Error(String(e));
+    }
+  }
+  return out;
+}
+
 export async function makeBatch(
   seq: number,
   items: { line: number; record: DataRecord }[],
   maker: SampleMaker,
 ): Promise<SampleBatch> {
+  const samples = await makeSamples(items, maker);
+  let tokens = 0;
+  let images = 0;
+  for (const s of samples)
+    if (s && !(s instanceof Error)) {
+      tokens += s.inputIds.length;
+      images += s.images.length;
+    }
   const line = new IntVec(items.length);
   const length = new IntVec(items.length);
   const learned = new IntVec(items.length);
   const flags: number[] = [];
   const imgCount = new IntVec(items.length);
-  const ids = new IntVec(4096);
-  const labels = new IntVec(4096);
-  const w = new IntVec();
-  const h = new IntVec();
-  const cols = new IntVec();
-  const rows = new IntVec();
-  const tiles = new IntVec();
+  const ids = new IntVec(tokens);
+  const labels = new IntVec(tokens);
+  const w = new IntVec(images);
+  const h = new IntVec(images);
+  const cols = new IntVec(images);
+  const rows = new IntVec(images);
+  const tiles = new IntVec(images);
   const thumb: number[] = [];
-  const frame = new IntVec();
-  const ctx = new IntVec();
+  const frame = new IntVec(images);
+  const ctx = new IntVec(images);
   const paths: string[] = [];
   const errors: { line: number; message: string }[] = [];
   let dropped = 0;
   let truncated = 0;
-  for (const it of items) {
-    let s: Sample | null;
-    try {
-      s = await maker(it.record, it.line);
-    } catch (e) {
-      errors.push({ line: it.line, message: (e as Error).message });
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i];
+    const s = samples[i];
+    if (s instanceof Error) {
+      errors.push({ line: it.line, message: s.message });
       continue;
     }
     if (!s) {
@@ -116,11 +168,10 @@ export async function makeBatch(
     flags.push((s.multimodal ? FLAG_MULTIMODAL : 0) | (s.truncated ? FLAG_TRUNCATED : 0));
     if (s.truncated) truncated++;
     imgCount.push(s.images.length);
-    for (let k = 0; k < s.length; k++) {
-      ids.push(s.inputIds[k]);
-      labels.push(s.labels[k]);
-    }
-    s.images.forEach((im, k) => {
+    append(ids, s.inputIds);
+    append(labels, s.labels);
+    for (let k = 0; k < s.images.length; k++) {
+      const im = s.images[k];
       w.push(im.wh[0]);
       h.push(im.wh[1]);
       cols.push(im.cols);
@@ -130,7 +181,7 @@ export async function makeBatch(
       frame.push(im.frame ?? -1);
       ctx.push(s.contextStarts[k]);
       paths.push(im.path);
-    });
+    }
   }
   return {
     seq,
@@ -140,8 +191,8 @@ export async function makeBatch(
     learned: learned.take(),
     flags: Uint8Array.from(flags),
     imgCount: imgCount.take(),
-    inputIds: ids.take(),
-    labels: labels.take(),
+    inputIds: exact(ids),
+    labels: exact(labels),
     imgW: w.take(),
     imgH: h.take(),
     imgCols: cols.take(),

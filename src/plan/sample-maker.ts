@@ -4,7 +4,7 @@
  */
 import { resolveMediaPath } from "../data/media.ts";
 import { loadModelInfo } from "../text/model-info.ts";
-import { makeSampleContext, recordToSample } from "../text/sample.ts";
+import { makeSampleContext, recordsToSamples, recordToSample } from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
 import type { MakerOptions, SampleMaker } from "./sample-batch.ts";
 
@@ -20,5 +20,8 @@ export async function createSampleMaker(o: MakerOptions): Promise<SampleMaker> {
     truncation: o.truncate === "drop" ? "drop" : "turns",
     resolvePath: (p) => resolveMediaPath({ mediaRoot: o.dataset.mediaRoot }, p),
   });
-  return (record) => recordToSample(record, ctx);
+  // One record, or a whole batch tokenized in one go (what makeBatch uses).
+  const maker: SampleMaker = (record) => recordToSample(record, ctx);
+  maker.batch = (records) => recordsToSamples(records, ctx);
+  return maker;
 }
