@@ -15,7 +15,8 @@ export function registerTrain(program: Command): void {
     .argument("[config]", "a YAML config file (every setting can also be given as a flag)")
     .option("--resume", "continue from the work dir's latest checkpoint")
     .option("--venv <dir>", "the engine's virtual environment")
-    .option("--no-progress", "log lines instead of a progress bar");
+    .option("--no-progress", "log lines instead of a progress bar")
+    .option("--dashboard [port]", "serve the live dashboard while training (default port 8686)");
   addConfigOptions(cmd);
   cmd.action(async (file: string | undefined, o: Record<string, unknown>) => {
     const c = resolveConfig(file, flagsToConfig(o));
@@ -24,6 +25,7 @@ export function registerTrain(program: Command): void {
       venv: o.venv as string | undefined,
       progress: o.progress === false ? false : undefined,
       handleSignals: true,
+      dashboardPort: o.dashboard === undefined ? undefined : o.dashboard === true ? 8686 : Number(o.dashboard),
     });
     const last = r.losses.length ? r.losses[r.losses.length - 1].toFixed(4) : "-";
     process.stderr.write(

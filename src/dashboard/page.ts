@@ -98,6 +98,16 @@ es.onmessage = (m) => {
 es.onerror = () => { document.getElementById("status").textContent = "disconnected (the run may have ended); " + rows.length + " steps logged"; };
 fetch("/api/summary").then((r) => r.json()).then((s) => {
   if (s.workDir) document.title = "tessera: " + s.workDir;
+  const c = s.config;
+  if (c) {
+    const parts = [["model", c.model], ["packing", c.packing], ["pack_max_length", c.pack_max_length],
+      ["sampler", c.sampler], ["global batch", c.global_batch_size], ["lr", c.lr]].filter(([, v]) => v !== undefined);
+    const el = document.createElement("div");
+    el.id = "config";
+    el.style.cssText = "color:#444;margin:-8px 0 14px";
+    el.textContent = parts.map(([k, v]) => k + " " + v).join(" · ");
+    document.getElementById("status").after(el);
+  }
 });
 </script>
 </body>

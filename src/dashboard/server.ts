@@ -8,6 +8,7 @@ import { createReadStream, existsSync, readFileSync, statSync, watch } from "nod
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
+import { parse as parseYaml } from "yaml";
 import { PACKAGE_ROOT } from "../util/paths.ts";
 import { DASHBOARD_HTML } from "./page.ts";
 
@@ -73,16 +74,15 @@ export function tailLines(path: string, onLine: (line: string) => void, pollMs =
   };
 }
 
+/** The run's resolved config (written by `tessera train` as config.yaml), when present. */
 function summary(workDir: string): Record<string, unknown> {
   const out: Record<string, unknown> = { workDir };
-  for (const name of ["config.resolved.json", "plan-summary.json", "run.json"]) {
-    const p = join(workDir, name);
-    if (existsSync(p)) {
-      try {
-        out[name.replace(/\.json$/, "")] = JSON.parse(readFileSync(p, "utf8"));
-      } catch {
-        // a file being rewritten: the next request sees it
-      }
+  const p = join(workDir, "config.yaml");
+  if (existsSync(p)) {
+    try {
+      out.config = parseYaml(readFileSync(p, "utf8"));
+    } catch {
+      // a file being rewritten: the next request sees it
     }
   }
   return out;

@@ -10,6 +10,7 @@ import { stringify as toYaml } from "yaml";
 import { isDistributed, launchEngine, slurmTopology, type Topology } from "../engine/launch.ts";
 import type { EngineEvent } from "../engine/protocol.ts";
 import { ensureEngine } from "../engine/setup.ts";
+import { type Dashboard, startDashboard } from "../dashboard/server.ts";
 import { planDir, prepareAndPlan } from "../plan/from-config.ts";
 import { writePlan } from "../plan/plan.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
@@ -36,6 +37,8 @@ export interface TrainOptions {
   stopSignal?: AbortSignal;
   /** Install SIGINT/SIGTERM handlers that ask the engine to checkpoint and stop (the CLI does). */
   handleSignals?: boolean;
+  /** Serve the live dashboard on this port while training (0: any free port). */
+  dashboardPort?: number;
 }
 
 export interface TrainResult {
@@ -150,6 +153,14 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
   );
 
   const metricsPath = join(workDir, "metrics.jsonl");
+  let dashboard: Dashboard | undefined;
+  if (opts.dashboardPort !== undefined) {
+    dashboard = await startDashboard({ workDir, port: opts.dashboardPort }).catch(() =>
+      // the port is taken (another run's dashboard): any free port will do
+      startDashboard({ workDir, port: 0 }),
+    );
+    log(`dashboard: ${dashboard.url}`);
+  }
   const useBar = opts.progress ?? process.stderr.isTTY === true;
   const bar = useBar
     ? new cliProgress.SingleBar(
@@ -249,6 +260,7 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
     res = await launch.done;
   } finally {
     if (bar && barStarted) bar.stop();
+    await dashboard?.close();
     opts.stopSignal?.removeEventListener("abort", onAbort);
     if (opts.handleSignals) {
       process.off("SIGINT", onSignal);

@@ -69,9 +69,9 @@ describe("dashboard", () => {
 
   it("summarises the run's resolved config when present", async () => {
     const dir = mkdtempSync(join(tmpdir(), "tessera-dash-"));
-    writeFileSync(join(dir, "config.resolved.json"), JSON.stringify({ lr: 1e-4 }));
+    writeFileSync(join(dir, "config.yaml"), "lr: 0.0001\nseed: 7\n");
     dash = await startDashboard({ workDir: dir });
     const s = await (await fetch(`${dash.url}api/summary`)).json();
-    expect(s["config.resolved"]).toEqual({ lr: 1e-4 });
+    expect(s.config).toEqual({ lr: 1e-4, seed: 7 });
   });
 });
