@@ -4,12 +4,15 @@
  * template, in batches as `data prepare` feeds them. Target: 50,000 records/s on 2 cores.
  */
 
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { cpus } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 import type { DataRecord } from "../src/data/record.ts";
+import { makeBatch, type SampleMaker } from "../src/plan/sample-batch.ts";
+import { createSampleMaker } from "../src/plan/sample-maker.ts";
 import { loadModelInfo } from "../src/text/model-info.ts";
 import { makeSampleContext, recordsToSamples, recordToSample } from "../src/text/sample.ts";
 import { loadTokenizer } from "../src/text/tokenizer.ts";
@@ -22,6 +25,8 @@ const QUESTIONS = [
   "What colour is the car?",
   "Read the title of the document.",
 ];
+/** Image files that exist (prepare resolves each image path and checks it for symlinks). */
+const IMAGE_FILES = 100;
 const SUFFIX = "\nAnswer the question using a single word or phrase.";
 
 function records(n: number, seed: number): DataRecord[] {
@@ -37,7 +42,7 @@ function records(n: number, seed: number): DataRecord[] {
         },
         { from: "gpt", value: `answer ${(k * 31) % 99991} ${k % 2 ? "yes" : "no"}` },
       ],
-      images: [`img/${i}.jpg`],
+      images: [`img/${i % IMAGE_FILES}.jpg`],
       imageWh: [[200 + (k % 1800), 200 + ((k * 13) % 1800)]],
       extra: {},
     });
@@ -57,23 +62,55 @@ async function context(dir: string) {
   return makeSampleContext({ tokenizer, model: loadModelInfo(dir), mediaRoot: "/data" });
 }
 
+/** prepare's record → sample step: the default sample maker, batches made as a worker makes them. */
+function prepareMaker(dir: string, mediaRoot: string): Promise<SampleMaker> {
+  return createSampleMaker({
+    model: dir,
+    maxLength: 8192,
+    dataset: {
+      name: "bench",
+      mediaRoot,
+      annotation: "/data/bench.jsonl",
+      metaPath: "/data/meta.json",
+      repeatTime: 1,
+      extra: {},
+    },
+  });
+}
+
+async function prepareBatches(recs: DataRecord[], maker: SampleMaker): Promise<number> {
+  let tokens = 0;
+  for (let i = 0, seq = 0; i < recs.length; i += BATCH) {
+    const items = recs.slice(i, i + BATCH).map((record, k) => ({ line: i + k + 1, record }));
+    tokens += (await makeBatch(seq++, items, maker)).inputIds.length;
+  }
+  return tokens;
+}
+
 const N = 60_000;
 const BATCH = 2048;
 
 if (!isMainThread) {
   // One worker of the two-core run: its share of records, timed from a common start signal.
-  const { dir, seed, n } = workerData as { dir: string; seed: number; n: number };
-  const ctx = await context(dir);
-  await recordsToSamples(records(4096, 1), ctx);
+  const { dir, media, seed, n } = workerData as {
+    dir: string;
+    media: string;
+    seed: number;
+    n: number;
+  };
+  const maker = await prepareMaker(dir, media);
+  await prepareBatches(records(4096, 1), maker);
   const recs = records(n, seed);
   parentPort?.postMessage("ready");
   parentPort?.once("message", async () => {
-    for (let i = 0; i < recs.length; i += BATCH)
-      await recordsToSamples(recs.slice(i, i + BATCH), ctx);
+    await prepareBatches(recs, maker);
     parentPort?.postMessage("done");
   });
 } else {
   const dir = makeModelFolder({ vocab: "qwen2", template: "Hermes-2", maxDynamicPatch: 6 });
+  const media = mkdtempSync(join(tmpdir(), "tessera-bench-media-"));
+  mkdirSync(join(media, "img"));
+  for (let i = 0; i < IMAGE_FILES; i++) writeFileSync(join(media, "img", `${i}.jpg`), "");
   const ctx = await context(dir);
   console.log(
     `cores: ${cpus().length}; ${N} short multimodal records, Qwen2 BPE, Hermes-2, batches of ${BATCH}`,
@@ -96,6 +133,23 @@ if (!isMainThread) {
     );
   }
   {
+    // What prepare runs per worker: makeBatch with the default maker (one call per batch,
+    // samples copied into the batch's arrays).
+    const maker = await prepareMaker(dir, media);
+    await prepareBatches(records(4096, 2), maker);
+    for (let rep = 0; rep < 2; rep++) {
+      const recs = records(N, 200 + rep);
+      const t0 = performance.now();
+      const c0 = process.cpuUsage();
+      await prepareBatches(recs, maker);
+      const s = (performance.now() - t0) / 1000;
+      const c = process.cpuUsage(c0);
+      console.log(
+        `makeBatch (prepare's path), 1 thread: ${Math.round(N / s).toLocaleString("en")} records/s wall, ${Math.round(N / ((c.user + c.system) / 1e6)).toLocaleString("en")} records per CPU-second`,
+      );
+    }
+  }
+  {
     const recs = records(5000, 7);
     const t0 = performance.now();
     const c0 = process.cpuUsage();
@@ -107,7 +161,7 @@ if (!isMainThread) {
     );
   }
   {
-    // One worker per core, as data prepare can run them.
+    // One worker per core, as data prepare runs them.
     const workers = cpus().length;
     const per = Math.ceil(N / workers);
     const ws = Array.from(
@@ -116,7 +170,7 @@ if (!isMainThread) {
         // Register tsx's loader inside the worker, then load this file (as src/plan/cache.ts does).
         new Worker(
           `import(${JSON.stringify(TSX_API)}).then((m) => { m.register(); return import(${JSON.stringify(import.meta.url)}); })`,
-          { eval: true, workerData: { dir, seed: 300 + k, n: per } },
+          { eval: true, workerData: { dir, media, seed: 300 + k, n: per } },
         ),
     );
     await Promise.all(ws.map((w) => new Promise((res) => w.once("message", res))));
@@ -126,7 +180,7 @@ if (!isMainThread) {
     await done;
     const s = (performance.now() - t0) / 1000;
     console.log(
-      `recordsToSamples, ${workers} worker threads: ${Math.round((per * workers) / s).toLocaleString("en")} records/s wall`,
+      `makeBatch (prepare's path), ${workers} worker threads: ${Math.round((per * workers) / s).toLocaleString("en")} records/s wall`,
     );
     await Promise.all(ws.map((w) => w.terminate()));
   }

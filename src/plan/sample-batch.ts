@@ -45,8 +45,14 @@ export type SampleMaker = ((
   record: DataRecord,
   line: number,
 ) => Sample | null | Promise<Sample | null>) & {
-  batch?: (records: DataRecord[], lines: number[]) => Promise<(Sample | null)[]>;
+  batch?: (records: DataRecord[], lines: number[]) => Promise<MadeSamples>;
 };
+
+/** Samples of a batch; `done` (when given) is called once their arrays have been copied. */
+export interface MadeSamples {
+  samples: (Sample | null)[];
+  done?: () => void;
+}
 
 export interface MakerOptions {
   model: string;
@@ -86,7 +92,7 @@ function exact(v: IntVec): Int32Array {
 async function makeSamples(
   items: { line: number; record: DataRecord }[],
   maker: SampleMaker,
-): Promise<(Sample | null | Error)[]> {
+): Promise<{ samples: (Sample | null | Error)[]; done?: () => void }> {
   if (maker.batch && items.length > 1) {
     try {
       return await maker.batch(
@@ -105,7 +111,7 @@ async function makeSamples(
       out[i] = e instanceof Error ? e : new Error(String(e));
     }
   }
-  return out;
+  return { samples: out };
 }
 
 export async function makeBatch(
@@ -113,7 +119,20 @@ export async function makeBatch(
   items: { line: number; record: DataRecord }[],
   maker: SampleMaker,
 ): Promise<SampleBatch> {
-  const samples = await makeSamples(items, maker);
+  const made = await makeSamples(items, maker);
+  try {
+    return collect(seq, items, made.samples);
+  } finally {
+    made.done?.();
+  }
+}
+
+/** The batch's typed arrays from its samples (copied: the samples' arrays may be reused). */
+function collect(
+  seq: number,
+  items: { line: number; record: DataRecord }[],
+  samples: (Sample | null | Error)[],
+): SampleBatch {
   let tokens = 0;
   let images = 0;
   for (const s of samples)

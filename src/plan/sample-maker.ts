@@ -4,7 +4,13 @@
  */
 import { resolveMediaPath } from "../data/media.ts";
 import { loadModelInfo } from "../text/model-info.ts";
-import { makeSampleContext, recordsToSamples, recordToSample } from "../text/sample.ts";
+import {
+  makeSampleContext,
+  makeSampleScratch,
+  recordsToSamples,
+  recordToSample,
+  type SampleScratch,
+} from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
 import type { MakerOptions, SampleMaker } from "./sample-batch.ts";
 
@@ -22,6 +28,18 @@ export async function createSampleMaker(o: MakerOptions): Promise<SampleMaker> {
   });
   // One record, or a whole batch tokenized in one go (what makeBatch uses).
   const maker: SampleMaker = (record) => recordToSample(record, ctx);
-  maker.batch = (records) => recordsToSamples(records, ctx);
+  // makeBatch copies the samples and then calls done(): their buffer goes back for the next
+  // batch. Batches running at the same time each take their own.
+  const free: SampleScratch[] = [];
+  maker.batch = async (records) => {
+    const scratch = free.pop() ?? makeSampleScratch();
+    try {
+      const samples = await recordsToSamples(records, ctx, { scratch });
+      return { samples, done: () => free.push(scratch) };
+    } catch (e) {
+      free.push(scratch);
+      throw e;
+    }
+  };
   return maker;
 }

@@ -192,6 +192,13 @@ export function asciiPieceEnd(s: string, i: number, maxDigits: number): number {
   return end - 1;
 }
 
+/** The first UTF-16 unit that every string starts with, or null. */
+function sharedFirst(contents: readonly string[]): string | null {
+  const c = contents[0]?.[0];
+  if (c === undefined || contents.some((t) => t[0] !== c)) return null;
+  return c;
+}
+
 /** FNV-1a over the UTF-16 units of s[from, to). */
 function hashRange(s: string, from: number, to: number): number {
   let h = 0x811c9dc5 | 0;
@@ -314,6 +321,8 @@ export class FastByteLevelBpe {
   private readonly byteChar = byteAlphabet();
   private readonly encoder = new TextEncoder();
   private readonly cache: WordCache;
+  /** The first character of every added token when they all share one, else null. */
+  private addedFirst: string | null = null;
   /** 1 or 3 for the two known patterns (scanned by hand on ASCII texts), 0 for others. */
   private readonly asciiDigits: number;
 
@@ -327,7 +336,9 @@ export class FastByteLevelBpe {
     readonly addedToken: RegExp | null,
     cacheSize: number,
     pattern: string,
+    private readonly addedContents: string[],
   ) {
+    this.addedFirst = sharedFirst(addedContents);
     this.cache = new WordCache(Math.max(1, cacheSize));
     this.asciiDigits = pattern === QWEN2_SPLIT ? 1 : pattern === LLAMA3_SPLIT ? 3 : 0;
   }
@@ -379,6 +390,7 @@ export class FastByteLevelBpe {
       addedToken,
       cacheSize,
       pattern,
+      added,
     );
   }
 
@@ -392,11 +404,18 @@ export class FastByteLevelBpe {
       .filter(Boolean)
       .join("|");
     (this as { addedToken: RegExp | null }).addedToken = new RegExp(src, "u");
+    this.addedContents.push(...contents);
+    this.addedFirst = sharedFirst(this.addedContents);
   }
 
   /** True when this encoder handles the text (no added token inside). */
   handles(text: string): boolean {
-    return this.addedToken === null || !this.addedToken.test(text);
+    const re = this.addedToken;
+    if (re === null) return true;
+    // Most texts hold no added token's first character (`<` for Qwen2 and Llama-3).
+    const first = this.addedFirst;
+    if (first !== null && text.indexOf(first) === -1) return true;
+    return !re.test(text);
   }
 
   /** Ids of a text without added tokens; null when a piece is missing from the vocabulary. */

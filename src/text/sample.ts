@@ -38,7 +38,8 @@ export interface SampleContextOptions {
   videoFrames?: number | ((record: DataRecord) => number);
 }
 
-type Piece = { tok: number } | { text: string };
+/** A template part: a special token (with its one-id array, shared by every record) or text. */
+type Piece = { tok: number; ids: readonly number[] } | { text: string };
 
 interface Prepared {
   tokenizer: TextTokenizer;
@@ -49,6 +50,8 @@ interface Prepared {
   resolvePath: (p: string) => string;
   videoFrames?: number | ((record: DataRecord) => number);
   bos: number | null;
+  /** [bos], shared by every record; null without BOS. */
+  bosIds: readonly number[] | null;
   system: Piece[];
   user: Piece[];
   assistant: Piece[];
@@ -77,7 +80,7 @@ function pieces(s: string, tk: TextTokenizer, template: string): Piece[] {
         throw new UserError(
           `${tk.dir}: template ${template} needs the token ${part}, which the tokenizer does not have`,
         );
-      out.push({ tok: id });
+      out.push({ tok: id, ids: [id] });
     } else out.push({ text: part });
   }
   return out;
@@ -111,6 +114,7 @@ export function makeSampleContext(opts: SampleContextOptions): SampleContext {
     resolvePath: opts.resolvePath ?? ((p) => join(mediaRoot, p)),
     videoFrames: opts.videoFrames,
     bos: tk.addBos ? tk.bosId : null,
+    bosIds: tk.addBos && tk.bosId !== null ? [tk.bosId] : null,
     system: pieces(template.systemPrefix, tk, template.name),
     user: pieces(template.userPrefix, tk, template.name),
     assistant: pieces(template.assistantPrefix, tk, template.name),
@@ -163,21 +167,16 @@ function recordName(r: DataRecord): string {
 }
 
 /** Collects items; adjacent texts merge into one unit (they are one segment for the tokenizer). */
+type TextItem = Extract<Item, { k: "text" }>;
+
 class ItemBuilder {
   items: Item[] = [];
-  private pending: {
-    prefix: string;
-    text: string;
-    learn: boolean;
-    round: number;
-    fixed: boolean;
-    prefixFixed: boolean;
-  } | null = null;
+  private pending: TextItem | null = null;
   private imageIndex = 0;
 
   flush(): void {
     const p = this.pending;
-    if (p && (p.prefix || p.text)) this.items.push({ k: "text", ...p });
+    if (p && (p.prefix || p.text)) this.items.push(p);
     this.pending = null;
   }
 
@@ -195,7 +194,15 @@ class ItemBuilder {
       p.fixed &&= fixed;
     } else {
       this.flush();
-      this.pending = { prefix: "", text: s, learn: false, round, fixed, prefixFixed: false };
+      this.pending = {
+        k: "text",
+        prefix: "",
+        text: s,
+        learn: false,
+        round,
+        fixed,
+        prefixFixed: false,
+      };
     }
   }
 
@@ -205,6 +212,7 @@ class ItemBuilder {
     const p = this.pending;
     if (p && !p.learn)
       this.pending = {
+        k: "text",
         prefix: p.text,
         text: s,
         learn: true,
@@ -214,13 +222,21 @@ class ItemBuilder {
       };
     else {
       this.flush();
-      this.pending = { prefix: "", text: s, learn: true, round, fixed: false, prefixFixed: false };
+      this.pending = {
+        k: "text",
+        prefix: "",
+        text: s,
+        learn: true,
+        round,
+        fixed: false,
+        prefixFixed: false,
+      };
     }
   }
 
   template(ps: Piece[], round: number): void {
     for (const p of ps)
-      if ("tok" in p) this.tok([p.tok], false, round);
+      if ("tok" in p) this.tok(p.ids, false, round);
       else this.text(p.text, round, true);
   }
 
@@ -304,18 +320,17 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
     );
 
   const b = new ItemBuilder();
-  const strip = (s: string) => (tpl.stripTurns ? s.trim() : s);
 
-  if (ctx.bos !== null) b.tok([ctx.bos], false, 0);
+  if (ctx.bosIds !== null) b.tok(ctx.bosIds, false, 0);
   if (system !== null && tpl.systemMessage !== null) {
     b.template(ctx.system, 0);
-    b.text(strip(system), 0, true);
+    b.text(tpl.stripTurns ? system.trim() : system, 0, true);
     b.tok(ctx.end, false, 0);
     b.text(ctx.after, 0, true);
   }
   const rounds = Math.ceil(values.length / 2);
   for (let r = 0; r < rounds; r++) {
-    const q = strip(values[2 * r]);
+    const q = tpl.stripTurns ? values[2 * r].trim() : values[2 * r];
     b.template(ctx.user, r);
     b.userText(q, r);
     if (tpl.endUserTurns && (q || !tpl.emptyTurnsRoleOnly)) {
@@ -324,7 +339,7 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
     }
     b.template(ctx.assistant, r);
     if (2 * r + 1 >= values.length) break; // generation: the prompt ends with the assistant prefix
-    const a = strip(values[2 * r + 1]);
+    const a = tpl.stripTurns ? values[2 * r + 1].trim() : values[2 * r + 1];
     if (!a && tpl.emptyTurnsRoleOnly) continue; // conversation.py writes only the role for an empty message
     b.learned(a, r);
     b.tok(ctx.end, true, r);
@@ -502,7 +517,7 @@ function fill(
   const len = lay.len;
   labels.fill(IGNORE_INDEX);
   const images: ImagePlan[] = [];
-  const starts: number[] = [];
+  const starts = new Int32Array(plan.images.length);
   let pos = 0;
   let learned = 0;
   let straddles = 0;
@@ -513,7 +528,7 @@ function fill(
       const img = plan.images[it.index];
       const n = img.tiles * tpt;
       inputIds[pos++] = ctx.imgStart as number;
-      starts.push(pos);
+      starts[images.length] = pos;
       inputIds.fill(ctx.imgContext as number, pos, pos + n);
       pos += n;
       inputIds[pos++] = ctx.imgEnd as number;
@@ -553,7 +568,7 @@ function fill(
     inputIds,
     labels,
     images,
-    contextStarts: Int32Array.from(starts),
+    contextStarts: images.length === starts.length ? starts : starts.slice(0, images.length),
     length: len,
     learned,
     multimodal: record.images.length > 0 || record.video !== undefined,
@@ -581,26 +596,96 @@ export async function recordToSample(
 }
 
 /**
+ * Records planned, tokenized and written together. Small enough that the per-record objects
+ * of a chunk die young (a whole batch of them would outlive the young generation), large
+ * enough that the tokenizer call and the buffer are shared by many records.
+ */
+const CHUNK = 256;
+
+/** A buffer that recordsToSamples can write ids and labels into, grown as needed. */
+export interface SampleScratch {
+  ids: Int32Array;
+  labels: Int32Array;
+  used: number;
+}
+
+export function makeSampleScratch(): SampleScratch {
+  return { ids: new Int32Array(0), labels: new Int32Array(0), used: 0 };
+}
+
+export interface SamplesOptions {
+  /**
+   * Write ids and labels into this buffer instead of fresh memory; the samples' arrays are
+   * views of it until the buffer is passed again. For callers that copy the samples first
+   * (prepare's batches): it saves allocating and zeroing memory for every batch.
+   */
+  scratch?: SampleScratch;
+}
+
+/**
  * recordToSample for many records, tokenized in one go (the fast path). The samples' arrays
- * are views of one buffer per batch.
+ * are views of one buffer per 256 records (or of `opts.scratch`).
  */
 export async function recordsToSamples(
   records: readonly DataRecord[],
   ctx: SampleContext,
+  opts: SamplesOptions = {},
 ): Promise<(Sample | null)[]> {
-  const plans = records.map((r) => planRecord(r, ctx, false));
+  const out: (Sample | null)[] = new Array(records.length);
+  const scratch = opts.scratch ?? null;
+  if (scratch) scratch.used = 0;
+  for (let from = 0; from < records.length; from += CHUNK)
+    await samplesOfChunk(records, from, Math.min(records.length, from + CHUNK), ctx, out, scratch);
+  return out;
+}
+
+async function samplesOfChunk(
+  records: readonly DataRecord[],
+  from: number,
+  to: number,
+  ctx: SampleContext,
+  out: (Sample | null)[],
+  scratch: SampleScratch | null,
+): Promise<void> {
+  const n = to - from;
+  const plans: Plan[] = new Array(n);
+  for (let i = 0; i < n; i++) plans[i] = planRecord(records[from + i], ctx, false);
   const enc = await encodePlans(plans, ctx.tokenizer);
-  const lays = plans.map((p, i) => layout(p, enc, i, ctx));
+  const lays: (Layout | null)[] = new Array(n);
   let total = 0;
-  for (const l of lays) if (l) total += l.len;
-  const ids = new Int32Array(total);
-  const labels = new Int32Array(total);
+  for (let i = 0; i < n; i++) {
+    const l = layout(plans[i], enc, i, ctx);
+    lays[i] = l;
+    if (l) total += l.len;
+  }
+  let ids: Int32Array;
+  let labels: Int32Array;
   let off = 0;
-  return records.map((r, i) => {
+  if (scratch) {
+    const sc = scratch;
+    if (sc.used + total > sc.ids.length) {
+      // A new, larger buffer; samples made earlier in this call keep their views of the old one.
+      const cap = Math.max(total * 8, sc.ids.length * 2, 1 << 16);
+      sc.ids = new Int32Array(cap);
+      sc.labels = new Int32Array(cap);
+      sc.used = 0;
+    }
+    ids = sc.ids;
+    labels = sc.labels;
+    off = sc.used;
+    sc.used += total;
+  } else {
+    ids = new Int32Array(total);
+    labels = new Int32Array(total);
+  }
+  for (let i = 0; i < n; i++) {
     const l = lays[i];
-    if (!l) return null;
-    const s = fill(
-      r,
+    if (!l) {
+      out[from + i] = null;
+      continue;
+    }
+    out[from + i] = fill(
+      records[from + i],
       plans[i],
       enc,
       i,
@@ -610,8 +695,7 @@ export async function recordsToSamples(
       labels.subarray(off, off + l.len),
     );
     off += l.len;
-    return s;
-  });
+  }
 }
 
 export interface GenerationPrompt {

@@ -174,17 +174,20 @@ export class TextTokenizer {
     for (let i = 0; i < n; i++) {
       const t = texts[i];
       offsets[i] = buf.length;
-      const hit = this.cache.get(t);
+      const keep = remember?.[i] === true;
+      // Texts seen once (most of them) skip the text cache on the JavaScript path.
+      const fastText = fast?.handles(t) === true;
+      const hit = keep || !fastText ? this.cache.get(t) : undefined;
       if (hit) {
         buf.pushAll(hit);
         continue;
       }
-      if (fast?.handles(t)) {
+      if (fast && fastText) {
         // Remembered only when asked (template text, system messages): the fast path caches
         // words, and most texts are seen once.
         const from = buf.length;
         if (fast.encodeInto(t, buf)) {
-          if (remember?.[i]) this.remember(t, buf.data.slice(from, buf.length));
+          if (keep) this.remember(t, buf.data.slice(from, buf.length));
           continue;
         }
       }

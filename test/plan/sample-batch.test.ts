@@ -46,6 +46,17 @@ describe("sample batches", () => {
     expect(batched.dropped).toBeGreaterThan(0); // some are over max_length
     expect(batched.inputIds.length).toBe(batched.length.reduce((a, b) => a + b, 0));
 
+    // Batches made at the same time (as a worker's pending messages are) do not share buffers,
+    // and a later batch leaves an earlier one as it was.
+    const rest = items.slice(10);
+    const [again, other] = await Promise.all([
+      makeBatch(5, items, maker),
+      makeBatch(6, rest, maker),
+    ]);
+    expect(again).toEqual({ ...oneByOne, seq: 5 });
+    expect(other).toEqual(await makeBatch(6, rest, single));
+    expect(batched).toEqual(oneByOne);
+
     // Line 8 has no image_wh: the batch call throws, every other record still becomes a sample.
     const bad = recs.map((r, i) => (i === 7 ? { ...r, imageWh: undefined } : r));
     const withError = await makeBatch(
