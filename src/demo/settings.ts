@@ -54,24 +54,27 @@ export const DEMO_TRAIN = {
   warmup_ratio: 0.05,
   weight_decay: 0,
   max_grad_norm: 1,
-  max_length: 512,
-  pack_max_length: 512,
+  // Short packs, four per step. The packer fills a pack with samples of similar length (here:
+  // of one question type) and emits packs in length order; the modality-aware length-grouped
+  // sampler shuffles them (one pack per group), so each step mixes the types.
+  max_length: 256,
+  pack_max_length: 256,
   packing: "soft",
-  sampler: "length",
+  sampler: "modality_length",
   micro_batch_size: 1,
-  global_batch_size: 1,
+  global_batch_size: 4,
   gradient_checkpointing: false,
   num_workers: 1,
   checkpoint_interval: 0,
   checkpoint_keep: 1,
   log_interval: 1,
   export: "original",
-  steps: 300,
+  steps: 150,
 } as const;
 
 /** The shortened run of --fast (tests). */
 export const DEMO_FAST = {
-  steps: 100,
+  steps: 60,
   train: { colour: 240, count: 40, word: 20, compare: 20, text: 40 } as Record<
     QuestionType,
     number
