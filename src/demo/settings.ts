@@ -39,8 +39,8 @@ export const DEMO_EVAL_COUNTS: Record<QuestionType, number> = {
   compare: 20,
   text: 20,
 };
-/** Colour questions twice per epoch (an integer repeat), half the text ones (a fraction). */
-export const DEMO_REPEAT: Partial<Record<QuestionType, number>> = { colour: 2, text: 0.5 };
+/** Colour questions three times per epoch (an integer repeat), half the text ones (a fraction). */
+export const DEMO_REPEAT: Partial<Record<QuestionType, number>> = { colour: 3, text: 0.5 };
 
 /** Training settings (keys of the training config). */
 export const DEMO_TRAIN = {
@@ -69,7 +69,7 @@ export const DEMO_TRAIN = {
   checkpoint_keep: 1,
   log_interval: 1,
   export: "original",
-  steps: 150,
+  steps: 250,
 } as const;
 
 /** The shortened run of --fast (tests). */
