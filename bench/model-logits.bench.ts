@@ -16,5 +16,7 @@ if (!existsSync(python)) {
   process.exit(0);
 }
 const extra = (process.env.BENCH_LOGITS_ARGS ?? "").split(/\s+/).filter(Boolean);
-const r = spawnSync(python, [join(root, "bench", "model_logits.py"), ...extra], { stdio: "inherit" });
+const r = spawnSync(python, [join(root, "bench", "model_logits.py"), ...extra], {
+  stdio: "inherit",
+});
 process.exit(r.status ?? 1);

@@ -1,7 +1,7 @@
 /** Every sub-command, registered in the order `tessera --help` lists them. */
 import type { Command } from "commander";
-import { registerDashboard } from "./dashboard.ts";
 import { registerChat } from "./chat.ts";
+import { registerDashboard } from "./dashboard.ts";
 import { registerDataCheck } from "./data-check.ts";
 import { registerDataFillWh } from "./data-fill-wh.ts";
 import { registerDataPlan } from "./data-plan.ts";
@@ -24,7 +24,9 @@ export function registerCommands(program: Command): void {
   registerChat(program);
 
   // `tessera data <sub>`: one file per sub-command (data-*.ts).
-  const data = program.command("data").description("check, fix, inspect, prepare and plan datasets");
+  const data = program
+    .command("data")
+    .description("check, fix, inspect, prepare and plan datasets");
   registerDataCheck(data);
   registerDataFillWh(data);
   registerDataStats(data);

@@ -1,5 +1,5 @@
-import type { Command } from "commander";
 import { resolve } from "node:path";
+import type { Command } from "commander";
 import { startDashboard } from "../dashboard/server.ts";
 
 export function registerDashboard(program: Command): void {
@@ -10,7 +10,11 @@ export function registerDashboard(program: Command): void {
     .option("--host <host>", "address to listen on", "127.0.0.1")
     .option("--port <n>", "port (0 picks a free one)", "8686")
     .action(async (workDir: string, o) => {
-      const d = await startDashboard({ workDir: resolve(workDir), host: o.host, port: Number(o.port) });
+      const d = await startDashboard({
+        workDir: resolve(workDir),
+        host: o.host,
+        port: Number(o.port),
+      });
       process.stderr.write(`dashboard: ${d.url} (Ctrl-C to stop)\n`);
       await new Promise<void>((res) => process.once("SIGINT", res));
       await d.close();

@@ -12,13 +12,17 @@ export interface DoctorReport {
 export async function doctor(venvOverride?: string): Promise<DoctorReport> {
   const venv = venvDir(venvOverride);
   if (!venvExists(venv))
-    throw new UserError(`the engine environment is missing (${venv}). Fix: run \`npx tessera setup\``);
+    throw new UserError(
+      `the engine environment is missing (${venv}). Fix: run \`npx tessera setup\``,
+    );
   try {
     const engine = await runEngine({ kind: "doctor" }, { python: venvPython(venv) });
     return { node: process.version, venv, engine };
   } catch (e) {
     if (e instanceof EngineError)
-      throw new UserError(`the engine does not import (${e.message.split("\n")[0]}). Fix: run \`npx tessera setup --force\``);
+      throw new UserError(
+        `the engine does not import (${e.message.split("\n")[0]}). Fix: run \`npx tessera setup --force\``,
+      );
     throw e;
   }
 }
@@ -26,7 +30,9 @@ export async function doctor(venvOverride?: string): Promise<DoctorReport> {
 export function registerDoctor(program: Command): void {
   program
     .command("doctor")
-    .description("check Node, Python, torch, GPUs and transformers, and say how to fix what is missing")
+    .description(
+      "check Node, Python, torch, GPUs and transformers, and say how to fix what is missing",
+    )
     .option("--venv <dir>", "virtual environment to check")
     .option("--json", "print the report as JSON")
     .action(async (o) => {
@@ -34,8 +40,10 @@ export function registerDoctor(program: Command): void {
       if (o.json) {
         process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
       } else {
-        const e = r.engine as Record<string, any>;
-        const gpus = (e.gpus as { name: string; memory_gib: number }[]) ?? [];
+        const e = r.engine as Record<string, unknown> & {
+          gpus?: { name: string; memory_gib: number }[];
+        };
+        const gpus = e.gpus ?? [];
         const lines = [
           `node          ${r.node}`,
           `python        ${e.python}  (${r.venv})`,
@@ -49,6 +57,8 @@ export function registerDoctor(program: Command): void {
       }
       const e = r.engine as Record<string, unknown>;
       if (!e.transformers || !e.native_internvl)
-        throw new UserError("transformers with native InternVL (>= 4.52) is missing. Fix: run `npx tessera setup --force`");
+        throw new UserError(
+          "transformers with native InternVL (>= 4.52) is missing. Fix: run `npx tessera setup --force`",
+        );
     });
 }

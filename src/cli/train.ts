@@ -25,7 +25,8 @@ export function registerTrain(program: Command): void {
       venv: o.venv as string | undefined,
       progress: o.progress === false ? false : undefined,
       handleSignals: true,
-      dashboardPort: o.dashboard === undefined ? undefined : o.dashboard === true ? 8686 : Number(o.dashboard),
+      dashboardPort:
+        o.dashboard === undefined ? undefined : o.dashboard === true ? 8686 : Number(o.dashboard),
     });
     const last = r.losses.length ? r.losses[r.losses.length - 1].toFixed(4) : "-";
     process.stderr.write(

@@ -3,7 +3,7 @@
  * `python -m tessera_engine JOB`, read JSON-line events from a dedicated pipe (fd 3), and
  * settle on the engine's `done` and a clean exit, or fail with its last words.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -68,7 +68,9 @@ export async function startEngine(job: Job, opts: RunEngineOptions): Promise<Eng
     jobPath = join(tmp, "job.json");
   }
   await writeFile(jobPath, JSON.stringify({ protocol: PROTOCOL_VERSION, ...job }, null, 2));
-  const argv = opts.command ? [...opts.command, jobPath] : [opts.python, "-m", "tessera_engine", jobPath];
+  const argv = opts.command
+    ? [...opts.command, jobPath]
+    : [opts.python, "-m", "tessera_engine", jobPath];
   const child = spawn(argv[0], argv.slice(1), {
     cwd: opts.cwd,
     stdio: ["ignore", "pipe", "pipe", "pipe"],
@@ -88,7 +90,10 @@ export async function startEngine(job: Job, opts: RunEngineOptions): Promise<Eng
 }
 
 /** Start the engine on a job and wait for its result. */
-export async function runEngine(job: Job, opts: RunEngineOptions): Promise<Record<string, unknown>> {
+export async function runEngine(
+  job: Job,
+  opts: RunEngineOptions,
+): Promise<Record<string, unknown>> {
   return (await startEngine(job, opts)).done;
 }
 
@@ -104,7 +109,8 @@ export function superviseEngine(
     if (lastLines.length > TAIL) lastLines.shift();
     opts.onOutput?.(line);
   };
-  for (const s of [child.stdout, child.stderr]) if (s) createInterface({ input: s }).on("line", keep);
+  for (const s of [child.stdout, child.stderr])
+    if (s) createInterface({ input: s }).on("line", keep);
 
   let result: Record<string, unknown> | undefined;
   let sawDone = false;
@@ -137,14 +143,17 @@ export function superviseEngine(
     );
     child.on("close", async (code, signal) => {
       await eventsClosed;
-      const tail = lastLines.length ? `\nlast engine output:\n${lastLines.map((l) => `  ${l}`).join("\n")}` : "";
+      const tail = lastLines.length
+        ? `\nlast engine output:\n${lastLines.map((l) => `  ${l}`).join("\n")}`
+        : "";
       if (code === 0 && sawDone) return resolvePromise(result ?? {});
       let why: string;
       if (engineError) why = `the engine failed: ${engineError.message}`;
       else if (signal) why = `the engine was killed by ${signal}`;
       else if (code === 0) why = "the engine exited without reporting done";
       else why = `the engine exited with code ${code}`;
-      if (badLine) why += ` (it also wrote a line that is not JSON on the event pipe: ${badLine.slice(0, 200)})`;
+      if (badLine)
+        why += ` (it also wrote a line that is not JSON on the event pipe: ${badLine.slice(0, 200)})`;
       reject(new EngineError(why + tail, code, signal, lastLines, engineError));
     });
   });

@@ -3,8 +3,8 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { UserError } from "../util/errors.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
+import { UserError } from "../util/errors.ts";
 import { ENGINE_DIR } from "../util/paths.ts";
 import { venvDir, venvExists, venvPython } from "./venv.ts";
 
@@ -42,7 +42,10 @@ function stampFor(torchSpec: string): string {
 
 function run(cmd: string, args: string[], onLine: (l: string) => void): Promise<void> {
   return new Promise((res, rej) => {
-    const p = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, PIP_DISABLE_PIP_VERSION_CHECK: "1" } });
+    const p = spawn(cmd, args, {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, PIP_DISABLE_PIP_VERSION_CHECK: "1" },
+    });
     const tail: string[] = [];
     const take = (buf: Buffer) => {
       for (const l of buf.toString().split(/\r?\n|\r/)) {
@@ -70,13 +73,25 @@ export async function setupEngine(opts: SetupOptions = {}): Promise<SetupResult>
   const torchSpec = opts.torchSpec ?? process.env.TESSERA_TORCH ?? DEFAULT_TORCH_SPEC;
   const stamp = stampFor(torchSpec);
   const stampPath = join(venv, STAMP);
-  const say = opts.log ?? ((l: string) => (opts.quiet ? undefined : process.stderr.write(`${l}\n`)));
+  const say =
+    opts.log ?? ((l: string) => (opts.quiet ? undefined : process.stderr.write(`${l}\n`)));
   if (!opts.force && venvExists(venv) && existsSync(stampPath)) {
-    if ((await readFile(stampPath, "utf8")).trim() === stamp) return { venv, python: py, changed: false };
+    if ((await readFile(stampPath, "utf8")).trim() === stamp)
+      return { venv, python: py, changed: false };
   }
   const started = Date.now();
   const steps = [
-    ["creating virtual environment", () => (venvExists(venv) ? Promise.resolve() : run(opts.python ?? process.env.TESSERA_PYTHON ?? "python3", ["-m", "venv", venv], () => {}))],
+    [
+      "creating virtual environment",
+      () =>
+        venvExists(venv)
+          ? Promise.resolve()
+          : run(
+              opts.python ?? process.env.TESSERA_PYTHON ?? "python3",
+              ["-m", "venv", venv],
+              () => {},
+            ),
+    ],
     [`installing ${torchSpec}`, () => run(py, ["-m", "pip", "install", torchSpec], live)],
     ["installing the engine", () => run(py, ["-m", "pip", "install", "-e", ENGINE_DIR], live)],
   ] as const;

@@ -10,7 +10,9 @@ export function venvDir(override?: string): string {
 }
 
 export function venvPython(venv: string): string {
-  return process.platform === "win32" ? join(venv, "Scripts", "python.exe") : join(venv, "bin", "python");
+  return process.platform === "win32"
+    ? join(venv, "Scripts", "python.exe")
+    : join(venv, "bin", "python");
 }
 
 export function venvExists(venv: string): boolean {

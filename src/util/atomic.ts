@@ -5,7 +5,10 @@ import { basename, dirname, join } from "node:path";
 
 /** A temporary name beside `path`, so the final rename stays on one filesystem. */
 export function tempPathFor(path: string): string {
-  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+  return join(
+    dirname(path),
+    `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`,
+  );
 }
 
 /** Write a whole file atomically: readers see the old file or the new one, never half. */
@@ -42,7 +45,9 @@ export class AtomicFileWriter {
     });
   }
   async commit(): Promise<void> {
-    await new Promise<void>((res, rej) => this.stream.end((e?: Error | null) => (e ? rej(e) : res())));
+    await new Promise<void>((res, rej) =>
+      this.stream.end((e?: Error | null) => (e ? rej(e) : res())),
+    );
     await rename(this.tmp, this.path);
   }
   async abort(): Promise<void> {

@@ -26,7 +26,8 @@ function readEvents(url: string, want: number, onOpen: () => void): Promise<unkn
         while (i >= 0) {
           const block = buf.slice(0, i);
           buf = buf.slice(i + 2);
-          for (const line of block.split("\n")) if (line.startsWith("data: ")) got.push(JSON.parse(line.slice(6)));
+          for (const line of block.split("\n"))
+            if (line.startsWith("data: ")) got.push(JSON.parse(line.slice(6)));
           i = buf.indexOf("\n\n");
         }
         if (got.length >= want) {
@@ -55,12 +56,18 @@ describe("dashboard", () => {
   it("replays existing metrics and streams new lines as the run writes them, in order", async () => {
     const dir = mkdtempSync(join(tmpdir(), "tessera-dash-"));
     const metrics = join(dir, "metrics.jsonl");
-    writeFileSync(metrics, `${JSON.stringify({ step: 1, loss: 2.5 })}\n${JSON.stringify({ step: 2, loss: 2.1 })}\n`);
+    writeFileSync(
+      metrics,
+      `${JSON.stringify({ step: 1, loss: 2.5 })}\n${JSON.stringify({ step: 2, loss: 2.1 })}\n`,
+    );
     dash = await startDashboard({ workDir: dir, pollMs: 50 });
     const events = await readEvents(`${dash.url}api/metrics`, 5, () => {
       setTimeout(() => {
         appendFileSync(metrics, `${JSON.stringify({ step: 3, loss: 1.9 })}\n{"step": 4, "lo`);
-        setTimeout(() => appendFileSync(metrics, `ss": 1.7}\n${JSON.stringify({ step: 5, loss: 1.5 })}\n`), 100);
+        setTimeout(
+          () => appendFileSync(metrics, `ss": 1.7}\n${JSON.stringify({ step: 5, loss: 1.5 })}\n`),
+          100,
+        );
       }, 100);
     });
     expect(events.map((e) => (e as { step: number }).step)).toEqual([1, 2, 3, 4, 5]);

@@ -1,7 +1,12 @@
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { EngineError, type EngineEvent, runEngine, startEngine } from "../../src/engine/protocol.ts";
+import {
+  EngineError,
+  type EngineEvent,
+  runEngine,
+  startEngine,
+} from "../../src/engine/protocol.ts";
 import { ensureEngine } from "../../src/engine/setup.ts";
 import { PACKAGE_ROOT } from "../../src/util/paths.ts";
 
@@ -19,7 +24,11 @@ describe("engine protocol", () => {
       { python, onEvent: (e) => events.push(e) },
     );
     expect(result.count).toBe(N);
-    expect(result.echo).toMatchObject({ kind: "echo", protocol: 1, payload: { text: "héllo ✓", nested: [1, 2, 3] } });
+    expect(result.echo).toMatchObject({
+      kind: "echo",
+      protocol: 1,
+      payload: { text: "héllo ✓", nested: [1, 2, 3] },
+    });
     const metrics = events.filter((e) => e.event === "metric");
     expect(metrics.map((m) => m.step)).toEqual(Array.from({ length: N }, (_, i) => i + 1));
     expect(events[0]).toMatchObject({ event: "hello", protocol: 1, job: "echo" });
@@ -64,7 +73,9 @@ describe("tessera doctor", () => {
     if (!report.engine.cuda_available) expect(report.engine.gpus).toEqual([]);
   });
   it("exits non-zero with a one-line fix when the environment is missing", () => {
-    const r = spawnSync(process.execPath, [cli, "doctor", "--venv", "/nonexistent/venv"], { encoding: "utf8" });
+    const r = spawnSync(process.execPath, [cli, "doctor", "--venv", "/nonexistent/venv"], {
+      encoding: "utf8",
+    });
     expect(r.status).not.toBe(0);
     const lines = r.stderr.trim().split("\n");
     expect(lines).toHaveLength(1);
