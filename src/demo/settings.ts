@@ -74,8 +74,10 @@ export const DEMO_TRAIN = {
 
 /** The shortened run of --fast (tests). */
 export const DEMO_FAST = {
-  steps: 60,
-  train: { colour: 240, count: 40, word: 20, compare: 20, text: 40 } as Record<
+  steps: 80,
+  // As many distinct colour pictures as the full run (drawing them is cheap), so the shortened
+  // run sees each at most once instead of memorising a few repeated ones.
+  train: { colour: 600, count: 40, word: 20, compare: 20, text: 40 } as Record<
     QuestionType,
     number
   >,
