@@ -210,7 +210,12 @@ function epochRows(
     for (const r of ids) tok[r] = rows.rowTokens(r);
     return groupByLength(ids, tok, mega);
   }
-  return ids;
+  // Packing sorts by length inside each window, so packs close roughly in length order (and,
+  // where lengths follow the dataset, in dataset runs): shuffle them so steps mix sources.
+  // The last step's worth of packs (the window's leftovers, made of many small samples)
+  // stays last, where sharding may split them to fill every slot.
+  const keep = Math.min(ids.length, mega * opt.gradAccum);
+  return rng.shuffle(ids, 0, ids.length - keep);
 }
 
 export function buildPlan(table: SampleTable, options: PlanOptions): Plan {

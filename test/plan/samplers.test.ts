@@ -78,4 +78,31 @@ describe("samplers", () => {
       expect(textSteps).toBeGreaterThan(2);
     });
   }
+
+  it("random with soft packing: the packs of an epoch do not arrive in length order", () => {
+    const t = syntheticTable(3000, 13);
+    const p = buildPlan(t, {
+      worldSize: 1,
+      microBatchSize: 1,
+      gradAccum: 1,
+      sampler: "random",
+      packing: "soft",
+      packMaxLength: 8192,
+      seed: 3,
+    });
+    // the longest sample of each pack, in training order
+    const longest: number[] = [];
+    for (let k = 0; k + 1 < p.rowOffset.length; k++) {
+      let m = 0;
+      for (let q = p.rowOffset[k]; q < p.rowOffset[k + 1]; q++)
+        m = Math.max(m, t.lengths[p.pieceSample[q]]);
+      longest.push(m);
+    }
+    let ascents = 0;
+    for (let i = 1; i < longest.length; i++) if (longest[i] > longest[i - 1]) ascents++;
+    const share = ascents / (longest.length - 1);
+    expect(longest.length).toBeGreaterThan(100);
+    expect(share).toBeGreaterThan(0.3);
+    expect(share).toBeLessThan(0.7);
+  });
 });
