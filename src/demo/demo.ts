@@ -7,7 +7,6 @@
 import { existsSync } from "node:fs";
 import { readFile, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { type Dashboard, startDashboard } from "../dashboard/server.ts";
 import { checkMeta } from "../data/check.ts";
 import { type EngineEvent, runEngine } from "../engine/protocol.ts";
 import { ensureEngine } from "../engine/setup.ts";
@@ -122,7 +121,7 @@ export function demoConfig(
 
 /**
  * Train through the same driver as `tessera train` (cache, plan, engine, metrics.jsonl, export),
- * with the live dashboard on a free local port while it runs.
+ * with the live dashboard while it runs.
  */
 async function trainDemo(
   c: TrainConfig,
@@ -136,15 +135,6 @@ async function trainDemo(
     // The demo's own run folder: every demo trains from the start.
     for (const sub of ["checkpoints", "export", "metrics.jsonl"])
       await rm(join(c.work_dir, sub), { recursive: true, force: true });
-  }
-  let board: Dashboard | undefined;
-  if (dashboard) {
-    try {
-      board = await startDashboard({ workDir: c.work_dir, host: "127.0.0.1", port: 0 });
-      log(`      dashboard: ${board.url}`);
-    } catch (e) {
-      log(`      (no dashboard: ${(e as Error).message})`);
-    }
   }
   let tokens = 0;
   let stepSeconds = 0;
@@ -166,19 +156,16 @@ async function trainDemo(
     const m = /^step (\d+)\/(\d+)/.exec(l);
     if (!m || Number(m[1]) % every === 0 || m[1] === m[2]) log(`      ${l}`);
   };
-  let res: TrainResult;
-  try {
-    res = await train(c, {
-      python,
-      progress: bar,
-      log: quiet,
-      onEvent,
-      prepareWorkers: 0,
-      handleSignals: true,
-    });
-  } finally {
-    await board?.close();
-  }
+  const res: TrainResult = await train(c, {
+    python,
+    progress: bar,
+    log: quiet,
+    onEvent,
+    prepareWorkers: 0,
+    handleSignals: true,
+    // the live dashboard on a free local port while it trains
+    dashboardPort: dashboard ? 0 : undefined,
+  });
   if (res.stopped)
     throw new UserError(
       `training stopped at step ${res.stepsDone}; the checkpoint is ${res.checkpoint}`,
