@@ -15,13 +15,9 @@ import { registerSetup } from "./setup.ts";
 import { registerTrain } from "./train.ts";
 
 export function registerCommands(program: Command): void {
+  registerDemo(program);
   registerSetup(program);
   registerDoctor(program);
-  registerDashboard(program);
-  registerEval(program);
-  registerDemo(program);
-  registerTrain(program);
-  registerChat(program);
 
   // `tessera data <sub>`: one file per sub-command (data-*.ts).
   const data = program
@@ -30,8 +26,12 @@ export function registerCommands(program: Command): void {
   registerDataCheck(data);
   registerDataFillWh(data);
   registerDataStats(data);
+  registerDataPreview(data);
   registerDataPrepare(data);
   registerDataPlan(data);
-  registerDataPreview(data);
-  void data;
+
+  registerTrain(program);
+  registerEval(program);
+  registerChat(program);
+  registerDashboard(program);
 }
