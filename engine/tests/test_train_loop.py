@@ -185,3 +185,15 @@ def test_concat_packing_cuts_inside_images(data):
         a = embed_with_images(m, torch.tensor([[5, ctx, ctx]]), px, image_spans=[(4, 0, 2)])
         b = embed_with_images(m, torch.tensor([[ctx, ctx, 6]]), px, image_spans=[(4, 2, 4)])
     assert torch.allclose(a[0, 1:], feats[0:2]) and torch.allclose(b[0, :2], feats[2:4])
+
+
+def test_a_plan_that_disagrees_with_the_cache_stops_the_run(data):
+    """The planner computes each step's learned tokens; the engine checks them as it learns."""
+    root, model, cache = data
+    plan = F.write_plan(root / "plan-disagree", cache, steps=3, slots_per_step=2, world_size=1)
+    step_learned = np.memmap(Path(plan) / "step_learned.i64", dtype="<i8", mode="r+")
+    step_learned[0] += 1
+    step_learned.flush()
+    del step_learned
+    with pytest.raises(RuntimeError, match=r"step 1: the engine learned from \d+ tokens, the plan says \d+"):
+        loop.train(F.job(model, cache, plan, root / "disagree", lr=1e-3))

@@ -238,7 +238,8 @@ def _write_concat_plan(out: Path, cache, steps: int, slots: int, world_size: int
     labels = {i: cache.tokens(i)[1] for i in {p[0] for r in rows for p in r}}
 
     def learned(i, start, length):
-        return int((labels[i][start:start + length] != IGNORE).sum())
+        # the piece's first token is predicted from nothing in its row: not learned
+        return int((labels[i][start + 1:start + length] != IGNORE).sum())
 
     def tiles(i, start, length):
         tpt = cache.tokens_per_tile

@@ -648,7 +648,11 @@ export function openCacheTable(
     learnedIn: (s, start, end) => {
       const d = locate(s);
       const k = s - d.first;
-      const labels = readInt32At(join(d.dir, "labels.i32"), d.tokOffset[k] + start, end - start);
+      // A piece's first token has nothing before it in its row to be predicted from: the
+      // engine learns the labels after it, so those are what the plan counts.
+      const from = start + 1;
+      if (from >= end) return 0;
+      const labels = readInt32At(join(d.dir, "labels.i32"), d.tokOffset[k] + from, end - from);
       let n = 0;
       for (const l of labels) if (l !== -100) n++;
       return n;

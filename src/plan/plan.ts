@@ -27,7 +27,8 @@ export interface SampleTable {
   tiles: Int32Array;
   images: Int32Array;
   multimodal: Uint8Array;
-  /** concat packing: learned tokens and tiles inside tokens [start, end) of a sample. */
+  /** concat packing: learned tokens of a piece [start, end) (labels after its first token, which
+   * has nothing before it in its row) and tiles inside it. */
   learnedIn?: (sample: number, start: number, end: number) => number;
   tilesIn?: (sample: number, start: number, end: number) => number;
   cacheDir?: string;

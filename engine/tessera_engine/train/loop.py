@@ -116,11 +116,14 @@ class TrainModule(nn.Module):
         self.model = model
         self.tile = tile
         self.reduction = reduction
+        # learned tokens of the last micro-batch, checked against the plan's totals
+        self.learned_seen = 0
 
     def forward(self, item: dict, totals: StepTotals, device: torch.device) -> torch.Tensor:
         from ..model.loss import reduce_loss
         from ..model.packed import image_features, packed_forward
 
+        self.learned_seen = 0
         pixels = None if item["empty"] else item["pixel_values"].to(device, non_blocking=True)
         touch = None
         if pixels is None or not pixels.shape[0]:
@@ -144,6 +147,8 @@ class TrainModule(nn.Module):
                 item["labels"].to(device, non_blocking=True),
                 image_spans=item["image_spans"],
             )
+            # What the engine learns from, counted here; the loop checks it against the plan.
+            self.learned_seen = out.token_losses.numel()
             if out.token_losses.numel():
                 loss = reduce_loss(out.token_losses, out.sample_index, self.reduction, _global_norm(totals),
                                    num_samples=out.num_samples)
@@ -236,7 +241,8 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
     if s.gradient_checkpointing:
         parallel.apply_ac(model)
     dtype = compute_dtype(s, device)
-    root: nn.Module = TrainModule(model, info.tile_size, s.loss_reduction)
+    train_module = TrainModule(model, info.tile_size, s.loss_reduction)
+    root: nn.Module = train_module
     if world.distributed and s.shard_strategy in ("zero2", "zero3"):
         parallel.inputs_require_grad(model)
         parallel.apply_fsdp(root, world, s.shard_strategy, dtype)
@@ -294,7 +300,7 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         t0 = time.perf_counter()
         data_wait = 0.0
         totals = plan.step_totals(*plan.position(g))
-        local = torch.zeros(4, dtype=torch.float64)  # loss, tokens, pieces, rows
+        local = torch.zeros(5, dtype=torch.float64)  # loss, tokens, pieces, rows, learned tokens
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per micro-batch
         for a in range(per_step):
             tw = time.perf_counter()
@@ -313,6 +319,7 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
                 local[1] += item["tokens"]
                 local[2] += item["pieces"]
                 local[3] += item["rows"]
+                local[4] += train_module.learned_seen
         grad_norm = _clip(root, s.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -324,6 +331,12 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         summed = parallel.all_reduce_sum(local, world)
         step_time = time.perf_counter() - t0
         step_loss = float(summed[0])
+        # The planner computed the step's learned tokens (the loss denominator); the engine
+        # must have learned from exactly those.
+        if int(summed[4]) != int(totals.learned_tokens):
+            raise RuntimeError(
+                f"step {steps_done}: the engine learned from {int(summed[4])} tokens, the plan says "
+                f"{int(totals.learned_tokens)}: the prepared cache and the plan disagree (run `tessera data prepare` again)")
         losses.append(step_loss)
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"loss is {step_loss} at step {steps_done}")
