@@ -1,6 +1,6 @@
 /** Image and video paths of records: resolved against media_root, kept inside it. */
-import { realpathSync } from "node:fs";
-import { isAbsolute, relative, resolve, sep } from "node:path";
+import { readdirSync, realpathSync } from "node:fs";
+import { basename, dirname, isAbsolute, relative, resolve, sep } from "node:path";
 import type { DatasetSpec } from "./meta.ts";
 
 export type MediaPathProblem = "absolute" | "escapes" | "symlink-escapes";
@@ -91,6 +91,73 @@ export function resolveMediaPath(
       );
   }
   return abs;
+}
+
+/** What a MediaResolver knows of one directory. */
+interface DirInfo {
+  /** Lookups so far (the directory is listed once it has enough). */
+  lookups: number;
+  /** Names of its entries that are symlinks, once listed; null before. */
+  links: Set<string> | null;
+  /** True when the directory itself resolves inside media_root (false: check each file). */
+  inside: boolean;
+}
+
+/** Lookups in one directory before it is listed once instead of resolved file by file. */
+const LIST_AFTER = 64;
+
+/**
+ * resolveMediaPath for the many paths of one dataset (prepare's hot path). The same rules and
+ * errors; the symlink check costs a map lookup instead of a realpath per file: a directory's
+ * real location is resolved once, and a directory used often is listed once to learn which of
+ * its entries are symlinks (only those are resolved). Entries that change after the listing
+ * are not seen: it is for one pass over a dataset.
+ */
+export class MediaResolver {
+  private dirs = new Map<string, DirInfo>();
+
+  constructor(
+    private readonly spec: Pick<DatasetSpec, "mediaRoot">,
+    private readonly opts: ResolveMediaOptions = {},
+  ) {}
+
+  resolve(relPath: string): string {
+    const o = this.opts;
+    if (o.allowOutside || o.checkSymlinks === false || isAbsolute(relPath))
+      return resolveMediaPath(this.spec, relPath, o);
+    const root = this.spec.mediaRoot;
+    const abs = resolve(root, relPath);
+    if (!inside(root, abs)) return resolveMediaPath(this.spec, relPath, o); // throws "escapes"
+    const dir = dirname(abs);
+    let d = this.dirs.get(dir);
+    if (d === undefined) {
+      let realDir: string | null = null;
+      try {
+        realDir = realpathSync.native(dir);
+      } catch {
+        // A missing directory: its files are missing, reported by the caller.
+      }
+      d = { lookups: 0, links: null, inside: realDir === null || inside(realRoot(root), realDir) };
+      if (realDir === null) d.links = new Set();
+      this.dirs.set(dir, d);
+    }
+    if (!d.inside) return resolveMediaPath(this.spec, relPath, o);
+    if (d.links === null && ++d.lookups >= LIST_AFTER) {
+      d.links = new Set();
+      try {
+        for (const e of readdirSync(dir, { withFileTypes: true }))
+          if (e.isSymbolicLink()) d.links.add(e.name);
+      } catch {
+        d.links = null;
+        d.lookups = Number.NEGATIVE_INFINITY; // unreadable: resolve file by file
+      }
+    }
+    // Not listed yet, or a symlink: the full check. A listed non-link is a file (or missing)
+    // inside the directory, which is inside media_root.
+    if (d.links === null || d.links.has(basename(abs)))
+      return resolveMediaPath(this.spec, relPath, o);
+    return abs;
+  }
 }
 
 /** The same rule as a relative path check only (no file system access): true when allowed. */

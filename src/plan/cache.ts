@@ -39,6 +39,12 @@ const TSX_API = pathToFileURL(
   ),
 ).href;
 
+/**
+ * Records per batch: small enough that a batch's per-record objects die young, large enough
+ * that the tokenizer call and the message to the worker are shared by many records.
+ */
+export const PREPARE_BATCH_SIZE = 256;
+
 export interface PrepareOptions {
   /** Meta file path, or its datasets already loaded. */
   meta: string | DatasetSpec[];
@@ -51,7 +57,7 @@ export interface PrepareOptions {
   cacheDir: string;
   /** Worker threads (default: CPUs − 1, at least 1); 0 runs in this thread. */
   workers?: number;
-  /** Records per batch sent to a worker. */
+  /** Records per batch sent to a worker (default PREPARE_BATCH_SIZE). */
   batchSize?: number;
   /** Module that builds the record → sample function (default: src/plan/sample-maker.ts). */
   makerModule?: string;
@@ -363,7 +369,7 @@ export async function prepareCache(o: PrepareOptions): Promise<PrepareResult> {
   const old = readManifest(cacheDir);
   const nWorkers = o.workers ?? Math.max(1, cpus().length - 1);
   const makerModule = o.makerModule ?? DEFAULT_MAKER;
-  const batchSize = o.batchSize ?? 256;
+  const batchSize = o.batchSize ?? PREPARE_BATCH_SIZE;
   let pool: Pool | undefined;
   const entries: CacheDatasetEntry[] = [];
   const rebuilt: string[] = [];

@@ -3,7 +3,7 @@
  * writer by transfer (no per-sample objects cross threads).
  */
 import type { DataRecord } from "../data/record.ts";
-import type { Sample } from "../text/types.ts";
+import { FLAG_MULTIMODAL, FLAG_TRUNCATED, type Sample, type SampleColumns } from "../text/types.ts";
 import { IntVec } from "./arrays.ts";
 
 export interface SampleBatch {
@@ -33,26 +33,20 @@ export interface SampleBatch {
   errors: { line: number; message: string }[];
 }
 
-export const FLAG_MULTIMODAL = 1;
-export const FLAG_TRUNCATED = 2;
+export { FLAG_MULTIMODAL, FLAG_TRUNCATED } from "../text/types.ts";
 
 /**
- * What turns one record into a sample (null: dropped on purpose). `batch`, when present, does
- * many records at once with the same results; it may throw when any record fails, and those
- * records are then made one by one so each failure is reported on its own line.
+ * What turns one record into a sample (null: dropped on purpose). `columns`, when present,
+ * does many records at once with the same results, written straight into a batch's columns;
+ * it may throw when any record fails, and those records are then made one by one so each
+ * failure is reported on its own line.
  */
 export type SampleMaker = ((
   record: DataRecord,
   line: number,
 ) => Sample | null | Promise<Sample | null>) & {
-  batch?: (records: DataRecord[], lines: number[]) => Promise<MadeSamples>;
+  columns?: (records: DataRecord[]) => Promise<SampleColumns>;
 };
-
-/** Samples of a batch; `done` (when given) is called once their arrays have been copied. */
-export interface MadeSamples {
-  samples: (Sample | null)[];
-  done?: () => void;
-}
 
 export interface MakerOptions {
   model: string;
@@ -88,43 +82,61 @@ function exact(v: IntVec): Int32Array {
   return v.length === v.data.length ? v.data : v.take();
 }
 
-/** Samples of the items: in one call when the maker has `batch`, else (or when it throws) one by one. */
-async function makeSamples(
-  items: { line: number; record: DataRecord }[],
-  maker: SampleMaker,
-): Promise<{ samples: (Sample | null | Error)[]; done?: () => void }> {
-  if (maker.batch && items.length > 1) {
-    try {
-      return await maker.batch(
-        items.map((it) => it.record),
-        items.map((it) => it.line),
-      );
-    } catch {
-      // Some record failed: make them one by one so each error names its own line.
-    }
-  }
-  const out: (Sample | null | Error)[] = new Array(items.length);
-  for (let i = 0; i < items.length; i++) {
-    try {
-      out[i] = await maker(items[i].record, items[i].line);
-    } catch (e) {
-      out[i] = e instanceof Error ? e : new Error(String(e));
-    }
-  }
-  return { samples: out };
-}
-
 export async function makeBatch(
   seq: number,
   items: { line: number; record: DataRecord }[],
   maker: SampleMaker,
 ): Promise<SampleBatch> {
-  const made = await makeSamples(items, maker);
-  try {
-    return collect(seq, items, made.samples);
-  } finally {
-    made.done?.();
+  if (maker.columns && items.length > 0) {
+    let cols: SampleColumns | undefined;
+    try {
+      cols = await maker.columns(items.map((it) => it.record));
+    } catch {
+      // Some record failed: make them one by one so each error names its own line.
+    }
+    if (cols) return fromColumns(seq, items, cols);
   }
+  const samples: (Sample | null | Error)[] = new Array(items.length);
+  for (let i = 0; i < items.length; i++) {
+    try {
+      samples[i] = await maker(items[i].record, items[i].line);
+    } catch (e) {
+      samples[i] = e instanceof Error ? e : new Error(String(e));
+    }
+  }
+  return collect(seq, items, samples);
+}
+
+function fromColumns(
+  seq: number,
+  items: { line: number; record: DataRecord }[],
+  c: SampleColumns,
+): SampleBatch {
+  const line = new Int32Array(c.count);
+  for (let i = 0; i < c.count; i++) line[i] = items[c.source[i]].line;
+  return {
+    seq,
+    count: c.count,
+    line,
+    length: c.length,
+    learned: c.learned,
+    flags: c.flags,
+    imgCount: c.imgCount,
+    inputIds: c.inputIds,
+    labels: c.labels,
+    imgW: c.imgW,
+    imgH: c.imgH,
+    imgCols: c.imgCols,
+    imgRows: c.imgRows,
+    imgTiles: c.imgTiles,
+    imgThumb: c.imgThumb,
+    imgFrame: c.imgFrame,
+    imgContext: c.imgContext,
+    imgPaths: c.imgPaths,
+    dropped: c.dropped,
+    truncated: c.truncated,
+    errors: [],
+  };
 }
 
 /** The batch's typed arrays from its samples (copied: the samples' arrays may be reused). */

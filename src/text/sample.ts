@@ -14,7 +14,14 @@ import { perImageMaxNum, planTiles, SINGLE_TILE, type TileGrid } from "../vision
 import type { ModelInfo } from "./model-info.ts";
 import { type ChatTemplate, getTemplate } from "./templates.ts";
 import { IMG_CONTEXT, IMG_END, IMG_START, type TextTokenizer } from "./tokenizer.ts";
-import { IGNORE_INDEX, type ImagePlan, type Sample } from "./types.ts";
+import {
+  FLAG_MULTIMODAL,
+  FLAG_TRUNCATED,
+  IGNORE_INDEX,
+  type ImagePlan,
+  type Sample,
+  type SampleColumns,
+} from "./types.ts";
 
 export type TruncationPolicy = "turns" | "cut" | "drop";
 
@@ -501,7 +508,98 @@ function layout(plan: Plan, enc: Encoded, p: number, ctx: Prepared): Layout | nu
   return { lens, keepItems, len: cutAt, total, droppedTurns: 2 * (plan.rounds - 1), cut: true };
 }
 
-/** Write the sample's ids and labels into the given (zeroed or reused) views of length lay.len. */
+/** What writeTokens reports; one object reused for every record (no garbage per sample). */
+interface Written {
+  learned: number;
+  straddles: number;
+  /** Images written (the first `images` of plan.images: a cut never keeps a later one). */
+  images: number;
+}
+
+/**
+ * Write one sample's ids and labels at `ids[at .. at + lay.len)` (labels likewise), and each
+ * image's first context position (relative to `at`) at `starts[startsAt ..]`. The one place
+ * sample tokens are written: the Sample path and the column path both come here.
+ */
+function writeTokens(
+  plan: Plan,
+  enc: Encoded,
+  p: number,
+  ctx: Prepared,
+  lay: Layout,
+  ids: Int32Array,
+  labels: Int32Array,
+  at: number,
+  starts: Int32Array,
+  startsAt: number,
+  out: Written,
+): void {
+  const tpt = ctx.model.tokensPerTile;
+  const never = ctx.never.size ? ctx.never : null;
+  const end = at + lay.len;
+  labels.fill(IGNORE_INDEX, at, end);
+  let pos = at;
+  let learned = 0;
+  let straddles = 0;
+  let images = 0;
+  let t = enc.first[p];
+  const encIds = enc.ids;
+  for (let i = 0; i < lay.keepItems && pos < end; i++) {
+    const it = plan.items[i];
+    if (it.k === "image") {
+      const n = plan.images[it.index].tiles * tpt;
+      ids[pos++] = ctx.imgStart as number;
+      starts[startsAt + images++] = pos - at;
+      ids.fill(ctx.imgContext as number, pos, pos + n);
+      pos += n;
+      ids[pos++] = ctx.imgEnd as number;
+      continue;
+    }
+    let src: ArrayLike<number>;
+    let base: number;
+    let count: number;
+    let from: number;
+    if (it.k === "ids") {
+      src = it.ids;
+      base = 0;
+      count = src.length;
+      from = it.learn ? 0 : count;
+    } else {
+      if (enc.straddled[t]) straddles++;
+      src = encIds;
+      base = enc.start[t];
+      count = enc.len[t];
+      from = it.learn ? enc.prefixLen[t] : count;
+      t++;
+    }
+    const n = Math.min(count, end - pos);
+    if (from >= n) {
+      // Nothing learned in this run (most runs): one bulk copy.
+      if (src === encIds) ids.set(encIds.subarray(base, base + n), pos);
+      else for (let k = 0; k < n; k++) ids[pos + k] = src[k];
+      pos += n;
+      continue;
+    }
+    for (let k = 0; k < n; k++) {
+      const id = src[base + k];
+      ids[pos] = id;
+      if (k >= from && !never?.has(id)) {
+        labels[pos] = id;
+        learned++;
+      }
+      pos++;
+    }
+  }
+  out.learned = learned;
+  out.straddles = straddles;
+  out.images = images;
+}
+
+/** The sample fits but learns nothing because it was cut: dropped like one too long. */
+const learnsNothing = (w: Written, lay: Layout, ctx: Prepared) =>
+  w.learned === 0 && lay.total > ctx.maxLength;
+
+/** A Sample object over the given (fresh or reused) views of length lay.len; null: dropped. */
 function fill(
   record: DataRecord,
   plan: Plan,
@@ -512,76 +610,30 @@ function fill(
   inputIds: Int32Array,
   labels: Int32Array,
 ): Sample | null {
-  const tpt = ctx.model.tokensPerTile;
-  const never = ctx.never.size ? ctx.never : null;
-  const len = lay.len;
-  labels.fill(IGNORE_INDEX);
-  const images: ImagePlan[] = [];
   const starts = new Int32Array(plan.images.length);
-  let pos = 0;
-  let learned = 0;
-  let straddles = 0;
-  let t = enc.first[p];
-  for (let i = 0; i < lay.keepItems && pos < len; i++) {
-    const it = plan.items[i];
-    if (it.k === "image") {
-      const img = plan.images[it.index];
-      const n = img.tiles * tpt;
-      inputIds[pos++] = ctx.imgStart as number;
-      starts[images.length] = pos;
-      inputIds.fill(ctx.imgContext as number, pos, pos + n);
-      pos += n;
-      inputIds[pos++] = ctx.imgEnd as number;
-      images.push(img);
-      continue;
-    }
-    let ids: ArrayLike<number>;
-    let base: number;
-    let count: number;
-    let from: number;
-    if (it.k === "ids") {
-      ids = it.ids;
-      base = 0;
-      count = ids.length;
-      from = it.learn ? 0 : count;
-    } else {
-      if (enc.straddled[t]) straddles++;
-      ids = enc.ids;
-      base = enc.start[t];
-      count = enc.len[t];
-      from = it.learn ? enc.prefixLen[t] : count;
-      t++;
-    }
-    const n = Math.min(count, len - pos);
-    for (let k = 0; k < n; k++) {
-      const id = ids[base + k];
-      inputIds[pos] = id;
-      if (k >= from && !never?.has(id)) {
-        labels[pos] = id;
-        learned++;
-      }
-      pos++;
-    }
-  }
-  if (learned === 0 && lay.total > ctx.maxLength) return null;
+  const w: Written = { learned: 0, straddles: 0, images: 0 };
+  writeTokens(plan, enc, p, ctx, lay, inputIds, labels, 0, starts, 0, w);
+  if (learnsNothing(w, lay, ctx)) return null;
   const sample: Sample = {
     inputIds,
     labels,
-    images,
-    contextStarts: images.length === starts.length ? starts : starts.slice(0, images.length),
-    length: len,
-    learned,
-    multimodal: record.images.length > 0 || record.video !== undefined,
+    images: plan.images.slice(0, w.images),
+    contextStarts: w.images === starts.length ? starts : starts.slice(0, w.images),
+    length: lay.len,
+    learned: w.learned,
+    multimodal: isMultimodal(record),
   };
-  if (lay.total !== len)
+  if (lay.total !== lay.len)
     sample.truncated = {
       droppedTurns: lay.droppedTurns,
       originalLength: lay.total,
       ...(lay.cut ? { cut: true } : {}),
     };
-  if (straddles) sample.boundaryTokens = straddles;
+  if (w.straddles) sample.boundaryTokens = w.straddles;
   return sample;
 }
+
+const isMultimodal = (r: DataRecord) => r.images.length > 0 || r.video !== undefined;
 
 /**
  * The training sample of one record, or null when it does not fit max_length under the
@@ -602,100 +654,157 @@ export async function recordToSample(
  */
 const CHUNK = 256;
 
-/** A buffer that recordsToSamples can write ids and labels into, grown as needed. */
-export interface SampleScratch {
-  ids: Int32Array;
-  labels: Int32Array;
-  used: number;
-}
-
-export function makeSampleScratch(): SampleScratch {
-  return { ids: new Int32Array(0), labels: new Int32Array(0), used: 0 };
-}
-
-export interface SamplesOptions {
-  /**
-   * Write ids and labels into this buffer instead of fresh memory; the samples' arrays are
-   * views of it until the buffer is passed again. For callers that copy the samples first
-   * (prepare's batches): it saves allocating and zeroing memory for every batch.
-   */
-  scratch?: SampleScratch;
-}
-
-/**
- * recordToSample for many records, tokenized in one go (the fast path). The samples' arrays
- * are views of one buffer per 256 records (or of `opts.scratch`).
- */
-export async function recordsToSamples(
-  records: readonly DataRecord[],
-  ctx: SampleContext,
-  opts: SamplesOptions = {},
-): Promise<(Sample | null)[]> {
-  const out: (Sample | null)[] = new Array(records.length);
-  const scratch = opts.scratch ?? null;
-  if (scratch) scratch.used = 0;
-  for (let from = 0; from < records.length; from += CHUNK)
-    await samplesOfChunk(records, from, Math.min(records.length, from + CHUNK), ctx, out, scratch);
-  return out;
-}
-
-async function samplesOfChunk(
+/** Plans, encoded text and layouts of records[from, to) (null layout: dropped). */
+async function planChunk(
   records: readonly DataRecord[],
   from: number,
   to: number,
   ctx: SampleContext,
-  out: (Sample | null)[],
-  scratch: SampleScratch | null,
-): Promise<void> {
+): Promise<{ plans: Plan[]; enc: Encoded; lays: (Layout | null)[]; tokens: number }> {
   const n = to - from;
   const plans: Plan[] = new Array(n);
   for (let i = 0; i < n; i++) plans[i] = planRecord(records[from + i], ctx, false);
   const enc = await encodePlans(plans, ctx.tokenizer);
   const lays: (Layout | null)[] = new Array(n);
-  let total = 0;
+  let tokens = 0;
   for (let i = 0; i < n; i++) {
     const l = layout(plans[i], enc, i, ctx);
     lays[i] = l;
-    if (l) total += l.len;
+    if (l) tokens += l.len;
   }
-  let ids: Int32Array;
-  let labels: Int32Array;
-  let off = 0;
-  if (scratch) {
-    const sc = scratch;
-    if (sc.used + total > sc.ids.length) {
-      // A new, larger buffer; samples made earlier in this call keep their views of the old one.
-      const cap = Math.max(total * 8, sc.ids.length * 2, 1 << 16);
-      sc.ids = new Int32Array(cap);
-      sc.labels = new Int32Array(cap);
-      sc.used = 0;
+  return { plans, enc, lays, tokens };
+}
+
+/**
+ * recordToSample for many records, tokenized in one go. The samples' arrays are views of one
+ * buffer per 256 records.
+ */
+export async function recordsToSamples(
+  records: readonly DataRecord[],
+  ctx: SampleContext,
+): Promise<(Sample | null)[]> {
+  const out: (Sample | null)[] = new Array(records.length);
+  for (let from = 0; from < records.length; from += CHUNK) {
+    const to = Math.min(records.length, from + CHUNK);
+    const { plans, enc, lays, tokens } = await planChunk(records, from, to, ctx);
+    const ids = new Int32Array(tokens);
+    const labels = new Int32Array(tokens);
+    let off = 0;
+    for (let i = 0; i < to - from; i++) {
+      const l = lays[i];
+      out[from + i] = l
+        ? fill(
+            records[from + i],
+            plans[i],
+            enc,
+            i,
+            ctx,
+            l,
+            ids.subarray(off, off + l.len),
+            labels.subarray(off, off + l.len),
+          )
+        : null;
+      if (l) off += l.len;
     }
-    ids = sc.ids;
-    labels = sc.labels;
-    off = sc.used;
-    sc.used += total;
-  } else {
-    ids = new Int32Array(total);
-    labels = new Int32Array(total);
   }
+  return out;
+}
+
+/**
+ * recordsToSamples straight into flat columns (what prepare writes): no object per sample,
+ * no copy. All records are one chunk, so callers pass batches of a few hundred.
+ */
+export async function recordsToColumns(
+  records: readonly DataRecord[],
+  ctx: SampleContext,
+): Promise<SampleColumns> {
+  const n = records.length;
+  const { plans, enc, lays, tokens } = await planChunk(records, 0, n, ctx);
+  let imageBound = 0;
+  for (let i = 0; i < n; i++) if (lays[i]) imageBound += plans[i].images.length;
+  const source = new Int32Array(n);
+  const length = new Int32Array(n);
+  const learned = new Int32Array(n);
+  const flags = new Uint8Array(n);
+  const imgCount = new Int32Array(n);
+  const inputIds = new Int32Array(tokens);
+  const labels = new Int32Array(tokens);
+  const imgW = new Int32Array(imageBound);
+  const imgH = new Int32Array(imageBound);
+  const imgCols = new Int32Array(imageBound);
+  const imgRows = new Int32Array(imageBound);
+  const imgTiles = new Int32Array(imageBound);
+  const imgThumb = new Uint8Array(imageBound);
+  const imgFrame = new Int32Array(imageBound);
+  const imgContext = new Int32Array(imageBound);
+  const imgPaths: string[] = [];
+  const w: Written = { learned: 0, straddles: 0, images: 0 };
+  let count = 0;
+  let off = 0;
+  let img = 0;
+  let dropped = 0;
+  let truncated = 0;
+  let boundaryTokens = 0;
   for (let i = 0; i < n; i++) {
-    const l = lays[i];
-    if (!l) {
-      out[from + i] = null;
+    const lay = lays[i];
+    if (!lay) {
+      dropped++;
       continue;
     }
-    out[from + i] = fill(
-      records[from + i],
-      plans[i],
-      enc,
-      i,
-      ctx,
-      l,
-      ids.subarray(off, off + l.len),
-      labels.subarray(off, off + l.len),
-    );
-    off += l.len;
+    const plan = plans[i];
+    writeTokens(plan, enc, i, ctx, lay, inputIds, labels, off, imgContext, img, w);
+    if (learnsNothing(w, lay, ctx)) {
+      dropped++; // its tokens are overwritten by the next sample
+      continue;
+    }
+    const cut = lay.total !== lay.len;
+    source[count] = i;
+    length[count] = lay.len;
+    learned[count] = w.learned;
+    flags[count] = (isMultimodal(records[i]) ? FLAG_MULTIMODAL : 0) | (cut ? FLAG_TRUNCATED : 0);
+    imgCount[count] = w.images;
+    for (let k = 0; k < w.images; k++) {
+      const im = plan.images[k];
+      imgW[img] = im.wh[0];
+      imgH[img] = im.wh[1];
+      imgCols[img] = im.cols;
+      imgRows[img] = im.rows;
+      imgTiles[img] = im.tiles;
+      imgThumb[img] = im.thumbnail ? 1 : 0;
+      imgFrame[img] = im.frame ?? -1;
+      imgPaths.push(im.path);
+      img++;
+    }
+    if (cut) truncated++;
+    boundaryTokens += w.straddles;
+    off += lay.len;
+    count++;
   }
+  // Trimmed views only when something was dropped after layout (rare): no copies.
+  const trim = <T extends Int32Array | Uint8Array>(a: T, k: number): T =>
+    (a.length === k ? a : a.subarray(0, k)) as T;
+  return {
+    count,
+    source: trim(source, count),
+    length: trim(length, count),
+    learned: trim(learned, count),
+    flags: trim(flags, count),
+    imgCount: trim(imgCount, count),
+    inputIds: trim(inputIds, off),
+    labels: trim(labels, off),
+    imgW: trim(imgW, img),
+    imgH: trim(imgH, img),
+    imgCols: trim(imgCols, img),
+    imgRows: trim(imgRows, img),
+    imgTiles: trim(imgTiles, img),
+    imgThumb: trim(imgThumb, img),
+    imgFrame: trim(imgFrame, img),
+    imgContext: trim(imgContext, img),
+    imgPaths,
+    dropped,
+    truncated,
+    boundaryTokens,
+  };
 }
 
 export interface GenerationPrompt {

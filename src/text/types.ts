@@ -41,3 +41,42 @@ export interface Sample {
 }
 
 export const IGNORE_INDEX = -100;
+
+/** Bits of SampleColumns.flags. */
+export const FLAG_MULTIMODAL = 1;
+export const FLAG_TRUNCATED = 2;
+
+/**
+ * Many samples in flat columns (what prepare writes to the cache): sample i's ids are the
+ * next length[i] values of inputIds, its images the next imgCount[i] rows of the img columns.
+ */
+export interface SampleColumns {
+  /** Samples made (records dropped by the truncation policy are not among them). */
+  count: number;
+  /** Per sample: index of its record in the input. */
+  source: Int32Array;
+  length: Int32Array;
+  learned: Int32Array;
+  /** FLAG_MULTIMODAL | FLAG_TRUNCATED */
+  flags: Uint8Array;
+  imgCount: Int32Array;
+  inputIds: Int32Array;
+  labels: Int32Array;
+  imgW: Int32Array;
+  imgH: Int32Array;
+  imgCols: Int32Array;
+  imgRows: Int32Array;
+  imgTiles: Int32Array;
+  imgThumb: Uint8Array;
+  /** Video frame index, -1 for an image. */
+  imgFrame: Int32Array;
+  /** Index in the sample's ids of the image's first context token. */
+  imgContext: Int32Array;
+  imgPaths: string[];
+  /** Records that became no sample (over max_length under the truncation policy). */
+  dropped: number;
+  /** Samples cut to max_length. */
+  truncated: number;
+  /** Sum of Sample.boundaryTokens. */
+  boundaryTokens: number;
+}

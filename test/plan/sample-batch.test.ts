@@ -34,7 +34,7 @@ describe("sample batches", () => {
         extra: {},
       },
     });
-    expect(maker.batch).toBeTypeOf("function");
+    expect(maker.columns).toBeTypeOf("function");
     // The same maker without its batch path: one record per call.
     const single: SampleMaker = (r, line) => maker(r, line);
     const recs = records(60);

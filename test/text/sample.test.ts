@@ -4,6 +4,7 @@ import { loadModelInfo } from "../../src/text/model-info.ts";
 import {
   buildGenerationPrompt,
   makeSampleContext,
+  recordsToColumns,
   recordsToSamples,
   recordToSample,
   type SampleContextOptions,
@@ -15,7 +16,12 @@ import {
   loadTokenizer,
   type TextTokenizer,
 } from "../../src/text/tokenizer.ts";
-import { IGNORE_INDEX, type Sample } from "../../src/text/types.ts";
+import {
+  FLAG_MULTIMODAL,
+  FLAG_TRUNCATED,
+  IGNORE_INDEX,
+  type Sample,
+} from "../../src/text/types.ts";
 import { makeModelFolder, type Vocab } from "../helpers/model-folder.ts";
 import { askPython } from "./reference.ts";
 import { randomStrings, rng } from "./strings.ts";
@@ -193,6 +199,81 @@ describe("record to sample", () => {
           expect(im.tiles).toBeLessThanOrEqual(Math.floor(6 / records[i].images.length) + 1);
     });
     expect(seen).toBeGreaterThan(50);
+  });
+
+  it("writes the same samples into flat columns as Sample objects, under every truncation policy", async () => {
+    const { dir, tk } = made[0];
+    const model = loadModelInfo(dir);
+    let cutNothingLearned = 0;
+    for (const [maxLength, truncation] of [
+      [undefined, "turns"],
+      [60, "turns"],
+      [60, "drop"],
+      [40, "cut"],
+      [12, "cut"],
+    ] as const) {
+      const ctx = makeSampleContext({
+        tokenizer: tk,
+        model,
+        mediaRoot: "/data",
+        maxLength,
+        truncation,
+        videoFrames: (r) => (r as Rec).videoFrames ?? 0,
+      });
+      const samples = await recordsToSamples(records, ctx);
+      const cols = await recordsToColumns(records, ctx);
+      const kept = samples.flatMap((s, i) => (s ? [i] : []));
+      expect(Array.from(cols.source)).toEqual(kept);
+      expect(cols.count).toBe(kept.length);
+      expect(cols.dropped).toBe(records.length - kept.length);
+      let tok = 0;
+      let img = 0;
+      let truncated = 0;
+      kept.forEach((r, k) => {
+        const s = samples[r] as Sample;
+        const what = `${truncation} ${maxLength} record ${r}`;
+        expect(cols.length[k], what).toBe(s.length);
+        expect(cols.learned[k], what).toBe(s.learned);
+        expect(cols.flags[k], what).toBe(
+          (s.multimodal ? FLAG_MULTIMODAL : 0) | (s.truncated ? FLAG_TRUNCATED : 0),
+        );
+        expect(Array.from(cols.inputIds.subarray(tok, tok + s.length)), what).toEqual(
+          Array.from(s.inputIds),
+        );
+        expect(Array.from(cols.labels.subarray(tok, tok + s.length)), what).toEqual(
+          Array.from(s.labels),
+        );
+        expect(cols.imgCount[k], what).toBe(s.images.length);
+        s.images.forEach((im, j) => {
+          const at = img + j;
+          expect(
+            [cols.imgW[at], cols.imgH[at], cols.imgCols[at], cols.imgRows[at], cols.imgTiles[at]],
+            what,
+          ).toEqual([im.wh[0], im.wh[1], im.cols, im.rows, im.tiles]);
+          expect(cols.imgThumb[at] === 1, what).toBe(im.thumbnail);
+          expect(cols.imgFrame[at], what).toBe(im.frame ?? -1);
+          expect(cols.imgContext[at], what).toBe(s.contextStarts[j]);
+          expect(cols.imgPaths[at], what).toBe(im.path);
+        });
+        tok += s.length;
+        img += s.images.length;
+        if (s.truncated) truncated++;
+      });
+      expect(cols.inputIds.length).toBe(tok);
+      expect(cols.labels.length).toBe(tok);
+      expect(cols.imgW.length).toBe(img);
+      expect(cols.imgPaths.length).toBe(img);
+      expect(cols.truncated).toBe(truncated);
+      if (truncation === "cut") {
+        // Cut samples that learn nothing are dropped after their tokens were laid out.
+        const laidOut = await recordsToColumns(
+          records,
+          makeSampleContext({ ...ctx, truncation: "cut", maxLength: Number.POSITIVE_INFINITY }),
+        );
+        cutNothingLearned += laidOut.count - cols.count;
+      }
+    }
+    expect(cutNothingLearned).toBeGreaterThan(0);
   });
 
   describe("truncation", () => {
