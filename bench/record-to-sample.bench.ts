@@ -79,11 +79,15 @@ function prepareMaker(dir: string, mediaRoot: string): Promise<SampleMaker> {
   });
 }
 
-async function prepareBatches(recs: DataRecord[], maker: SampleMaker): Promise<number> {
+async function prepareBatches(
+  recs: DataRecord[],
+  maker: SampleMaker,
+  tokensPerTile: number,
+): Promise<number> {
   let tokens = 0;
   for (let i = 0, seq = 0; i < recs.length; i += BATCH) {
     const items = recs.slice(i, i + BATCH).map((record, k) => ({ line: i + k + 1, record }));
-    tokens += (await makeBatch(seq++, items, maker)).inputIds.length;
+    tokens += (await makeBatch(seq++, items, maker, tokensPerTile)).inputIds.length;
   }
   return tokens;
 }
@@ -101,11 +105,12 @@ if (!isMainThread) {
     n: number;
   };
   const maker = await prepareMaker(dir, media);
-  await prepareBatches(records(4096, 1), maker);
+  const tpt = loadModelInfo(dir).tokensPerTile;
+  await prepareBatches(records(4096, 1), maker, tpt);
   const recs = records(n, seed);
   parentPort?.postMessage("ready");
   parentPort?.once("message", async () => {
-    await prepareBatches(recs, maker);
+    await prepareBatches(recs, maker, tpt);
     parentPort?.postMessage("done");
   });
 } else {
@@ -138,12 +143,13 @@ if (!isMainThread) {
     // What prepare runs per worker: makeBatch with the default maker (one call per batch,
     // samples copied into the batch's arrays).
     const maker = await prepareMaker(dir, media);
-    await prepareBatches(records(4096, 2), maker);
+    const tpt = loadModelInfo(dir).tokensPerTile;
+    await prepareBatches(records(4096, 2), maker, tpt);
     for (let rep = 0; rep < 2; rep++) {
       const recs = records(N, 200 + rep);
       const t0 = performance.now();
       const c0 = process.cpuUsage();
-      await prepareBatches(recs, maker);
+      await prepareBatches(recs, maker, tpt);
       const s = (performance.now() - t0) / 1000;
       const c = process.cpuUsage(c0);
       console.log(

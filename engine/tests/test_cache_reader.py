@@ -53,10 +53,30 @@ def test_samples_read_back_as_written(written: Path):
         assert s.context_starts.tolist() == [im["context_start"] for im in e["images"]]
         for im in s.images:
             assert os.path.isabs(im.path)
-    # zero-copy: token views share the mapped file's memory
-    s = cache.sample(0)
-    assert isinstance(s.input_ids.base, np.memmap) or isinstance(s.input_ids, np.memmap)
     assert cache.lengths.tolist() == [e["length"] for e in expected]
+    # The files store each sample without its images' context runs; the reader puts them back.
+    context = sum(im["tiles"] * cache.tokens_per_tile for e in expected for im in e["images"])
+    assert context > 0
+    stored = sum(d.cols.count("input_ids") for d in cache.datasets)
+    assert stored == sum(e["length"] for e in expected) - context
+    assert stored == sum(d["stored_tokens"] for d in cache.manifest["datasets"])
+
+
+def test_any_token_range_reads_as_the_same_slice_of_the_whole_sample(written: Path):
+    expected = json.loads((written / "expected.json").read_text())["samples"]
+    cache = PreparedCache(str(written / "cache"))
+    rng = np.random.default_rng(0)
+    for i, e in enumerate(expected):
+        n = e["length"]
+        ranges = [(0, n), (0, 0), (n, n), (0, n + 5)]
+        for im in e["images"]:  # edges of every context run
+            a, b = im["context_start"], im["context_start"] + im["tiles"] * cache.tokens_per_tile
+            ranges += [(a - 1, a + 1), (a, b), (a + 1, b - 1), (b - 1, b + 1), (0, a), (b, n)]
+        ranges += [tuple(sorted(rng.integers(0, n + 1, size=2).tolist())) for _ in range(8)]
+        for start, end in ranges:
+            ids, labels = cache.tokens(i, start, end)
+            assert ids.tolist() == e["input_ids"][start:end], (i, start, end)
+            assert labels.tolist() == e["labels"][start:end], (i, start, end)
 
 
 def test_plan_reads_back_as_written(written: Path):

@@ -89,8 +89,13 @@ def write_cache(root: Path, model: Path, n_samples: int = 32, seed: int = 0, ima
         answer = [500 + colour, 600 + colour, 700 + (i % 3)]
         ids += answer
         labels = [IGNORE] * q + answer
-        ids_all += ids
-        labels_all += labels
+        if has_image:  # the cache stores the sample without its context run
+            a, n = img["ctx"][-1], tiles * tokens_per_tile
+            ids_all += ids[:a] + ids[a + n:]
+            labels_all += labels[:a] + labels[a + n:]
+        else:
+            ids_all += ids
+            labels_all += labels
         tok_off.append(len(ids_all))
         lengths.append(len(ids))
         learned.append(len(answer))
@@ -121,10 +126,11 @@ def write_cache(root: Path, model: Path, n_samples: int = 32, seed: int = 0, ima
     fp = hashlib.sha256(json.dumps([n_samples, seed, image_every]).encode()).hexdigest()
     (ds / "dataset.json").write_text(json.dumps({"name": "synthetic", "fingerprint": fp, "inputs": {},
                                                  "samples": n_samples, "columns": cols}))
-    manifest = {"format": "tessera-cache", "version": 1, "fingerprint": fp, "tokens_per_tile": tokens_per_tile,
-                "max_length": 512, "samples": n_samples, "tokens": len(ids_all), "images": len(paths),
+    manifest = {"format": "tessera-cache", "version": 2, "fingerprint": fp, "tokens_per_tile": tokens_per_tile,
+                "max_length": 512, "samples": n_samples, "tokens": sum(lengths), "images": len(paths),
                 "datasets": [{"name": "synthetic", "dir": ds.name, "fingerprint": fp, "first_sample": 0,
-                              "samples": n_samples, "tokens": len(ids_all), "images": len(paths)}]}
+                              "samples": n_samples, "tokens": sum(lengths), "stored_tokens": len(ids_all),
+                              "images": len(paths), "img_context_id": ctx}]}
     (root / "cache" / "manifest.json").write_text(json.dumps(manifest))
     return root / "cache"
 

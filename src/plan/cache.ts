@@ -28,7 +28,8 @@ import {
   type SampleBatch,
 } from "./sample-batch.ts";
 
-export const CACHE_VERSION = 1;
+/** 2: input_ids and labels leave each image's context run out (docs/cache-format.md). */
+export const CACHE_VERSION = 2;
 const DEFAULT_MAKER = new URL("./sample-maker.ts", import.meta.url).href;
 // The ESM entry of tsx's API, found from its package.json (import.meta.resolve is missing
 // under the test runner, and require.resolve would give the CommonJS entry).
@@ -79,8 +80,13 @@ export interface CacheDatasetEntry {
   fingerprint: string;
   first_sample: number;
   samples: number;
+  /** Tokens of the samples (sum of their lengths). */
   tokens: number;
+  /** Values in input_ids and labels: tokens less the image context runs. */
+  stored_tokens: number;
   images: number;
+  /** The `<IMG_CONTEXT>` id the readers put back (−1: no image). */
+  img_context_id: number;
   repeat_time: number;
   annotation: string;
   media_root: string;
@@ -215,7 +221,12 @@ const SAMPLE_COLUMNS: [string, Dtype][] = [
 /** Streams one dataset's columns into a folder. */
 class DatasetWriter {
   readonly cols: Record<string, ColumnWriter> = {};
+  /** Tokens of the samples (their lengths). */
   tokens = 0;
+  /** Values in input_ids and labels (tokens less the context runs). */
+  stored = 0;
+  /** The id of every image's context run (−1 until an image is written). */
+  contextId = -1;
   images = 0;
   pathBytes = 0;
   samples = 0;
@@ -239,10 +250,18 @@ class DatasetWriter {
   }
   async write(b: SampleBatch): Promise<void> {
     const c = this.cols;
+    if (b.imgW.length) {
+      if (this.contextId >= 0 && b.imgContextId !== this.contextId)
+        throw new Error(
+          `batch ${b.seq}: image context token ${b.imgContextId}, earlier batches used ${this.contextId}`,
+        );
+      this.contextId = b.imgContextId;
+    }
     for (let k = 0; k < b.count; k++) {
       this.tokens += b.length[k];
+      this.stored += b.stored[k];
       this.images += b.imgCount[k];
-      await c.tok_offset.push(this.tokens);
+      await c.tok_offset.push(this.stored);
       await c.img_offset.push(this.images);
     }
     await c.length.pushArray(b.length);
@@ -320,8 +339,9 @@ class Pool {
     for (const p of this.waiting.values()) p.reject(e);
     this.waiting.clear();
   }
-  dataset(key: string, makerModule: string, options: MakerOptions): void {
-    for (const w of this.workers) w.postMessage({ type: "dataset", key, makerModule, options });
+  dataset(key: string, makerModule: string, options: MakerOptions, tokensPerTile: number): void {
+    for (const w of this.workers)
+      w.postMessage({ type: "dataset", key, makerModule, options, tokensPerTile });
   }
   run(
     key: string,
@@ -475,11 +495,11 @@ async function buildDataset(
     let local:
       | ((items: { line: number; record: DataRecord }[], seq: number) => Promise<SampleBatch>)
       | undefined;
-    if (pool) pool.dataset(fp, makerModule, makerOptions);
+    if (pool) pool.dataset(fp, makerModule, makerOptions, info.tokensPerTile);
     else {
       const mod = (await import(makerModule)) as MakerModule;
       const maker = await mod.createSampleMaker(makerOptions);
-      local = (items, seq) => makeBatch(seq, items, maker);
+      local = (items, seq) => makeBatch(seq, items, maker, info.tokensPerTile);
     }
     // Bounded in-flight batches, written in order: constant memory, deterministic output.
     const inflight: Promise<SampleBatch>[] = [];
@@ -531,7 +551,9 @@ async function buildDataset(
       inputs,
       samples: w.samples,
       tokens: w.tokens,
+      stored_tokens: w.stored,
       images: w.images,
+      img_context_id: w.contextId,
       path_bytes: w.pathBytes,
       columns,
     };
@@ -550,7 +572,9 @@ async function buildDataset(
     fingerprint: fp,
     samples: w.samples,
     tokens: w.tokens,
+    stored_tokens: w.stored,
     images: w.images,
+    img_context_id: w.contextId,
     annotation: resolve(spec.annotation),
     media_root: spec.mediaRoot,
     skipped,
@@ -658,7 +682,17 @@ export function openCacheTable(
       // engine learns the labels after it, so those are what the plan counts.
       const from = start + 1;
       if (from >= end) return 0;
-      const labels = readInt32At(join(d.dir, "labels.i32"), d.tokOffset[k] + from, end - from);
+      // Stored labels leave the context runs out (all −100): map the token range onto them.
+      const stored = (p: number) => {
+        let q = p;
+        for (let j = d.imgOffset[k]; j < d.imgOffset[k + 1]; j++) {
+          const a = d.ctx[j];
+          q -= Math.max(0, Math.min(p, a + d.imgTiles[j] * tpt) - a);
+        }
+        return q;
+      };
+      const lo = stored(from);
+      const labels = readInt32At(join(d.dir, "labels.i32"), d.tokOffset[k] + lo, stored(end) - lo);
       let n = 0;
       for (const l of labels) if (l !== -100) n++;
       return n;

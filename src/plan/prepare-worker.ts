@@ -10,23 +10,29 @@ import {
 } from "./sample-batch.ts";
 
 type Msg =
-  | { type: "dataset"; key: string; makerModule: string; options: MakerOptions }
+  | {
+      type: "dataset";
+      key: string;
+      makerModule: string;
+      options: MakerOptions;
+      tokensPerTile: number;
+    }
   | { type: "batch"; key: string; seq: number; items: { line: number; record: DataRecord }[] };
 
-const makers = new Map<string, Promise<SampleMaker>>();
+const makers = new Map<string, { maker: Promise<SampleMaker>; tokensPerTile: number }>();
 const port = parentPort!;
 
 port.on("message", async (m: Msg) => {
   try {
     if (m.type === "dataset") {
-      makers.set(
-        m.key,
-        import(m.makerModule).then((mod: MakerModule) => mod.createSampleMaker(m.options)),
-      );
+      makers.set(m.key, {
+        maker: import(m.makerModule).then((mod: MakerModule) => mod.createSampleMaker(m.options)),
+        tokensPerTile: m.tokensPerTile,
+      });
       return;
     }
-    const maker = await makers.get(m.key)!;
-    const batch = await makeBatch(m.seq, m.items, maker);
+    const d = makers.get(m.key)!;
+    const batch = await makeBatch(m.seq, m.items, await d.maker, d.tokensPerTile);
     port.postMessage({ type: "batch", batch }, transferList(batch));
   } catch (e) {
     port.postMessage({

@@ -1,6 +1,7 @@
 /**
- * Samples of a batch of records, flattened into typed arrays so a worker can hand them to the
- * writer by transfer (no per-sample objects cross threads).
+ * Samples of a batch of records, flattened into typed arrays in the cache's stored form (each
+ * image's `<IMG_CONTEXT>` run left out) so a worker can hand them to the writer by transfer
+ * (no per-sample objects cross threads).
  */
 import type { DataRecord } from "../data/record.ts";
 import { FLAG_MULTIMODAL, FLAG_TRUNCATED, type Sample, type SampleColumns } from "../text/types.ts";
@@ -15,6 +16,8 @@ export interface SampleBatch {
   learned: Int32Array;
   flags: Uint8Array;
   imgCount: Int32Array;
+  /** Per sample: values in inputIds and labels (length less its context tokens). */
+  stored: Int32Array;
   inputIds: Int32Array;
   labels: Int32Array;
   imgW: Int32Array;
@@ -26,6 +29,8 @@ export interface SampleBatch {
   imgFrame: Int32Array;
   imgContext: Int32Array;
   imgPaths: string[];
+  /** The id of the context runs left out (−1: no image in the batch). */
+  imgContextId: number;
   /** Records dropped by the sample maker (e.g. over max_length with truncate: drop). */
   dropped: number;
   truncated: number;
@@ -77,15 +82,12 @@ function append(v: IntVec, a: Int32Array): void {
   v.length = end;
 }
 
-/** The pushed values: the vector's own array when it is exactly full, else a trimmed copy. */
-function exact(v: IntVec): Int32Array {
-  return v.length === v.data.length ? v.data : v.take();
-}
-
+/** Samples of the items; `tokensPerTile` is the planner's, which each image's run must match. */
 export async function makeBatch(
   seq: number,
   items: { line: number; record: DataRecord }[],
   maker: SampleMaker,
+  tokensPerTile: number,
 ): Promise<SampleBatch> {
   if (maker.columns && items.length > 0) {
     let cols: SampleColumns | undefined;
@@ -104,7 +106,7 @@ export async function makeBatch(
       samples[i] = e instanceof Error ? e : new Error(String(e));
     }
   }
-  return collect(seq, items, samples);
+  return collect(seq, items, samples, tokensPerTile);
 }
 
 function fromColumns(
@@ -122,6 +124,7 @@ function fromColumns(
     learned: c.learned,
     flags: c.flags,
     imgCount: c.imgCount,
+    stored: c.stored,
     inputIds: c.inputIds,
     labels: c.labels,
     imgW: c.imgW,
@@ -133,17 +136,49 @@ function fromColumns(
     imgFrame: c.imgFrame,
     imgContext: c.imgContext,
     imgPaths: c.imgPaths,
+    imgContextId: c.imgContextId,
     dropped: c.dropped,
     truncated: c.truncated,
     errors: [],
   };
 }
 
-/** The batch's typed arrays from its samples (copied: the samples' arrays may be reused). */
+/**
+ * Why a sample cannot be stored: its arrays disagree, or an image's context run is not
+ * tiles × tokens_per_tile copies of one id wrapped by other tokens (what readers expand).
+ */
+function storeProblem(s: Sample, tpt: number, contextId: number): string | null {
+  if (
+    s.inputIds.length !== s.length ||
+    s.labels.length !== s.length ||
+    s.contextStarts.length !== s.images.length
+  )
+    return `inconsistent sample: ${s.inputIds.length} ids, ${s.labels.length} labels, length ${s.length}`;
+  let prev = 0;
+  for (let k = 0; k < s.images.length; k++) {
+    const at = s.contextStarts[k];
+    const n = s.images[k].tiles * tpt;
+    const id = s.inputIds[at];
+    if (at < prev + 1 || at + n >= s.length)
+      return `image ${k + 1}: its context tokens at ${at} do not fit the sample`;
+    if (contextId >= 0 && id !== contextId)
+      return `image ${k + 1}: context token ${id}, other images use ${contextId}`;
+    for (let j = at; j < at + n; j++)
+      if (s.inputIds[j] !== id || s.labels[j] !== -100)
+        return `image ${k + 1}: ${n} context tokens (${s.images[k].tiles} tiles × ${tpt}) expected from ${at}, token ${j} differs`;
+    if (s.inputIds[at - 1] === id || s.inputIds[at + n] === id)
+      return `image ${k + 1}: its context run is longer than ${s.images[k].tiles} tiles × ${tpt}`;
+    prev = at + n;
+  }
+  return null;
+}
+
+/** The batch's typed arrays from its samples, copied into the stored form. */
 function collect(
   seq: number,
   items: { line: number; record: DataRecord }[],
   samples: (Sample | null | Error)[],
+  tpt: number,
 ): SampleBatch {
   let tokens = 0;
   let images = 0;
@@ -157,6 +192,7 @@ function collect(
   const learned = new IntVec(items.length);
   const flags: number[] = [];
   const imgCount = new IntVec(items.length);
+  const stored = new IntVec(items.length);
   const ids = new IntVec(tokens);
   const labels = new IntVec(tokens);
   const w = new IntVec(images);
@@ -169,6 +205,7 @@ function collect(
   const ctx = new IntVec(images);
   const paths: string[] = [];
   const errors: { line: number; message: string }[] = [];
+  let contextId = -1;
   let dropped = 0;
   let truncated = 0;
   for (let i = 0; i < items.length; i++) {
@@ -182,25 +219,30 @@ function collect(
       dropped++;
       continue;
     }
-    if (
-      s.inputIds.length !== s.length ||
-      s.labels.length !== s.length ||
-      s.contextStarts.length !== s.images.length
-    ) {
-      errors.push({
-        line: it.line,
-        message: `inconsistent sample: ${s.inputIds.length} ids, ${s.labels.length} labels, length ${s.length}`,
-      });
+    const problem = storeProblem(s, tpt, contextId);
+    if (problem) {
+      errors.push({ line: it.line, message: problem });
       continue;
     }
+    if (s.images.length) contextId = s.inputIds[s.contextStarts[0]];
     line.push(it.line);
     length.push(s.length);
     learned.push(s.learned);
     flags.push((s.multimodal ? FLAG_MULTIMODAL : 0) | (s.truncated ? FLAG_TRUNCATED : 0));
     if (s.truncated) truncated++;
     imgCount.push(s.images.length);
-    append(ids, s.inputIds);
-    append(labels, s.labels);
+    // The tokens between the context runs.
+    let from = 0;
+    const before = ids.length;
+    for (let k = 0; k < s.images.length; k++) {
+      const at = s.contextStarts[k];
+      append(ids, s.inputIds.subarray(from, at));
+      append(labels, s.labels.subarray(from, at));
+      from = at + s.images[k].tiles * tpt;
+    }
+    append(ids, s.inputIds.subarray(from));
+    append(labels, s.labels.subarray(from));
+    stored.push(ids.length - before);
     for (let k = 0; k < s.images.length; k++) {
       const im = s.images[k];
       w.push(im.wh[0]);
@@ -222,8 +264,9 @@ function collect(
     learned: learned.take(),
     flags: Uint8Array.from(flags),
     imgCount: imgCount.take(),
-    inputIds: exact(ids),
-    labels: exact(labels),
+    stored: stored.take(),
+    inputIds: ids.take(),
+    labels: labels.take(),
     imgW: w.take(),
     imgH: h.take(),
     imgCols: cols.take(),
@@ -233,6 +276,7 @@ function collect(
     imgFrame: frame.take(),
     imgContext: ctx.take(),
     imgPaths: paths,
+    imgContextId: contextId,
     dropped,
     truncated,
     errors,
@@ -246,6 +290,7 @@ export function transferList(b: SampleBatch): ArrayBuffer[] {
     b.learned,
     b.flags,
     b.imgCount,
+    b.stored,
     b.inputIds,
     b.labels,
     b.imgW,

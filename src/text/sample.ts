@@ -514,12 +514,16 @@ interface Written {
   straddles: number;
   /** Images written (the first `images` of plan.images: a cut never keeps a later one). */
   images: number;
+  /** Values written to ids and labels (the sample's length, less the context runs left out). */
+  stored: number;
 }
 
 /**
- * Write one sample's ids and labels at `ids[at .. at + lay.len)` (labels likewise), and each
- * image's first context position (relative to `at`) at `starts[startsAt ..]`. The one place
- * sample tokens are written: the Sample path and the column path both come here.
+ * Write one sample's ids and labels from `ids[at]` on (labels likewise), and each image's
+ * first context position in the sample at `starts[startsAt ..]`. With `omitContext` each
+ * image's run of `<IMG_CONTEXT>` ids (and their −100 labels) is left out: the stored form of
+ * the cache, where the runs follow from the image rows. The one place sample tokens are
+ * written: the Sample path and the column path both come here.
  */
 function writeTokens(
   plan: Plan,
@@ -532,27 +536,34 @@ function writeTokens(
   at: number,
   starts: Int32Array,
   startsAt: number,
+  omitContext: boolean,
   out: Written,
 ): void {
   const tpt = ctx.model.tokensPerTile;
   const never = ctx.never.size ? ctx.never : null;
-  const end = at + lay.len;
-  labels.fill(IGNORE_INDEX, at, end);
-  let pos = at;
+  const len = lay.len;
+  let pos = 0; // position in the sample
+  let w = at; // where the next value is written
   let learned = 0;
   let straddles = 0;
   let images = 0;
   let t = enc.first[p];
   const encIds = enc.ids;
-  for (let i = 0; i < lay.keepItems && pos < end; i++) {
+  for (let i = 0; i < lay.keepItems && pos < len; i++) {
     const it = plan.items[i];
     if (it.k === "image") {
       const n = plan.images[it.index].tiles * tpt;
-      ids[pos++] = ctx.imgStart as number;
-      starts[startsAt + images++] = pos - at;
-      ids.fill(ctx.imgContext as number, pos, pos + n);
-      pos += n;
-      ids[pos++] = ctx.imgEnd as number;
+      starts[startsAt + images++] = pos + 1;
+      ids[w] = ctx.imgStart as number;
+      labels[w++] = IGNORE_INDEX;
+      if (!omitContext) {
+        ids.fill(ctx.imgContext as number, w, w + n);
+        labels.fill(IGNORE_INDEX, w, w + n);
+        w += n;
+      }
+      ids[w] = ctx.imgEnd as number;
+      labels[w++] = IGNORE_INDEX;
+      pos += n + 2;
       continue;
     }
     let src: ArrayLike<number>;
@@ -572,27 +583,41 @@ function writeTokens(
       from = it.learn ? enc.prefixLen[t] : count;
       t++;
     }
-    const n = Math.min(count, end - pos);
+    const n = Math.min(count, len - pos);
     if (from >= n) {
-      // Nothing learned in this run (most runs): one bulk copy.
-      if (src === encIds) ids.set(encIds.subarray(base, base + n), pos);
-      else for (let k = 0; k < n; k++) ids[pos + k] = src[k];
-      pos += n;
-      continue;
-    }
-    for (let k = 0; k < n; k++) {
-      const id = src[base + k];
-      ids[pos] = id;
-      if (k >= from && !never?.has(id)) {
-        labels[pos] = id;
-        learned++;
+      // Nothing learned in this run (most runs): bulk writes.
+      if (src === encIds) ids.set(encIds.subarray(base, base + n), w);
+      else for (let k = 0; k < n; k++) ids[w + k] = src[k];
+      labels.fill(IGNORE_INDEX, w, w + n);
+    } else
+      for (let k = 0; k < n; k++) {
+        const id = src[base + k];
+        ids[w + k] = id;
+        if (k >= from && !never?.has(id)) {
+          labels[w + k] = id;
+          learned++;
+        } else labels[w + k] = IGNORE_INDEX;
       }
-      pos++;
-    }
+    w += n;
+    pos += n;
   }
   out.learned = learned;
   out.straddles = straddles;
   out.images = images;
+  out.stored = w - at;
+}
+
+/** Context tokens a sample's kept images hold (what the stored form leaves out). */
+function contextTokens(plan: Plan, lay: Layout, ctx: Prepared): number {
+  const tpt = ctx.model.tokensPerTile;
+  let pos = 0;
+  let n = 0;
+  for (let i = 0; i < lay.keepItems && pos < lay.len; i++) {
+    const it = plan.items[i];
+    if (it.k === "image") n += plan.images[it.index].tiles * tpt;
+    pos += lay.lens[i];
+  }
+  return n;
 }
 
 /** The sample fits but learns nothing because it was cut: dropped like one too long. */
@@ -611,8 +636,8 @@ function fill(
   labels: Int32Array,
 ): Sample | null {
   const starts = new Int32Array(plan.images.length);
-  const w: Written = { learned: 0, straddles: 0, images: 0 };
-  writeTokens(plan, enc, p, ctx, lay, inputIds, labels, 0, starts, 0, w);
+  const w: Written = { learned: 0, straddles: 0, images: 0, stored: 0 };
+  writeTokens(plan, enc, p, ctx, lay, inputIds, labels, 0, starts, 0, false, w);
   if (learnsNothing(w, lay, ctx)) return null;
   const sample: Sample = {
     inputIds,
@@ -711,8 +736,9 @@ export async function recordsToSamples(
 }
 
 /**
- * recordsToSamples straight into flat columns (what prepare writes): no object per sample,
- * no copy. All records are one chunk, so callers pass batches of a few hundred.
+ * recordsToSamples straight into flat columns in the cache's stored form (each image's
+ * `<IMG_CONTEXT>` run left out; docs/cache-format.md): no object per sample, no copy. All
+ * records are one chunk, so callers pass batches of a few hundred.
  */
 export async function recordsToColumns(
   records: readonly DataRecord[],
@@ -721,14 +747,21 @@ export async function recordsToColumns(
   const n = records.length;
   const { plans, enc, lays, tokens } = await planChunk(records, 0, n, ctx);
   let imageBound = 0;
-  for (let i = 0; i < n; i++) if (lays[i]) imageBound += plans[i].images.length;
+  let storedBound = tokens;
+  for (let i = 0; i < n; i++) {
+    const lay = lays[i];
+    if (!lay) continue;
+    imageBound += plans[i].images.length;
+    storedBound -= contextTokens(plans[i], lay, ctx);
+  }
   const source = new Int32Array(n);
   const length = new Int32Array(n);
   const learned = new Int32Array(n);
   const flags = new Uint8Array(n);
   const imgCount = new Int32Array(n);
-  const inputIds = new Int32Array(tokens);
-  const labels = new Int32Array(tokens);
+  const stored = new Int32Array(n);
+  const inputIds = new Int32Array(storedBound);
+  const labels = new Int32Array(storedBound);
   const imgW = new Int32Array(imageBound);
   const imgH = new Int32Array(imageBound);
   const imgCols = new Int32Array(imageBound);
@@ -738,7 +771,7 @@ export async function recordsToColumns(
   const imgFrame = new Int32Array(imageBound);
   const imgContext = new Int32Array(imageBound);
   const imgPaths: string[] = [];
-  const w: Written = { learned: 0, straddles: 0, images: 0 };
+  const w: Written = { learned: 0, straddles: 0, images: 0, stored: 0 };
   let count = 0;
   let off = 0;
   let img = 0;
@@ -752,7 +785,7 @@ export async function recordsToColumns(
       continue;
     }
     const plan = plans[i];
-    writeTokens(plan, enc, i, ctx, lay, inputIds, labels, off, imgContext, img, w);
+    writeTokens(plan, enc, i, ctx, lay, inputIds, labels, off, imgContext, img, true, w);
     if (learnsNothing(w, lay, ctx)) {
       dropped++; // its tokens are overwritten by the next sample
       continue;
@@ -763,6 +796,7 @@ export async function recordsToColumns(
     learned[count] = w.learned;
     flags[count] = (isMultimodal(records[i]) ? FLAG_MULTIMODAL : 0) | (cut ? FLAG_TRUNCATED : 0);
     imgCount[count] = w.images;
+    stored[count] = w.stored;
     for (let k = 0; k < w.images; k++) {
       const im = plan.images[k];
       imgW[img] = im.wh[0];
@@ -777,7 +811,7 @@ export async function recordsToColumns(
     }
     if (cut) truncated++;
     boundaryTokens += w.straddles;
-    off += lay.len;
+    off += w.stored;
     count++;
   }
   // Trimmed views only when something was dropped after layout (rare): no copies.
@@ -790,6 +824,7 @@ export async function recordsToColumns(
     learned: trim(learned, count),
     flags: trim(flags, count),
     imgCount: trim(imgCount, count),
+    stored: trim(stored, count),
     inputIds: trim(inputIds, off),
     labels: trim(labels, off),
     imgW: trim(imgW, img),
@@ -801,6 +836,7 @@ export async function recordsToColumns(
     imgFrame: trim(imgFrame, img),
     imgContext: trim(imgContext, img),
     imgPaths,
+    imgContextId: ctx.imgContext ?? -1,
     dropped,
     truncated,
     boundaryTokens,

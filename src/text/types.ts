@@ -47,8 +47,10 @@ export const FLAG_MULTIMODAL = 1;
 export const FLAG_TRUNCATED = 2;
 
 /**
- * Many samples in flat columns (what prepare writes to the cache): sample i's ids are the
- * next length[i] values of inputIds, its images the next imgCount[i] rows of the img columns.
+ * Many samples in flat columns, in the cache's stored form (what prepare writes): sample i's
+ * ids are the next stored[i] values of inputIds — its tokens with each image's run of
+ * `<IMG_CONTEXT>` ids left out (imgTiles × tokens per tile of them follow the `<img>` at
+ * imgContext − 1) — and its images the next imgCount[i] rows of the img columns.
  */
 export interface SampleColumns {
   /** Samples made (records dropped by the truncation policy are not among them). */
@@ -60,6 +62,8 @@ export interface SampleColumns {
   /** FLAG_MULTIMODAL | FLAG_TRUNCATED */
   flags: Uint8Array;
   imgCount: Int32Array;
+  /** Per sample: values in inputIds and labels (length less its context tokens). */
+  stored: Int32Array;
   inputIds: Int32Array;
   labels: Int32Array;
   imgW: Int32Array;
@@ -73,6 +77,8 @@ export interface SampleColumns {
   /** Index in the sample's ids of the image's first context token. */
   imgContext: Int32Array;
   imgPaths: string[];
+  /** The id of the context runs left out (−1 when the tokenizer has none). */
+  imgContextId: number;
   /** Records that became no sample (over max_length under the truncation policy). */
   dropped: number;
   /** Samples cut to max_length. */

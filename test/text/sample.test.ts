@@ -21,6 +21,7 @@ import {
   FLAG_TRUNCATED,
   IGNORE_INDEX,
   type Sample,
+  type SampleColumns,
 } from "../../src/text/types.ts";
 import { makeModelFolder, type Vocab } from "../helpers/model-folder.ts";
 import { askPython } from "./reference.ts";
@@ -69,6 +70,34 @@ function randomRecords(n: number, seed: number): Rec[] {
     });
   }
   return out;
+}
+
+/** Sample k of columns in the stored form, with its context runs put back: [ids, labels]. */
+function expand(
+  cols: SampleColumns,
+  tok: number,
+  k: number,
+  img: number,
+  tpt: number,
+): [number[], number[]] {
+  const ids: number[] = [];
+  const labels: number[] = [];
+  let from = tok;
+  for (let j = img; j < img + cols.imgCount[k]; j++) {
+    // Stored values up to and including the image's <img>, then its run.
+    const need = cols.imgContext[j] - ids.length;
+    ids.push(...cols.inputIds.subarray(from, from + need));
+    labels.push(...cols.labels.subarray(from, from + need));
+    from += need;
+    for (let t = 0; t < cols.imgTiles[j] * tpt; t++) {
+      ids.push(cols.imgContextId);
+      labels.push(IGNORE_INDEX);
+    }
+  }
+  const end = tok + cols.stored[k];
+  ids.push(...cols.inputIds.subarray(from, end));
+  labels.push(...cols.labels.subarray(from, end));
+  return [ids, labels];
 }
 
 // [vocabulary, template, SentencePiece dummy prefix]. InternLM2's tokenizer has no dummy prefix;
@@ -204,6 +233,8 @@ describe("record to sample", () => {
   it("writes the same samples into flat columns as Sample objects, under every truncation policy", async () => {
     const { dir, tk } = made[0];
     const model = loadModelInfo(dir);
+    const tpt = model.tokensPerTile;
+    const contextOf = (s: Sample) => s.images.reduce((a, im) => a + im.tiles * tpt, 0);
     let cutNothingLearned = 0;
     for (const [maxLength, truncation] of [
       [undefined, "turns"],
@@ -237,12 +268,11 @@ describe("record to sample", () => {
         expect(cols.flags[k], what).toBe(
           (s.multimodal ? FLAG_MULTIMODAL : 0) | (s.truncated ? FLAG_TRUNCATED : 0),
         );
-        expect(Array.from(cols.inputIds.subarray(tok, tok + s.length)), what).toEqual(
-          Array.from(s.inputIds),
-        );
-        expect(Array.from(cols.labels.subarray(tok, tok + s.length)), what).toEqual(
-          Array.from(s.labels),
-        );
+        // The stored form leaves each image's context run out; put the runs back.
+        expect(cols.stored[k], what).toBe(s.length - contextOf(s));
+        const [ids, labels] = expand(cols, tok, k, img, tpt);
+        expect(Array.from(ids), what).toEqual(Array.from(s.inputIds));
+        expect(Array.from(labels), what).toEqual(Array.from(s.labels));
         expect(cols.imgCount[k], what).toBe(s.images.length);
         s.images.forEach((im, j) => {
           const at = img + j;
@@ -255,12 +285,13 @@ describe("record to sample", () => {
           expect(cols.imgContext[at], what).toBe(s.contextStarts[j]);
           expect(cols.imgPaths[at], what).toBe(im.path);
         });
-        tok += s.length;
+        tok += cols.stored[k];
         img += s.images.length;
         if (s.truncated) truncated++;
       });
       expect(cols.inputIds.length).toBe(tok);
       expect(cols.labels.length).toBe(tok);
+      expect(cols.imgContextId).toBe(tk.requireId(IMG_CONTEXT));
       expect(cols.imgW.length).toBe(img);
       expect(cols.imgPaths.length).toBe(img);
       expect(cols.truncated).toBe(truncated);

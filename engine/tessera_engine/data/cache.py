@@ -1,7 +1,8 @@
-"""Zero-copy readers of the prepared cache and of the training plan (docs/cache-format.md).
+"""Readers of the prepared cache and of the training plan (docs/cache-format.md).
 
-TypeScript writes both; this module only maps the arrays (numpy.memmap) and slices them.
-It never re-tokenizes or re-plans.
+TypeScript writes both; this module only maps the arrays (numpy.memmap), slices them and puts
+back each image's run of context tokens, which the cache leaves out. It never re-tokenizes or
+re-plans.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 IGNORE_INDEX = -100
 FLAG_MULTIMODAL = 1
 FLAG_TRUNCATED = 2
+CACHE_VERSION = 2
 
 
 class CacheFormatError(ValueError):
@@ -88,8 +90,8 @@ class ImageRef:
 @dataclass
 class Sample:
     index: int
-    input_ids: np.ndarray  # int32 view into the cache
-    labels: np.ndarray  # int32 view into the cache
+    input_ids: np.ndarray  # int32, context runs put back
+    labels: np.ndarray  # int32
     images: list[ImageRef]
     context_starts: np.ndarray
     length: int
@@ -111,6 +113,8 @@ class _Dataset:
         if self.info["fingerprint"] != entry["fingerprint"]:
             raise CacheFormatError(f"{self.folder}: fingerprint differs from manifest.json")
         self.cols = _map_columns(self.folder, self.info["columns"])
+        #: the id of the image context runs the stored tokens leave out (-1: no image)
+        self.context_id: int = int(entry["img_context_id"])
         if self.cols.count("length") != self.count:
             raise CacheFormatError(f"{self.folder}: {self.cols.count('length')} samples, manifest says {self.count}")
 
@@ -122,8 +126,10 @@ class PreparedCache:
         self.path = os.path.abspath(path)
         with open(os.path.join(self.path, "manifest.json"), encoding="utf-8") as f:
             self.manifest = json.load(f)
-        if self.manifest.get("format") != "tessera-cache" or self.manifest.get("version") != 1:
-            raise CacheFormatError(f"{self.path}: not a tessera cache of version 1")
+        if self.manifest.get("format") != "tessera-cache" or self.manifest.get("version") != CACHE_VERSION:
+            raise CacheFormatError(
+                f"{self.path}: not a tessera cache of version {CACHE_VERSION}; run `tessera data prepare` again"
+            )
         self.fingerprint: str = self.manifest["fingerprint"]
         self.tokens_per_tile: int = int(self.manifest["tokens_per_tile"])
         self.max_length: int = int(self.manifest["max_length"])
@@ -159,12 +165,39 @@ class PreparedCache:
         return self._column("flags")
 
     def tokens(self, i: int, start: int = 0, end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, labels) of sample i, tokens [start, end): zero-copy views."""
+        """(input_ids, labels) of sample i, tokens [start, end), context runs put back."""
         ds, k = self._locate(i)
-        off = ds.cols["tok_offset"]
+        c = ds.cols
+        length = int(c["length"][k])
+        end = length if end is None else min(end, length)
+        start = max(0, min(start, end))
+        off = c["tok_offset"]
         lo, hi = int(off[k]), int(off[k + 1])
-        e = hi if end is None else min(hi, lo + end)
-        return ds.cols["input_ids"][lo + start : e], ds.cols["labels"][lo + start : e]
+        stored_ids, stored_labels = c["input_ids"][lo:hi], c["labels"][lo:hi]
+        ids = np.empty(end - start, dtype=np.int32)
+        labels = np.empty(end - start, dtype=np.int32)
+        # Walk the sample: stored stretches between the images' context runs.
+        tpt = self.tokens_per_tile
+        pos = 0  # position in the sample
+        at = 0  # position in the stored values
+        img_lo, img_hi = int(c["img_offset"][k]), int(c["img_offset"][k + 1])
+        runs = [(int(c["img_context_start"][j]), int(c["img_tiles"][j]) * tpt) for j in range(img_lo, img_hi)]
+        for run_at, run_len in runs + [(length, 0)]:
+            n = run_at - pos  # stored values before this run
+            a, b = max(pos, start), min(run_at, end)
+            if a < b:
+                ids[a - start : b - start] = stored_ids[at + a - pos : at + b - pos]
+                labels[a - start : b - start] = stored_labels[at + a - pos : at + b - pos]
+            at += n
+            pos = run_at
+            a, b = max(pos, start), min(pos + run_len, end)
+            if a < b:
+                ids[a - start : b - start] = ds.context_id
+                labels[a - start : b - start] = IGNORE_INDEX
+            pos += run_len
+        if at != hi - lo:
+            raise CacheFormatError(f"{ds.folder}: sample {k} stores {hi - lo} tokens, its images leave {at}")
+        return ids, labels
 
     def images(self, i: int) -> list[ImageRef]:
         ds, k = self._locate(i)

@@ -235,6 +235,10 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
     model, info = loaded.model, loaded.info
     if info.tokens_per_tile != cache.tokens_per_tile:
         raise RuntimeError(f"the cache has {cache.tokens_per_tile} tokens per tile, the model {info.tokens_per_tile}")
+    for d in cache.datasets:
+        if d.context_id >= 0 and d.context_id != info.img_context_token_id:
+            raise RuntimeError(f"dataset {d.name}: the cache's image context token is {d.context_id}, "
+                               f"the model's {info.img_context_token_id}; prepare the cache with this model")
     freeze(model, s)
     lora_names = add_lora(model, s)
     model.train()
