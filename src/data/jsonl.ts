@@ -160,80 +160,90 @@ export async function* readRecordBatches(
           ),
         ];
       }
-      const t = l.text;
-      if (t.length === 0 || (t.charCodeAt(0) <= 32 && t.trim() === "")) {
-        const item: ReadItem = {
-          line: l.line,
-          issues: [
-            ...issues,
-            issue(file, l.line, "(line)", "empty-line", "empty line skipped", {
-              severity: "warning",
-              expected: "one JSON object",
-              found: "an empty line",
-            }),
-          ],
-        };
-        if (keep) item.text = t;
-        out.push(item);
-        continue;
-      }
-      // Bytes that are not UTF-8 decode to U+FFFD; Python's strict reader would refuse them.
-      if (t.indexOf("\uFFFD") !== -1)
-        issues = [
-          ...issues,
-          issue(
-            file,
-            l.line,
-            "(line)",
-            "not-utf8",
-            "the line holds U+FFFD: the file is probably not valid UTF-8 here",
-            {
-              severity: "warning",
-              expected: "UTF-8 text",
-              found: "U+FFFD",
-            },
-          ),
-        ];
-      let value: unknown;
-      try {
-        value = JSON.parse(t);
-      } catch (e) {
-        const msg = (e as Error).message;
-        const bad = l.unterminated
-          ? issue(
-              file,
-              l.line,
-              "(line)",
-              "truncated-line",
-              `the last line is cut short (no line end and not valid JSON: ${msg}); the file looks truncated`,
-              {
-                expected: "a complete JSON object and a line end",
-                found: clip(JSON.stringify(t.slice(-40))),
-              },
-            )
-          : issue(file, l.line, "(line)", "invalid-json", `not valid JSON: ${msg}`, {
-              expected: "one JSON object",
-              found: clip(JSON.stringify(t)),
-            });
-        out.push(
-          keep
-            ? { line: l.line, issues: [...issues, bad], text: l.text }
-            : { line: l.line, issues: [...issues, bad] },
-        );
-        continue;
-      }
-      const v = validateRecord(value, file, l.line);
-      const all = issues.length ? [...issues, ...v.issues] : v.issues;
-      const item: ReadItem = { line: l.line, issues: all };
-      if (v.record) item.record = v.record;
-      if (keep) {
-        item.raw = value;
-        item.text = l.text;
-      }
-      out.push(item);
+      out.push(parseRecordLine(l, file, keep, issues));
     }
     yield out;
   }
+}
+
+/**
+ * One line of an annotation file, parsed and validated: a usable record and its warnings, or
+ * the line's errors. `issues` are file-level notes to report with it (BOM, CRLF). Prepare's
+ * workers call it on the lines the reader sends them.
+ */
+export function parseRecordLine(
+  l: Pick<RawLine, "line" | "text" | "unterminated">,
+  file: string,
+  keep = false,
+  issues: DataIssue[] = EMPTY,
+): ReadItem {
+  const t = l.text;
+  if (t.length === 0 || (t.charCodeAt(0) <= 32 && t.trim() === "")) {
+    const item: ReadItem = {
+      line: l.line,
+      issues: [
+        ...issues,
+        issue(file, l.line, "(line)", "empty-line", "empty line skipped", {
+          severity: "warning",
+          expected: "one JSON object",
+          found: "an empty line",
+        }),
+      ],
+    };
+    if (keep) item.text = t;
+    return item;
+  }
+  // Bytes that are not UTF-8 decode to U+FFFD; Python's strict reader would refuse them.
+  if (t.indexOf("\uFFFD") !== -1)
+    issues = [
+      ...issues,
+      issue(
+        file,
+        l.line,
+        "(line)",
+        "not-utf8",
+        "the line holds U+FFFD: the file is probably not valid UTF-8 here",
+        {
+          severity: "warning",
+          expected: "UTF-8 text",
+          found: "U+FFFD",
+        },
+      ),
+    ];
+  let value: unknown;
+  try {
+    value = JSON.parse(t);
+  } catch (e) {
+    const msg = (e as Error).message;
+    const bad = l.unterminated
+      ? issue(
+          file,
+          l.line,
+          "(line)",
+          "truncated-line",
+          `the last line is cut short (no line end and not valid JSON: ${msg}); the file looks truncated`,
+          {
+            expected: "a complete JSON object and a line end",
+            found: clip(JSON.stringify(t.slice(-40))),
+          },
+        )
+      : issue(file, l.line, "(line)", "invalid-json", `not valid JSON: ${msg}`, {
+          expected: "one JSON object",
+          found: clip(JSON.stringify(t)),
+        });
+    return keep
+      ? { line: l.line, issues: [...issues, bad], text: l.text }
+      : { line: l.line, issues: [...issues, bad] };
+  }
+  const v = validateRecord(value, file, l.line);
+  const all = issues.length ? [...issues, ...v.issues] : v.issues;
+  const item: ReadItem = { line: l.line, issues: all };
+  if (v.record) item.record = v.record;
+  if (keep) {
+    item.raw = value;
+    item.text = l.text;
+  }
+  return item;
 }
 
 /** readRecordBatches one item at a time. */

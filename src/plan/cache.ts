@@ -10,9 +10,8 @@ import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
-import { displayPath, readRecords } from "../data/jsonl.ts";
+import { displayPath, readLineBatches } from "../data/jsonl.ts";
 import { type DatasetSpec, loadMeta } from "../data/meta.ts";
-import type { DataRecord } from "../data/record.ts";
 import { loadModelInfo, type ModelInfo } from "../text/model-info.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { UserError } from "../util/errors.ts";
@@ -22,9 +21,11 @@ import type { MixtureDataset } from "./mixture.ts";
 import type { SampleTable } from "./plan.ts";
 import {
   FLAG_MULTIMODAL,
+  type Lines,
+  type LinesBatch,
   type MakerModule,
   type MakerOptions,
-  makeBatch,
+  makeLinesBatch,
   type SampleBatch,
 } from "./sample-batch.ts";
 
@@ -304,7 +305,7 @@ class Pool {
   private next = 0;
   private waiting = new Map<
     number,
-    { resolve: (b: SampleBatch) => void; reject: (e: Error) => void }
+    { resolve: (b: LinesBatch) => void; reject: (e: Error) => void }
   >();
   private failed?: Error;
   get size(): number {
@@ -317,16 +318,13 @@ class Pool {
       // whether the parent runs under tsx, vitest or plain node.
       const boot = `import(${JSON.stringify(TSX_API)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
       const w = new Worker(boot, { eval: true });
-      w.on(
-        "message",
-        (m: { type: string; batch?: SampleBatch; seq?: number; message?: string }) => {
-          if (m.type === "batch" && m.batch) {
-            const p = this.waiting.get(m.batch.seq);
-            this.waiting.delete(m.batch.seq);
-            p?.resolve(m.batch);
-          } else this.fail(new Error(`prepare worker: ${m.message}`));
-        },
-      );
+      w.on("message", (m: { type: string; made?: LinesBatch; message?: string }) => {
+        if (m.type === "batch" && m.made) {
+          const p = this.waiting.get(m.made.batch.seq);
+          this.waiting.delete(m.made.batch.seq);
+          p?.resolve(m.made);
+        } else this.fail(new Error(`prepare worker: ${m.message}`));
+      });
       w.on("error", (e) => this.fail(e));
       w.on("exit", (code) => {
         if (code !== 0) this.fail(new Error(`prepare worker exited with code ${code}`));
@@ -339,20 +337,22 @@ class Pool {
     for (const p of this.waiting.values()) p.reject(e);
     this.waiting.clear();
   }
-  dataset(key: string, makerModule: string, options: MakerOptions, tokensPerTile: number): void {
-    for (const w of this.workers)
-      w.postMessage({ type: "dataset", key, makerModule, options, tokensPerTile });
-  }
-  run(
+  dataset(
     key: string,
-    seq: number,
-    items: { line: number; record: DataRecord }[],
-  ): Promise<SampleBatch> {
+    makerModule: string,
+    options: MakerOptions,
+    tokensPerTile: number,
+    file: string,
+  ): void {
+    for (const w of this.workers)
+      w.postMessage({ type: "dataset", key, makerModule, options, tokensPerTile, file });
+  }
+  run(key: string, seq: number, lines: Lines): Promise<LinesBatch> {
     if (this.failed) return Promise.reject(this.failed);
     const w = this.workers[this.next++ % this.workers.length];
     return new Promise((res, rej) => {
       this.waiting.set(seq, { resolve: res, reject: rej });
-      w.postMessage({ type: "batch", key, seq, items });
+      w.postMessage({ type: "batch", key, seq, lines });
     });
   }
   async close(): Promise<void> {
@@ -492,50 +492,52 @@ async function buildDataset(
   const errors: { line: number; message: string }[] = [];
   try {
     await w.open();
-    let local:
-      | ((items: { line: number; record: DataRecord }[], seq: number) => Promise<SampleBatch>)
-      | undefined;
-    if (pool) pool.dataset(fp, makerModule, makerOptions, info.tokensPerTile);
+    let local: ((lines: Lines, seq: number) => Promise<LinesBatch>) | undefined;
+    if (pool) pool.dataset(fp, makerModule, makerOptions, info.tokensPerTile, file);
     else {
       const mod = (await import(makerModule)) as MakerModule;
       const maker = await mod.createSampleMaker(makerOptions);
-      local = (items, seq) => makeBatch(seq, items, maker, info.tokensPerTile);
+      local = (lines, seq) => makeLinesBatch(seq, lines, file, maker, info.tokensPerTile);
     }
-    // Bounded in-flight batches, written in order: constant memory, deterministic output.
-    const inflight: Promise<SampleBatch>[] = [];
+    // This thread only splits lines and writes columns; workers parse, validate and make
+    // samples. Bounded in-flight batches, written in order: constant memory, deterministic.
+    const inflight: Promise<LinesBatch>[] = [];
     const maxInflight = pool ? 4 * pool.size : 1;
     const totalBytes = statSync(spec.annotation).size;
     let bytes = 0;
     let seq = 0;
-    let items: { line: number; record: DataRecord }[] = [];
+    let texts: string[] = [];
+    let first = 1;
+    let lastUnterminated = false;
     const drain = async (keep: number) => {
       while (inflight.length > keep) {
-        const b = await inflight.shift()!;
+        const made = await inflight.shift()!;
+        const b = made.batch;
+        records += made.records;
+        skipped += made.skipped;
         errors.push(...b.errors);
         await w.write(b);
         o.onProgress?.({ dataset: spec.name, records, samples: w.samples, bytes, totalBytes });
       }
     };
     const send = async () => {
-      if (!items.length) return;
-      const batch = items;
-      items = [];
-      inflight.push(pool ? pool.run(fp, seq++, batch) : local!(batch, seq++));
+      if (!texts.length) return;
+      const lines: Lines = { first, texts, lastUnterminated };
+      first += texts.length;
+      texts = [];
+      inflight.push(pool ? pool.run(fp, seq++, lines) : local!(lines, seq++));
       await drain(maxInflight - 1);
     };
-    for await (const it of readRecords(spec, {
+    for await (const batch of readLineBatches(spec.annotation, {
       onBytes: (n) => {
         bytes += n;
       },
-    })) {
-      if (!it.record) {
-        if (it.issues.some((i) => i.severity !== "warning")) skipped++;
-        continue;
+    }))
+      for (const l of batch) {
+        texts.push(l.text);
+        lastUnterminated = l.unterminated;
+        if (texts.length >= batchSize) await send();
       }
-      records++;
-      items.push({ line: it.line, record: it.record });
-      if (items.length >= batchSize) await send();
-    }
     await send();
     await drain(0);
     if (errors.length) {

@@ -1,10 +1,10 @@
-/** A prepare worker: turns batches of records into flattened samples (sample-batch.ts). */
+/** A prepare worker: turns batches of annotation lines into flattened samples (sample-batch.ts). */
 import { parentPort } from "node:worker_threads";
-import type { DataRecord } from "../data/record.ts";
 import {
+  type Lines,
   type MakerModule,
   type MakerOptions,
-  makeBatch,
+  makeLinesBatch,
   type SampleMaker,
   transferList,
 } from "./sample-batch.ts";
@@ -16,10 +16,15 @@ type Msg =
       makerModule: string;
       options: MakerOptions;
       tokensPerTile: number;
+      /** The annotation file as messages name it. */
+      file: string;
     }
-  | { type: "batch"; key: string; seq: number; items: { line: number; record: DataRecord }[] };
+  | { type: "batch"; key: string; seq: number; lines: Lines };
 
-const makers = new Map<string, { maker: Promise<SampleMaker>; tokensPerTile: number }>();
+const makers = new Map<
+  string,
+  { maker: Promise<SampleMaker>; tokensPerTile: number; file: string }
+>();
 const port = parentPort!;
 
 port.on("message", async (m: Msg) => {
@@ -28,12 +33,13 @@ port.on("message", async (m: Msg) => {
       makers.set(m.key, {
         maker: import(m.makerModule).then((mod: MakerModule) => mod.createSampleMaker(m.options)),
         tokensPerTile: m.tokensPerTile,
+        file: m.file,
       });
       return;
     }
     const d = makers.get(m.key)!;
-    const batch = await makeBatch(m.seq, m.items, await d.maker, d.tokensPerTile);
-    port.postMessage({ type: "batch", batch }, transferList(batch));
+    const made = await makeLinesBatch(m.seq, m.lines, d.file, await d.maker, d.tokensPerTile);
+    port.postMessage({ type: "batch", made }, transferList(made.batch));
   } catch (e) {
     port.postMessage({
       type: "fatal",

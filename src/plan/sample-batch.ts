@@ -3,6 +3,7 @@
  * image's `<IMG_CONTEXT>` run left out) so a worker can hand them to the writer by transfer
  * (no per-sample objects cross threads).
  */
+import { parseRecordLine } from "../data/jsonl.ts";
 import type { DataRecord } from "../data/record.ts";
 import { FLAG_MULTIMODAL, FLAG_TRUNCATED, type Sample, type SampleColumns } from "../text/types.ts";
 import { IntVec } from "./arrays.ts";
@@ -302,4 +303,52 @@ export function transferList(b: SampleBatch): ArrayBuffer[] {
     b.imgFrame,
     b.imgContext,
   ].map((a) => a.buffer as ArrayBuffer);
+}
+
+/** Consecutive lines of an annotation file, as the reader sends them to a worker. */
+export interface Lines {
+  /** Line number of texts[0] (1-based). */
+  first: number;
+  texts: string[];
+  /** The last text is the file's last line and has no line end. */
+  lastUnterminated: boolean;
+}
+
+/** What a batch of lines became. */
+export interface LinesBatch {
+  batch: SampleBatch;
+  /** Lines that were usable records. */
+  records: number;
+  /** Lines with errors (reported by `data check`), left out. */
+  skipped: number;
+}
+
+/**
+ * Lines → records (parsed and validated, as readRecords does) → samples. Workers do this
+ * so the reading thread only splits lines and writes columns.
+ */
+export async function makeLinesBatch(
+  seq: number,
+  lines: Lines,
+  file: string,
+  maker: SampleMaker,
+  tokensPerTile: number,
+): Promise<LinesBatch> {
+  const items: { line: number; record: DataRecord }[] = [];
+  let skipped = 0;
+  const n = lines.texts.length;
+  for (let i = 0; i < n; i++) {
+    const it = parseRecordLine(
+      {
+        line: lines.first + i,
+        text: lines.texts[i],
+        unterminated: lines.lastUnterminated && i === n - 1,
+      },
+      file,
+    );
+    if (it.record) items.push({ line: it.line, record: it.record });
+    else if (it.issues.some((x) => x.severity !== "warning")) skipped++;
+  }
+  const batch = await makeBatch(seq, items, maker, tokensPerTile);
+  return { batch, records: items.length, skipped };
 }

@@ -62,6 +62,33 @@ describe("prepared cache", () => {
     expect(Array.from(line.subarray(0, 9))).toEqual([1, 2, 3, 4, 5, 6, 7, 9, 10]);
   });
 
+  it("reads BOM, CRLF line ends, blank lines and a missing final newline as data check does", async () => {
+    const { root, meta } = writeDatasets([{ name: "image", n: 60, kind: "image" }]);
+    const file = join(root, "image.jsonl");
+    const lines = readFileSync(file, "utf8").trimEnd().split("\n");
+    const opts = { model, maxLength: 4096, makerModule: CHAR_MAKER, batchSize: 16 };
+    const clean = await prepareCache({ ...opts, meta, cacheDir: join(root, "clean"), workers: 1 });
+    // BOM, CRLF everywhere and no newline after the last record: the same samples and lines.
+    writeFileSync(file, `\uFEFF${lines.join("\r\n")}`);
+    const crlf = await prepareCache({ ...opts, meta, cacheDir: join(root, "crlf"), workers: 1 });
+    const cols = (r: typeof clean, dir: string) => {
+      const d = join(root, dir, r.manifest.datasets[0].dir);
+      return ["input_ids.i32", "labels.i32", "line.i32", "img_w.i32"].map((f) =>
+        readFileSync(join(d, f)).toString("base64"),
+      );
+    };
+    expect(crlf.manifest.samples).toBe(60);
+    expect(cols(crlf, "crlf")).toEqual(cols(clean, "clean"));
+    // A blank line is skipped with a warning, not counted as an error; later lines shift.
+    writeFileSync(file, `${lines.slice(0, 10).join("\n")}\n\n${lines.slice(10).join("\n")}\n`);
+    const blank = await prepareCache({ ...opts, meta, cacheDir: join(root, "blank"), workers: 0 });
+    expect(blank.manifest.samples).toBe(60);
+    expect(blank.manifest.datasets[0].skipped).toBe(0);
+    const d = join(root, "blank", blank.manifest.datasets[0].dir);
+    const line = new Int32Array(Uint8Array.from(readFileSync(join(d, "line.i32"))).buffer);
+    expect(Array.from(line.subarray(8, 13))).toEqual([9, 10, 12, 13, 14]);
+  });
+
   it("rebuilds only the datasets whose inputs changed", async () => {
     const { root, meta } = writeDatasets([
       { name: "one", n: 50, kind: "text" },
