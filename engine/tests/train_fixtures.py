@@ -53,9 +53,33 @@ def _col(folder: Path, name: str, arr: np.ndarray, ext: str) -> dict:
     return {"file": f"{name}.{ext}", "dtype": arr.dtype.str, "count": int(arr.size)}
 
 
+def write_video(path: Path, colours: list[tuple[int, int, int]], size: tuple[int, int] = (40, 30)) -> Path:
+    """A lossless video (FFV1 in Matroska, which records no frame count): one colour per frame."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=10)
+        s.width, s.height, s.pix_fmt = size[0], size[1], "bgr0"
+        for rgb in colours:
+            a = np.empty((size[1], size[0], 3), np.uint8)
+            a[...] = rgb
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def video_colours(i: int, n: int = 12) -> list[tuple[int, int, int]]:
+    return [((37 * i + 20 * k) % 256, (200 - 15 * k) % 256, (90 + 7 * i) % 256) for k in range(n)]
+
+
 def write_cache(root: Path, model: Path, n_samples: int = 32, seed: int = 0, image_every: int = 2,
-                tile: int = 28, tokens_per_tile: int = 1, max_num: int = 4) -> Path:
-    """Samples: a short 'question' (not learned) and an answer that depends on the image's colour."""
+                tile: int = 28, tokens_per_tile: int = 1, max_num: int = 4, video_every: int = 0,
+                video_frames: int = 3) -> Path:
+    """Samples: a short 'question' (not learned) and an answer that depends on the image's colour.
+    With `video_every`, every such sample without an image is a video of `video_frames` planned
+    frames instead (12 frames on disk, colours from video_colours)."""
     sp = _special(model)
     ctx, img_s, img_e = sp["<IMG_CONTEXT>"], sp["<img>"], sp["</img>"]
     rng = np.random.default_rng(seed)
@@ -85,21 +109,33 @@ def write_cache(root: Path, model: Path, n_samples: int = 32, seed: int = 0, ima
             img["w"].append(w), img["h"].append(h), img["cols"].append(cols), img["rows"].append(rows)
             img["tiles"].append(tiles), img["thumb"].append(int(thumb)), img["frame"].append(-1)
             paths.append(str(p).encode())
+        runs = [(img["ctx"][-1], tiles * tokens_per_tile)] if has_image else []
+        if not has_image and video_every and i % video_every == 1:
+            p = write_video(media / f"video{i}.mkv", video_colours(i))
+            for k in range(video_frames):
+                ids += [900 + k, 901]  # "Frame k: "
+                ids.append(img_s)
+                img["ctx"].append(len(ids))
+                runs.append((len(ids), tokens_per_tile))
+                ids += [ctx] * tokens_per_tile
+                ids.append(img_e)
+                img["w"].append(0), img["h"].append(0), img["cols"].append(1), img["rows"].append(1)
+                img["tiles"].append(1), img["thumb"].append(0), img["frame"].append(k)
+                paths.append(str(p).encode())
         q = len(ids)
         answer = [500 + colour, 600 + colour, 700 + (i % 3)]
         ids += answer
         labels = [IGNORE] * q + answer
-        if has_image:  # the cache stores the sample without its context run
-            a, n = img["ctx"][-1], tiles * tokens_per_tile
-            ids_all += ids[:a] + ids[a + n:]
-            labels_all += labels[:a] + labels[a + n:]
-        else:
-            ids_all += ids
-            labels_all += labels
+        # The cache stores the sample without its context runs.
+        keep = np.ones(len(ids), bool)
+        for a, n in runs:
+            keep[a : a + n] = False
+        ids_all += [x for x, k in zip(ids, keep) if k]
+        labels_all += [x for x, k in zip(labels, keep) if k]
         tok_off.append(len(ids_all))
         lengths.append(len(ids))
         learned.append(len(answer))
-        flags.append(1 if has_image else 0)
+        flags.append(1 if runs else 0)
         img_off.append(len(img["w"]))
     path_off = np.zeros(len(paths) + 1, dtype="<i8")
     path_off[1:] = np.cumsum([len(p) for p in paths])
@@ -123,7 +159,7 @@ def write_cache(root: Path, model: Path, n_samples: int = 32, seed: int = 0, ima
         "img_path_offset": _col(ds, "img_path_offset", path_off, "i64"),
         "img_paths": _col(ds, "img_paths", np.frombuffer(b"".join(paths), dtype="|u1"), "utf8"),
     }
-    fp = hashlib.sha256(json.dumps([n_samples, seed, image_every]).encode()).hexdigest()
+    fp = hashlib.sha256(json.dumps([n_samples, seed, image_every, video_every, video_frames]).encode()).hexdigest()
     (ds / "dataset.json").write_text(json.dumps({"name": "synthetic", "fingerprint": fp, "inputs": {},
                                                  "samples": n_samples, "columns": cols}))
     manifest = {"format": "tessera-cache", "version": 2, "fingerprint": fp, "tokens_per_tile": tokens_per_tile,

@@ -8,6 +8,7 @@ import { loadMeta } from "../data/meta.ts";
 import type { DataRecord } from "../data/record.ts";
 import { addModelOptions, modelContextFromOptions } from "../text/options.ts";
 import { type PreviewStyle, renderPreview } from "../text/preview.ts";
+import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
 
 export function registerDataPreview(data: Command): void {
@@ -19,7 +20,7 @@ export function registerDataPreview(data: Command): void {
     .argument("<meta>", "the meta file (JSON object of datasets)")
     .requiredOption("--dataset <name>", "the dataset (a key of the meta file)")
     .requiredOption("--index <n>", "the record, counting lines of the annotation file from 0")
-    .option("--video-frames <n>", "frames of a video record", "8")
+    .option("--video-frames <n>", "frames of a video record", String(DEFAULT_VIDEO_FRAMES))
     .option("--max-length <n>", "truncate as training would (whole rounds dropped)")
     .option("--json", "print the sample as JSON (ids and labels included)")
     .option("--no-color", "no ANSI colours");

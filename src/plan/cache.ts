@@ -13,6 +13,7 @@ import { Worker } from "node:worker_threads";
 import { displayPath, readLineBatches } from "../data/jsonl.ts";
 import { type DatasetSpec, loadMeta } from "../data/meta.ts";
 import { loadModelInfo, type ModelInfo } from "../text/model-info.ts";
+import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { UserError } from "../util/errors.ts";
 import { type ColumnSpec, ColumnWriter, type Dtype, readColumn, readInt32At } from "./columns.ts";
@@ -54,6 +55,8 @@ export interface PrepareOptions {
   model: string;
   maxLength: number;
   maxDynamicPatch?: number;
+  /** Frames per video (default DEFAULT_VIDEO_FRAMES; a dataset's `video_frames` wins). */
+  videoFrames?: number;
   template?: string;
   truncate?: "truncate" | "drop";
   cacheDir: string;
@@ -135,6 +138,19 @@ const TOKENIZER_FILES = [
 ];
 
 /** Everything a dataset's samples depend on; its hash names the dataset's folder. */
+/** Frames per video of a dataset: its meta entry's `video_frames`, else the run's. */
+export function videoFramesOf(spec: DatasetSpec, run: number | undefined): number {
+  const own = spec.extra?.video_frames;
+  if (own !== undefined) {
+    if (typeof own !== "number" || !Number.isInteger(own) || own < 1)
+      throw new UserError(
+        `${spec.metaPath}: dataset "${spec.name}": video_frames must be a positive whole number, got ${JSON.stringify(own)}`,
+      );
+    return own;
+  }
+  return run ?? DEFAULT_VIDEO_FRAMES;
+}
+
 export function datasetInputs(
   spec: DatasetSpec,
   info: ModelInfo,
@@ -148,6 +164,7 @@ export function datasetInputs(
     );
   const perDataset = spec.extra?.max_dynamic_patch;
   return {
+    video_frames: videoFramesOf(spec, o.videoFrames),
     cache_version: CACHE_VERSION,
     annotation,
     annotation_size: stamp.size,
@@ -475,6 +492,7 @@ async function buildDataset(
     model: info.dir,
     maxLength: o.maxLength,
     maxDynamicPatch: o.maxDynamicPatch,
+    videoFrames: videoFramesOf(spec, o.videoFrames),
     template: o.template,
     truncate: o.truncate,
     dataset: {

@@ -16,6 +16,7 @@ export function prepareOptionsFromConfig(
     model: c.model,
     maxLength: c.max_length,
     maxDynamicPatch: c.max_dynamic_patch,
+    videoFrames: c.video_frames,
     template: c.template,
     truncate: c.truncate,
     cacheDir: c.cache_dir!,

@@ -58,6 +58,8 @@ export interface MakerOptions {
   model: string;
   maxLength: number;
   maxDynamicPatch?: number;
+  /** Frames per video record of this dataset. */
+  videoFrames?: number;
   template?: string;
   truncate?: "truncate" | "drop";
   dataset: {

@@ -6,6 +6,7 @@ import { MediaResolver } from "../data/media.ts";
 import { loadModelInfo } from "../text/model-info.ts";
 import { makeSampleContext, recordsToColumns, recordToSample } from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
+import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import type { MakerOptions, SampleMaker } from "./sample-batch.ts";
 
 export async function createSampleMaker(o: MakerOptions): Promise<SampleMaker> {
@@ -19,6 +20,7 @@ export async function createSampleMaker(o: MakerOptions): Promise<SampleMaker> {
     template: o.template,
     maxLength: o.maxLength,
     truncation: o.truncate === "drop" ? "drop" : "turns",
+    videoFrames: o.videoFrames ?? DEFAULT_VIDEO_FRAMES,
     resolvePath: (p) => media.resolve(p),
   });
   // One record, or a whole batch tokenized in one go and written straight into its columns.

@@ -42,6 +42,13 @@ export interface Sample {
 
 export const IGNORE_INDEX = -100;
 
+/**
+ * Frames taken from a video when nothing else says. The official training draws 8 to 32 per
+ * visit, which makes lengths unknowable in advance; tessera fixes the count so the planner's
+ * lengths are the model's.
+ */
+export const DEFAULT_VIDEO_FRAMES = 8;
+
 /** Bits of SampleColumns.flags. */
 export const FLAG_MULTIMODAL = 1;
 export const FLAG_TRUNCATED = 2;

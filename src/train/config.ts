@@ -7,6 +7,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import type { Command } from "commander";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
 
 const posInt = z.number().int().positive();
@@ -58,6 +59,9 @@ export const TrainConfigSchema = z
     max_dynamic_patch: posInt
       .optional()
       .describe("tiles per image at most (default: the model's config)"),
+    video_frames: posInt
+      .default(DEFAULT_VIDEO_FRAMES)
+      .describe("frames taken from each video, one tile each (a dataset's video_frames wins)"),
     truncate: z
       .enum(["truncate", "drop"])
       .default("truncate")

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .cache import PreparedCache, TrainingPlan
-from .pixels import PixelError, check_grid, load_tiles
+from .pixels import PixelError, check_grid, load_tiles, load_video_frames
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class _PlanSlice(Dataset):
         cu = []
         t = self.tiling
         pixels, tiles, spans = [], [], []
+        videos: dict[tuple[int, str], dict[int, np.ndarray]] = {}
         cut = False
         for b, row in enumerate(packed):
             L = len(row.input_ids)
@@ -81,12 +82,14 @@ class _PlanSlice(Dataset):
             cu.append(torch.from_numpy(row.cu_seqlens.astype(np.int32)))
             for pim in row.images:
                 im = pim.image
-                if im.frame is not None:
-                    raise PixelError(f"{im.path}: video frames are not decoded by the engine yet")
                 # Concat packing may cut a sample inside an image: the row then uses only
                 # features [token_lo, token_hi) of the image's tiles (all tiles still run).
                 spans.append((im.tiles, pim.token_lo, pim.token_hi))
                 cut = cut or pim.token_lo != 0 or pim.token_hi != im.tiles * cache.tokens_per_tile
+                if im.frame is not None:
+                    pixels.append(self._frame(cache, pim.sample, im, videos))
+                    tiles.append(im.tiles)
+                    continue
                 n_images = len(cache.images(pim.sample))
                 check_grid(
                     im.wh, im.cols, im.rows, im.thumbnail, im.tiles, tile=t.tile, min_num=t.min_num,
@@ -109,6 +112,19 @@ class _PlanSlice(Dataset):
             rows=n,
         )
         return item
+
+
+    def _frame(self, cache: PreparedCache, sample: int, im, videos: dict) -> np.ndarray:
+        """(1, 3, tile, tile): planned frame `im.frame` of its video; all of a sample's frames
+        of one video are decoded in one pass, once per micro-batch."""
+        if im.tiles != 1 or im.thumbnail:
+            raise PixelError(f"sample {sample} video {im.path}: a frame is one tile, the plan says {im.tiles}")
+        key = (sample, im.path)
+        if key not in videos:
+            frames = [x.frame for x in cache.images(sample) if x.path == im.path and x.frame is not None]
+            decoded = load_video_frames(im.path, frames, len(frames), self.tiling.tile)
+            videos[key] = dict(zip(frames, decoded))
+        return videos[key][im.frame][None]
 
 
 def _worker_init(_worker_id: int) -> None:

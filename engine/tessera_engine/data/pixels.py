@@ -91,3 +91,52 @@ def load_tiles(path: str, wh: tuple[int, int], cols: int, rows: int, thumbnail: 
             return tiles_of(im, cols, rows, thumbnail, tile)
     except FileNotFoundError:
         raise PixelError(f"{path}: image not found") from None
+
+
+def video_frame_indices(n: int, vlen: int) -> list[int]:
+    """Which of a video's `vlen` frames are its `n` planned frames: the middle of each of n
+    equal segments (the official 'middle' sampling). The count is the planner's; where they
+    sit needs the video, so it is decided here, the same way on every rank and every visit."""
+    if vlen < 1:
+        raise ValueError("the video has no frames")
+    edges = [k * vlen // n for k in range(n + 1)]
+    return [min(vlen - 1, (edges[k] + max(edges[k], edges[k + 1] - 1)) // 2) for k in range(n)]
+
+
+def load_video_frames(path: str, frames: list[int], n: int, tile: int) -> np.ndarray:
+    """(len(frames), 3, tile, tile) float32: planned frames `frames` (of `n`) of a video, one
+    tile each (resized whole, no thumbnail), decoded with PyAV in one pass."""
+    try:
+        import av
+    except ImportError:  # pragma: no cover - av is an engine dependency
+        raise PixelError("decoding video needs PyAV (pip install av)") from None
+    try:
+        with av.open(path) as c:
+            if not c.streams.video:
+                raise PixelError(f"{path}: no video stream")
+            stream = c.streams.video[0]
+            vlen = stream.frames or sum(1 for p in c.demux(stream) if p.size)
+        picks = video_frame_indices(n, vlen)
+        want: dict[int, list[int]] = {}
+        for k in frames:
+            want.setdefault(picks[k], []).append(k)
+        out = np.empty((len(frames), 3, tile, tile), dtype=np.float32)
+        slot = {k: i for i, k in enumerate(frames)}
+        last = max(want)
+        got = 0
+        with av.open(path) as c:
+            for i, frame in enumerate(c.decode(c.streams.video[0])):
+                if i in want:
+                    pixels = tiles_of(frame.to_image(), 1, 1, False, tile)[0]
+                    for k in want[i]:
+                        out[slot[k]] = pixels
+                        got += 1
+                if i >= last:
+                    break
+        if got != len(frames):
+            raise PixelError(f"{path}: decoded fewer frames than its header says ({vlen})")
+        return out
+    except FileNotFoundError:
+        raise PixelError(f"{path}: video not found") from None
+    except av.error.FFmpegError as e:
+        raise PixelError(f"{path}: cannot decode the video: {e}") from None
