@@ -8,33 +8,14 @@ import type { DataRecord } from "../data/record.ts";
 import { FLAG_MULTIMODAL, FLAG_TRUNCATED, type Sample, type SampleColumns } from "../text/types.ts";
 import { IntVec } from "./arrays.ts";
 
-export interface SampleBatch {
+/**
+ * A batch's samples as the writer takes them: SampleColumns (the stored form), with each
+ * sample's annotation line instead of its index in the batch, and the records that failed.
+ */
+export interface SampleBatch extends Omit<SampleColumns, "source" | "boundaryTokens"> {
   seq: number;
-  /** Records that became samples. */
-  count: number;
+  /** Per sample: its 1-based line in the annotation file. */
   line: Int32Array;
-  length: Int32Array;
-  learned: Int32Array;
-  flags: Uint8Array;
-  imgCount: Int32Array;
-  /** Per sample: values in inputIds and labels (length less its context tokens). */
-  stored: Int32Array;
-  inputIds: Int32Array;
-  labels: Int32Array;
-  imgW: Int32Array;
-  imgH: Int32Array;
-  imgCols: Int32Array;
-  imgRows: Int32Array;
-  imgTiles: Int32Array;
-  imgThumb: Uint8Array;
-  imgFrame: Int32Array;
-  imgContext: Int32Array;
-  imgPaths: string[];
-  /** The id of the context runs left out (−1: no image in the batch). */
-  imgContextId: number;
-  /** Records dropped by the sample maker (e.g. over max_length with truncate: drop). */
-  dropped: number;
-  truncated: number;
   /** Records that could not become samples: line and message. */
   errors: { line: number; message: string }[];
 }
@@ -117,33 +98,10 @@ function fromColumns(
   items: { line: number; record: DataRecord }[],
   c: SampleColumns,
 ): SampleBatch {
+  const { source, boundaryTokens: _, ...columns } = c;
   const line = new Int32Array(c.count);
-  for (let i = 0; i < c.count; i++) line[i] = items[c.source[i]].line;
-  return {
-    seq,
-    count: c.count,
-    line,
-    length: c.length,
-    learned: c.learned,
-    flags: c.flags,
-    imgCount: c.imgCount,
-    stored: c.stored,
-    inputIds: c.inputIds,
-    labels: c.labels,
-    imgW: c.imgW,
-    imgH: c.imgH,
-    imgCols: c.imgCols,
-    imgRows: c.imgRows,
-    imgTiles: c.imgTiles,
-    imgThumb: c.imgThumb,
-    imgFrame: c.imgFrame,
-    imgContext: c.imgContext,
-    imgPaths: c.imgPaths,
-    imgContextId: c.imgContextId,
-    dropped: c.dropped,
-    truncated: c.truncated,
-    errors: [],
-  };
+  for (let i = 0; i < c.count; i++) line[i] = items[source[i]].line;
+  return { ...columns, seq, line, errors: [] };
 }
 
 /**
