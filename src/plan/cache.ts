@@ -137,7 +137,6 @@ const TOKENIZER_FILES = [
   "special_tokens_map.json",
 ];
 
-/** Everything a dataset's samples depend on; its hash names the dataset's folder. */
 /** Frames per video of a dataset: its meta entry's `video_frames`, else the run's. */
 export function videoFramesOf(spec: DatasetSpec, run: number | undefined): number {
   const own = spec.extra?.video_frames;
@@ -151,6 +150,7 @@ export function videoFramesOf(spec: DatasetSpec, run: number | undefined): numbe
   return run ?? DEFAULT_VIDEO_FRAMES;
 }
 
+/** Everything a dataset's samples depend on; its hash names the dataset's folder. */
 export function datasetInputs(
   spec: DatasetSpec,
   info: ModelInfo,
