@@ -91,3 +91,18 @@ def _row_images(pc, mb):
         for s in row.samples.tolist():
             for im in pc.images(s):
                 yield from [im] * im.tiles
+
+
+def test_generation_prompts_take_video_frames_like_training(tmp_path):
+    from tessera_engine.jobs.generate import prompt_pixels
+
+    colours = video_colours(2)
+    path = str(write_video(tmp_path / "clip.mkv", colours))
+    Image.new("RGB", (28, 28), (10, 200, 30)).save(tmp_path / "still.png")
+    frame = lambda k: {"path": path, "wh": [0, 0], "cols": 1, "rows": 1, "thumbnail": False, "frame": k, "frames": 3}  # noqa: E731
+    still = {"path": str(tmp_path / "still.png"), "wh": [28, 28], "cols": 1, "rows": 1, "thumbnail": False}
+    got = prompt_pixels({"input_ids": [], "images": [frame(0), still, frame(1), frame(2)]}, 28, 1, True, "p").numpy()
+    picks = video_frame_indices(3, len(colours))
+    want = [tiles_of(Image.new("RGB", (40, 30), colours[picks[k]]), 1, 1, False, 28)[0] for k in range(3)]
+    np.testing.assert_allclose(got[[0, 2, 3]], np.stack(want), atol=1e-5)
+    np.testing.assert_allclose(got[1], tiles_of(Image.open(tmp_path / "still.png"), 1, 1, False, 28)[0], atol=1e-5)

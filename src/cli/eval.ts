@@ -30,6 +30,10 @@ export function registerEval(program: Command): void {
     .option("--batch-size <n>", "prompts per generation batch", "16")
     .option("--max-new-tokens <n>", "longest answer in tokens", "8")
     .option("--max-dynamic-patch <n>", "tiles per image at most (default: the model's config)")
+    .option(
+      "--video-frames <n>",
+      "frames per video, as in training (a dataset's own video_frames wins; default 8)",
+    )
     .option("--venv <dir>", "the engine's virtual environment")
     .option("--show <n>", "print the first n answers next to the expected ones", "0")
     .option("--json", "print the full result (every answer) as JSON")
@@ -42,6 +46,7 @@ export function registerEval(program: Command): void {
         batchSize: posInt(o.batchSize, "--batch-size"),
         maxNewTokens: posInt(o.maxNewTokens, "--max-new-tokens"),
         maxDynamicPatch: posInt(o.maxDynamicPatch, "--max-dynamic-patch"),
+        videoFrames: posInt(o.videoFrames, "--video-frames"),
         onEvent: (e) => {
           if (!o.json && e.event === "progress" && e.stage === "generate" && process.stderr.isTTY)
             process.stderr.write(`\r\x1b[2K  answering ${e.done}/${e.total}`);

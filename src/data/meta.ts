@@ -2,6 +2,7 @@
 import { readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { z } from "zod";
+import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
 import { type DataIssue, describe, formatIssue, issue } from "./issues.ts";
 
@@ -46,6 +47,19 @@ const META_EXPECTED: Record<string, string> = {
 };
 
 // The repeat_time arithmetic lives in a module without zod, for threads that only need it.
+/** Frames per video of a dataset: its meta entry's `video_frames`, else the run's (default DEFAULT_VIDEO_FRAMES). */
+export function videoFramesOf(spec: DatasetSpec, run: number | undefined): number {
+  const own = spec.extra?.video_frames;
+  if (own !== undefined) {
+    if (typeof own !== "number" || !Number.isInteger(own) || own < 1)
+      throw new UserError(
+        `${spec.metaPath}: dataset "${spec.name}": video_frames must be a positive whole number, got ${JSON.stringify(own)}`,
+      );
+    return own;
+  }
+  return run ?? DEFAULT_VIDEO_FRAMES;
+}
+
 export { selectedRecordCount, selectedRecordIndex } from "./repeat.ts";
 
 /** Line numbers of the top-level keys (`name`) and of their fields (`name.field`) in a JSON text. */

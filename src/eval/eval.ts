@@ -7,12 +7,13 @@
  */
 import { dirname, resolve } from "node:path";
 import { readRecords } from "../data/jsonl.ts";
-import { loadMeta } from "../data/meta.ts";
+import { loadMeta, videoFramesOf } from "../data/meta.ts";
 import type { DataRecord } from "../data/record.ts";
 import { type EngineEvent, runEngine } from "../engine/protocol.ts";
 import { loadModelInfo } from "../text/model-info.ts";
 import { buildGenerationPrompt, makeSampleContext } from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
+import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
 import { perImageMaxNum } from "../vision/tiling.ts";
 import { type Scored, type ScoreReport, scoreAnswers } from "./score.ts";
@@ -26,6 +27,8 @@ export interface EvalOptions {
   batchSize?: number;
   maxNewTokens?: number;
   maxDynamicPatch?: number;
+  /** Frames per video (a dataset's own `video_frames` wins), as in training. */
+  videoFrames?: number;
   onEvent?: (e: EngineEvent) => void;
 }
 
@@ -39,6 +42,9 @@ export interface GeneratePrompt {
     rows: number;
     thumbnail: boolean;
     max_num?: number;
+    /** A video frame: its index among the `frames` planned for that video. */
+    frame?: number;
+    frames?: number;
   }[];
 }
 
@@ -62,21 +68,36 @@ export interface EvalResult extends ScoreReport {
 /** The questions of a meta file or a JSONL: records whose last turn is the assistant's. */
 export async function loadQuestions(
   source: string,
-  opts: Pick<EvalOptions, "mediaRoot" | "limit"> = {},
-): Promise<{ questions: Question[]; skipped: number; mediaRoots: Map<string, string> }> {
+  opts: Pick<EvalOptions, "mediaRoot" | "limit" | "videoFrames"> = {},
+): Promise<{
+  questions: Question[];
+  skipped: number;
+  mediaRoots: Map<string, string>;
+  videoFrames: Map<string, number>;
+}> {
   const abs = resolve(source);
   const specs = abs.endsWith(".jsonl")
-    ? [{ name: "questions", annotation: abs, mediaRoot: resolve(opts.mediaRoot ?? dirname(abs)) }]
+    ? [
+        {
+          name: "questions",
+          annotation: abs,
+          mediaRoot: resolve(opts.mediaRoot ?? dirname(abs)),
+          videoFrames: opts.videoFrames ?? DEFAULT_VIDEO_FRAMES,
+        },
+      ]
     : (await loadMeta(abs)).map((s) => ({
         name: s.name,
         annotation: s.annotation,
         mediaRoot: s.mediaRoot,
+        videoFrames: videoFramesOf(s, opts.videoFrames),
       }));
   const questions: Question[] = [];
   const mediaRoots = new Map<string, string>();
+  const videoFrames = new Map<string, number>();
   let skipped = 0;
   for (const spec of specs) {
     mediaRoots.set(spec.name, spec.mediaRoot);
+    videoFrames.set(spec.name, spec.videoFrames);
     let n = 0;
     for await (const item of readRecords(spec)) {
       if (opts.limit !== undefined && n >= opts.limit) break;
@@ -103,7 +124,7 @@ export async function loadQuestions(
       n++;
     }
   }
-  return { questions, skipped, mediaRoots };
+  return { questions, skipped, mediaRoots, videoFrames };
 }
 
 /** Evaluate a model on the questions of `source`. */
@@ -118,7 +139,7 @@ export async function evaluate(
     opts.maxDynamicPatch ? { maxDynamicPatch: opts.maxDynamicPatch } : {},
   );
   const tokenizer = await loadTokenizer(modelDir, { python: opts.python });
-  const { questions, mediaRoots } = await loadQuestions(source, opts);
+  const { questions, mediaRoots, videoFrames } = await loadQuestions(source, opts);
   if (!questions.length)
     throw new UserError(
       `${source}: no questions (records ending with an assistant answer) to evaluate`,
@@ -126,7 +147,12 @@ export async function evaluate(
   const contexts = new Map(
     [...mediaRoots].map(([name, root]) => [
       name,
-      makeSampleContext({ tokenizer, model: info, mediaRoot: root }),
+      makeSampleContext({
+        tokenizer,
+        model: info,
+        mediaRoot: root,
+        videoFrames: videoFrames.get(name),
+      }),
     ]),
   );
   const prompts: GeneratePrompt[] = [];
@@ -141,7 +167,9 @@ export async function evaluate(
         cols: im.cols,
         rows: im.rows,
         thumbnail: im.thumbnail,
-        max_num: im.frame === undefined ? maxNum : undefined,
+        ...(im.frame === undefined
+          ? { max_num: maxNum }
+          : { frame: im.frame, frames: p.images.filter((x) => x.path === im.path).length }),
       })),
     });
   }

@@ -11,9 +11,8 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { displayPath, readLineBatches } from "../data/jsonl.ts";
-import { type DatasetSpec, loadMeta } from "../data/meta.ts";
+import { type DatasetSpec, loadMeta, videoFramesOf } from "../data/meta.ts";
 import { loadModelInfo, type ModelInfo } from "../text/model-info.ts";
-import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { UserError } from "../util/errors.ts";
 import { type ColumnSpec, ColumnWriter, type Dtype, readColumn, readInt32At } from "./columns.ts";
@@ -136,19 +135,6 @@ const TOKENIZER_FILES = [
   "added_tokens.json",
   "special_tokens_map.json",
 ];
-
-/** Frames per video of a dataset: its meta entry's `video_frames`, else the run's. */
-export function videoFramesOf(spec: DatasetSpec, run: number | undefined): number {
-  const own = spec.extra?.video_frames;
-  if (own !== undefined) {
-    if (typeof own !== "number" || !Number.isInteger(own) || own < 1)
-      throw new UserError(
-        `${spec.metaPath}: dataset "${spec.name}": video_frames must be a positive whole number, got ${JSON.stringify(own)}`,
-      );
-    return own;
-  }
-  return run ?? DEFAULT_VIDEO_FRAMES;
-}
 
 /** Everything a dataset's samples depend on; its hash names the dataset's folder. */
 export function datasetInputs(

@@ -89,5 +89,13 @@ describe("questions", () => {
     expect(fromMeta.questions.map((q) => q.type)).toEqual(["colour", "chat"]);
     const limited = await loadQuestions(meta, { limit: 1 });
     expect(limited.questions).toHaveLength(1);
+    // Frames per video as in training: the dataset's own video_frames, else the run's, else 8.
+    expect(fromMeta.videoFrames.get("chat")).toBe(8);
+    expect((await loadQuestions(meta, { videoFrames: 5 })).videoFrames.get("chat")).toBe(5);
+    writeFileSync(
+      meta,
+      JSON.stringify({ chat: { media_root: "", annotation: "a.jsonl", video_frames: 3 } }),
+    );
+    expect((await loadQuestions(meta, { videoFrames: 5 })).videoFrames.get("chat")).toBe(3);
   });
 });

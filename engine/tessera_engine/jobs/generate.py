@@ -7,7 +7,9 @@ pixels, runs the model's generation helper and returns the ids.
 
 Job fields:
   model: an original InternVL2 folder
-  prompts: [{input_ids: [int], images: [{path, wh: [w, h], cols, rows, thumbnail, max_num?}]}]
+  prompts: [{input_ids: [int], images: [{path, wh: [w, h], cols, rows, thumbnail, max_num?}
+                                    | {path, frame, frames, cols: 1, rows: 1, thumbnail: false}]}]
+  (a video frame: frame k of the `frames` planned for that video, data/pixels.py's choice)
   max_new_tokens (16), batch_size (8), do_sample (false), temperature (1), top_p (1), top_k (0),
   seed (0), device ("auto"), threads (optional: torch CPU threads)
 Result: {outputs: [[int]], tokens_per_s, seconds}  (each stopped before the end-of-turn token)
@@ -25,10 +27,18 @@ def prompt_pixels(prompt: dict, tile: int, min_num: int, use_thumbnail: bool, wh
     import numpy as np
     import torch
 
-    from ..data.pixels import check_grid, load_tiles
+    from ..data.pixels import check_grid, load_tiles, load_video_frames
 
     parts = []
+    videos: dict[str, dict[int, np.ndarray]] = {}
     for k, im in enumerate(prompt.get("images") or []):
+        if im.get("frame") is not None:
+            path = im["path"]
+            if path not in videos:  # every frame of a video in one pass
+                frames = [int(x["frame"]) for x in prompt["images"] if x["path"] == path and x.get("frame") is not None]
+                videos[path] = dict(zip(frames, load_video_frames(path, frames, int(im["frames"]), tile)))
+            parts.append(videos[path][int(im["frame"])][None])
+            continue
         wh = tuple(int(v) for v in im["wh"])
         cols, rows, thumb = int(im["cols"]), int(im["rows"]), bool(im["thumbnail"])
         if im.get("max_num") is not None:
