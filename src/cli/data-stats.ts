@@ -85,7 +85,10 @@ export function registerDataStats(data: Command): void {
       "an InternVL2 model folder: adds token lengths (its tokenizer and tiling)",
     )
     .option("--max-dynamic-patch <n>", "tiles per image at most (default: the model's)")
-    .option("--video-frames <n>", "frames per video record, for token lengths")
+    .option(
+      "--video-frames <n>",
+      "frames per video record, as prepare plans them (a dataset's own video_frames wins; default 8)",
+    )
     .option("--max-length <n>", "count records longer than this as dropped")
     .action(async (meta: string, o) => {
       const maxDynamicPatch = positiveInt(o.maxDynamicPatch, "--max-dynamic-patch");

@@ -5,13 +5,13 @@
  */
 import type { SampleContext } from "../text/sample.ts";
 import { resolveMediaPath } from "./media.ts";
-import type { DatasetSpec } from "./meta.ts";
+import { type DatasetSpec, videoFramesOf } from "./meta.ts";
 import type { LengthsFn } from "./stats.ts";
 
 export interface TokenLengthOptions {
   /** Overrides the model's max_dynamic_patch (a dataset's own max_dynamic_patch in the meta file wins). */
   maxDynamicPatch?: number;
-  /** Frames per video record (the planner's decision; video records fail without it). */
+  /** Frames per video record, as prepare plans them (a dataset's own video_frames wins). */
   videoFrames?: number;
   /** Longest sample; longer records count as dropped (null length). */
   maxLength?: number;
@@ -36,7 +36,7 @@ export async function tokenLengths(
         tokenizer,
         model: loadModelInfo(modelDir, maxDynamicPatch !== undefined ? { maxDynamicPatch } : {}),
         resolvePath: (p) => resolveMediaPath(spec, p, { checkSymlinks: false }),
-        videoFrames: opts.videoFrames,
+        videoFrames: videoFramesOf(spec, opts.videoFrames),
         maxLength: opts.maxLength,
         truncation: opts.maxLength !== undefined ? "drop" : undefined,
       });
