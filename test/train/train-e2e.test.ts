@@ -47,6 +47,19 @@ from PIL import Image
 os.makedirs(sys.argv[1], exist_ok=True)
 for i, (w, h, c) in enumerate([(40, 30, "red"), (28, 28, "green"), (90, 30, "blue"), (30, 60, "yellow")]):
     Image.new("RGB", (w, h), c).save(os.path.join(sys.argv[1], f"{i}.png"))
+# Short videos: 10 frames fading from one colour to another.
+import av, numpy as np
+for i in range(3):
+    with av.open(os.path.join(sys.argv[1], f"clip{i}.mp4"), "w") as out:
+        s = out.add_stream("mpeg4", rate=5)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
+        for k in range(10):
+            a = np.zeros((32, 48, 3), np.uint8)
+            a[..., i] = 25 * k
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
 `,
     media,
   ]);
@@ -234,6 +247,59 @@ describe("tessera train", () => {
       .split("\n")
       .map((l) => JSON.parse(l).step);
     expect(steps).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+
+  it("trains on video records: each video's planned frames decoded and fed as one tile each", async () => {
+    const clips = Array.from({ length: 3 }, (_, i) =>
+      JSON.stringify({
+        id: i,
+        video: `clip${i}.mp4`,
+        conversations: [
+          { from: "human", value: "<video>\nWhich colour fades in?" },
+          { from: "gpt", value: ["red", "green", "blue"][i] },
+        ],
+      }),
+    );
+    writeFileSync(join(root, "clips.jsonl"), `${clips.join("\n")}\n`);
+    const videoMeta = join(root, "video-meta.json");
+    writeFileSync(
+      videoMeta,
+      JSON.stringify({
+        clips: {
+          media_root: join(root, "media"),
+          annotation: join(root, "clips.jsonl"),
+          video_frames: 3,
+        },
+      }),
+    );
+    const work = join(root, "video");
+    const c = resolveConfig(undefined, {
+      model,
+      meta: videoMeta,
+      work_dir: work,
+      max_length: 128,
+      pack_max_length: 128,
+      global_batch_size: 1,
+      steps: 3,
+      lr: 0.002,
+      freeze_vit: false,
+      num_workers: 0,
+      gradient_checkpointing: false,
+      checkpoint_interval: 0,
+      device: "cpu",
+      export: "none",
+    });
+    const r = await train(c, {
+      python,
+      progress: false,
+      log: () => {},
+      prepareWorkers: 0,
+      env: { OMP_NUM_THREADS: "1" },
+    });
+    expect(r.stepsDone).toBe(3);
+    expect(r.losses.every((l) => Number.isFinite(l))).toBe(true);
+    const manifest = JSON.parse(readFileSync(join(work, "cache", "manifest.json"), "utf8"));
+    expect(manifest.images).toBe(3 * 3); // 3 videos × 3 planned frames
   });
 
   it("chats with the exported model: the prompt is built as in training, the engine answers", async () => {
