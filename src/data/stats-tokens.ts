@@ -1,5 +1,5 @@
 /**
- * Token lengths for `tessera data stats --model`: the text layer's recordsToSamples gives
+ * Token lengths for `tessera data stats --model`: the text layer's recordsToColumns gives
  * each record's length (the only place lengths come from). Loaded on demand, so stats
  * without --model never loads a tokenizer.
  */
@@ -23,7 +23,7 @@ export async function tokenLengths(
 ): Promise<LengthsFn> {
   const { loadModelInfo } = await import("../text/model-info.ts");
   const { loadTokenizer } = await import("../text/tokenizer.ts");
-  const { makeSampleContext, recordsToSamples } = await import("../text/sample.ts");
+  const { makeSampleContext, recordsToColumns } = await import("../text/sample.ts");
   const tokenizer = await loadTokenizer(modelDir);
   const contexts = new Map<string, SampleContext>();
   const contextFor = (spec: DatasetSpec): SampleContext => {
@@ -44,6 +44,11 @@ export async function tokenLengths(
     }
     return ctx;
   };
-  return async (records, spec) =>
-    (await recordsToSamples(records, contextFor(spec))).map((s) => (s ? s.length : null));
+  return async (records, spec) => {
+    // The column path: lengths without building a sample object per record.
+    const c = await recordsToColumns(records, contextFor(spec));
+    const lengths: (number | null)[] = new Array(records.length).fill(null);
+    for (let k = 0; k < c.count; k++) lengths[c.source[k]] = c.length[k];
+    return lengths;
+  };
 }

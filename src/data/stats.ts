@@ -179,7 +179,7 @@ export interface StatsReport {
 }
 
 /**
- * Token lengths of a batch of records (from the text layer's recordsToSamples): null for a
+ * Token lengths of a batch of records (from the text layer's recordsToColumns): null for a
  * record that does not fit max_length. May throw for records that cannot be planned.
  */
 export type LengthsFn = (records: DataRecord[], spec: DatasetSpec) => Promise<(number | null)[]>;
