@@ -11,7 +11,7 @@ import { dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 import type { DataRecord } from "../src/data/record.ts";
-import { PREPARE_BATCH_SIZE, prepareCache } from "../src/plan/cache.ts";
+import { defaultPrepareWorkers, PREPARE_BATCH_SIZE, prepareCache } from "../src/plan/cache.ts";
 import { makeBatch, type SampleMaker } from "../src/plan/sample-batch.ts";
 import { createSampleMaker } from "../src/plan/sample-maker.ts";
 import { loadModelInfo } from "../src/text/model-info.ts";
@@ -230,7 +230,7 @@ if (!isMainThread) {
     const stored = r.manifest.datasets.reduce((a, d) => a + d.stored_tokens, 0);
     const bytes = du(join(work, "cache"));
     console.log(
-      `prepareCache end to end, ${PREPARE_N.toLocaleString("en")} records (default workers: ${Math.max(1, cpus().length - 1)} + the reader): ${Math.round(PREPARE_N / s).toLocaleString("en")} records/s wall; ${(r.manifest.tokens / 1e6).toFixed(1)} M tokens, ${(stored / 1e6).toFixed(1)} M stored; cache ${(bytes / 2 ** 20).toFixed(1)} MiB (${((bytes + (r.manifest.tokens - stored) * 8) / 2 ** 20).toFixed(0)} MiB with the context runs stored)`,
+      `prepareCache end to end, ${PREPARE_N.toLocaleString("en")} records (default workers: ${defaultPrepareWorkers()} + the reader): ${Math.round(PREPARE_N / s).toLocaleString("en")} records/s wall; ${(r.manifest.tokens / 1e6).toFixed(1)} M tokens, ${(stored / 1e6).toFixed(1)} M stored; cache ${(bytes / 2 ** 20).toFixed(1)} MiB (${((bytes + (r.manifest.tokens - stored) * 8) / 2 ** 20).toFixed(0)} MiB with the context runs stored)`,
     );
     rmSync(work, { recursive: true, force: true });
   }
