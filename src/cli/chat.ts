@@ -1,24 +1,29 @@
 /**
- * `tessera chat MODEL --image PATH "question"`: one answer from a (trained) model, for a quick
- * look at what it learned. The prompt is built here exactly as in training (template, tiles,
- * image tokens); the engine's generate job makes the pixels and generates; the answer is
- * decoded here.
+ * `tessera chat MODEL [--image PATH | --video PATH] "question"`: one answer from a (trained)
+ * model, for a quick look at what it learned. The prompt is built here exactly as in training
+ * (template, tiles, image tokens); the engine's generate job makes the pixels and generates;
+ * the answer is decoded here.
  */
+import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Command } from "commander";
 import type { DataRecord } from "../data/record.ts";
 import { type EngineEvent, runEngine } from "../engine/protocol.ts";
 import { ensureEngine } from "../engine/setup.ts";
+import { promptImages } from "../eval/eval.ts";
 import { loadModelInfo } from "../text/model-info.ts";
 import { buildGenerationPrompt, makeSampleContext } from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
+import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
 import { readImageHeader } from "../vision/headers.ts";
-import { perImageMaxNum } from "../vision/tiling.ts";
 
 export interface ChatOptions {
   python: string;
   images?: string[];
+  /** A video instead of images: `videoFrames` frames (default 8), one tile each. */
+  video?: string;
+  videoFrames?: number;
   system?: string;
   maxNewTokens?: number;
   sample?: boolean;
@@ -52,6 +57,12 @@ export async function chat(model: string, question: string, o: ChatOptions): Pro
     });
     imageWh.push([h.width, h.height]);
   }
+  let video: string | undefined;
+  if (o.video !== undefined) {
+    if (images.length) throw new UserError("--video and --image cannot be used together");
+    video = resolve(o.video);
+    if (!existsSync(video)) throw new UserError(`--video ${video}: not found`);
+  }
   const record: DataRecord = {
     conversations: [
       ...(o.system ? [{ from: "system", value: o.system }] : []),
@@ -59,11 +70,16 @@ export async function chat(model: string, question: string, o: ChatOptions): Pro
     ] as DataRecord["conversations"],
     images,
     imageWh,
+    ...(video ? { video } : {}),
     extra: {},
   };
-  const ctx = makeSampleContext({ tokenizer, model: info, resolvePath: (p) => p });
+  const ctx = makeSampleContext({
+    tokenizer,
+    model: info,
+    resolvePath: (p) => p,
+    videoFrames: o.videoFrames ?? DEFAULT_VIDEO_FRAMES,
+  });
   const prompt = await buildGenerationPrompt(record, ctx);
-  const maxNum = perImageMaxNum(info.maxDynamicPatch, prompt.images.length);
   const res = await runEngine(
     {
       kind: "generate",
@@ -71,14 +87,7 @@ export async function chat(model: string, question: string, o: ChatOptions): Pro
       prompts: [
         {
           input_ids: Array.from(prompt.inputIds),
-          images: prompt.images.map((im) => ({
-            path: im.path,
-            wh: im.wh,
-            cols: im.cols,
-            rows: im.rows,
-            thumbnail: im.thumbnail,
-            max_num: maxNum,
-          })),
+          images: promptImages(prompt.images, info.maxDynamicPatch),
         },
       ],
       batch_size: 1,
@@ -120,6 +129,8 @@ export function registerChat(program: Command): void {
       (v: string, acc: string[]) => [...acc, v],
       [] as string[],
     )
+    .option("--video <path>", "a video instead of images: its frames, one tile each")
+    .option("--video-frames <n>", "frames taken from the video", String(DEFAULT_VIDEO_FRAMES))
     .option("--system <text>", "system message (default: the template's)")
     .option("--max-new-tokens <n>", "longest answer in tokens", "128")
     .option("--sample", "sample instead of greedy decoding")
@@ -134,6 +145,8 @@ export function registerChat(program: Command): void {
       const r = await chat(model, question, {
         python,
         images: o.image,
+        video: o.video,
+        videoFrames: num(o.videoFrames, "--video-frames", true),
         system: o.system,
         maxNewTokens: num(o.maxNewTokens, "--max-new-tokens", true),
         sample: Boolean(o.sample),

@@ -13,7 +13,7 @@ import { type EngineEvent, runEngine } from "../engine/protocol.ts";
 import { loadModelInfo } from "../text/model-info.ts";
 import { buildGenerationPrompt, makeSampleContext } from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
-import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
+import { DEFAULT_VIDEO_FRAMES, type ImagePlan } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
 import { perImageMaxNum } from "../vision/tiling.ts";
 import { type Scored, type ScoreReport, scoreAnswers } from "./score.ts";
@@ -46,6 +46,27 @@ export interface GeneratePrompt {
     frame?: number;
     frames?: number;
   }[];
+}
+
+/**
+ * A prompt's images as the generate job takes them: each image with its grid and the budget
+ * the engine checks it against, each video frame with its place among its video's frames.
+ */
+export function promptImages(
+  images: readonly ImagePlan[],
+  maxDynamicPatch: number,
+): GeneratePrompt["images"] {
+  const maxNum = perImageMaxNum(maxDynamicPatch, images.length);
+  return images.map((im) => ({
+    path: im.path,
+    wh: im.wh,
+    cols: im.cols,
+    rows: im.rows,
+    thumbnail: im.thumbnail,
+    ...(im.frame === undefined
+      ? { max_num: maxNum }
+      : { frame: im.frame, frames: images.filter((x) => x.path === im.path).length }),
+  }));
 }
 
 export interface Question {
@@ -158,19 +179,9 @@ export async function evaluate(
   const prompts: GeneratePrompt[] = [];
   for (const q of questions) {
     const p = await buildGenerationPrompt(q.record, contexts.get(q.dataset)!);
-    const maxNum = perImageMaxNum(info.maxDynamicPatch, p.images.length);
     prompts.push({
       input_ids: Array.from(p.inputIds),
-      images: p.images.map((im) => ({
-        path: im.path,
-        wh: im.wh,
-        cols: im.cols,
-        rows: im.rows,
-        thumbnail: im.thumbnail,
-        ...(im.frame === undefined
-          ? { max_num: maxNum }
-          : { frame: im.frame, frames: p.images.filter((x) => x.path === im.path).length }),
-      })),
+      images: promptImages(p.images, info.maxDynamicPatch),
     });
   }
   // Batches of similar lengths waste the least on padding; the answers go back in input order.

@@ -314,5 +314,17 @@ describe("tessera train", () => {
     expect(r.promptTokens).toBeGreaterThan(4);
     expect(r.newTokens).toBeLessThanOrEqual(5);
     expect(typeof r.answer).toBe("string");
+    // A video: its planned frames, one tile each, decoded by the engine as in training.
+    const v = await chat(exported, "Which colour fades in?", {
+      python,
+      video: join(root, "media", "clip1.mp4"),
+      videoFrames: 3,
+      maxNewTokens: 3,
+    });
+    expect(v.tiles).toEqual([1, 1, 1]);
+    expect(v.newTokens).toBeLessThanOrEqual(3);
+    await expect(
+      chat(exported, "?", { python, video: join(root, "media", "nope.mp4") }),
+    ).rejects.toThrow(/--video .*nope\.mp4: not found/);
   });
 });
