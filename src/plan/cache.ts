@@ -98,6 +98,9 @@ export interface CacheDatasetEntry {
   images: number;
   /** The `<IMG_CONTEXT>` id the readers put back (−1: no image). */
   img_context_id: number;
+  /** Video records, and the frames each was given (a change rebuilds only if videos > 0). */
+  videos: number;
+  video_frames: number;
   repeat_time: number;
   annotation: string;
   media_root: string;
@@ -157,8 +160,9 @@ export function datasetInputs(
       `${spec.metaPath}: dataset "${spec.name}": annotation ${annotation} not found`,
     );
   const perDataset = spec.extra?.max_dynamic_patch;
+  // Frames per video are not hashed: they matter only to datasets with videos, which the
+  // manifest knows once the dataset is built (see the reuse test in prepareCache).
   return {
-    video_frames: videoFramesOf(spec, o.videoFrames),
     cache_version: CACHE_VERSION,
     annotation,
     annotation_size: stamp.size,
@@ -239,6 +243,8 @@ class DatasetWriter {
   stored = 0;
   /** The id of every image's context run (−1 until an image is written). */
   contextId = -1;
+  /** Samples with a video (their first frame is frame 0). */
+  videos = 0;
   images = 0;
   pathBytes = 0;
   samples = 0;
@@ -269,6 +275,7 @@ class DatasetWriter {
         );
       this.contextId = b.imgContextId;
     }
+    for (let j = 0; j < b.imgFrame.length; j++) if (b.imgFrame[j] === 0) this.videos++;
     for (let k = 0; k < b.count; k++) {
       this.tokens += b.length[k];
       this.stored += b.stored[k];
@@ -412,7 +419,13 @@ export async function prepareCache(o: PrepareOptions): Promise<PrepareResult> {
       const fp = hashJson(inputs);
       const dirName = `ds-${safeName(spec.name)}-${fp.slice(0, 12)}`;
       const dsDir = join(cacheDir, dirName);
-      const prev = old?.datasets.find((d) => d.dir === dirName && d.fingerprint === fp);
+      const frames = videoFramesOf(spec, o.videoFrames);
+      const prev = old?.datasets.find(
+        (d) =>
+          d.dir === dirName &&
+          d.fingerprint === fp &&
+          (d.videos === 0 || d.video_frames === frames),
+      );
       let entry: Omit<CacheDatasetEntry, "first_sample" | "repeat_time">;
       if (prev && existsSync(join(dsDir, "dataset.json"))) {
         entry = prev;
@@ -568,6 +581,8 @@ async function buildDataset(
       stored_tokens: w.stored,
       images: w.images,
       img_context_id: w.contextId,
+      videos: w.videos,
+      video_frames: videoFramesOf(spec, o.videoFrames),
       path_bytes: w.pathBytes,
       columns,
     };
@@ -589,6 +604,8 @@ async function buildDataset(
     stored_tokens: w.stored,
     images: w.images,
     img_context_id: w.contextId,
+    videos: w.videos,
+    video_frames: videoFramesOf(spec, o.videoFrames),
     annotation: resolve(spec.annotation),
     media_root: spec.mediaRoot,
     skipped,

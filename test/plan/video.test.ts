@@ -26,6 +26,8 @@ describe("video records in the prepared cache", () => {
       });
     });
     writeFileSync(join(root, "a.jsonl"), `${records.join("\n")}\n`);
+    const text = [{ from: "human", value: "Hi" }, { from: "gpt", value: "Hello" }];
+    writeFileSync(join(root, "t.jsonl"), `${JSON.stringify({ conversations: text })}\n`);
     const media = join(root, "v");
     const meta = join(root, "meta.json");
     writeFileSync(
@@ -33,6 +35,7 @@ describe("video records in the prepared cache", () => {
       JSON.stringify({
         run: { media_root: media, annotation: "a.jsonl" },
         own: { media_root: media, annotation: "a.jsonl", video_frames: 2 },
+        text: { annotation: "t.jsonl" },
       }),
     );
     const o = { meta, model, maxLength: 4096, workers: 0 };
@@ -49,10 +52,11 @@ describe("video records in the prepared cache", () => {
     const lenRun = column(d, "length.i32")[0];
     const lenOwn = column(join(root, "c", own.dir), "length.i32")[0];
     expect(lenRun - lenOwn).toBeGreaterThanOrEqual(2 * (4 + 2));
-    // The frame count is part of the dataset's fingerprint: changing it rebuilds.
+    expect([run.videos, own.videos, r.manifest.datasets[2].videos]).toEqual([5, 5, 0]);
+    // A new frame count rebuilds the datasets it changes: with videos and no count of their own.
     const again = await prepareCache({ ...o, cacheDir: join(root, "c"), videoFrames: 3 });
     expect(again.rebuilt).toEqual(["run"]);
-    expect(again.reused).toEqual(["own"]);
+    expect(again.reused).toEqual(["own", "text"]);
     expect(again.manifest.datasets[0].images).toBe(5 * 3);
     // A bad per-dataset value names the meta file and the dataset.
     writeFileSync(
