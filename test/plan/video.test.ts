@@ -26,7 +26,10 @@ describe("video records in the prepared cache", () => {
       });
     });
     writeFileSync(join(root, "a.jsonl"), `${records.join("\n")}\n`);
-    const text = [{ from: "human", value: "Hi" }, { from: "gpt", value: "Hello" }];
+    const text = [
+      { from: "human", value: "Hi" },
+      { from: "gpt", value: "Hello" },
+    ];
     writeFileSync(join(root, "t.jsonl"), `${JSON.stringify({ conversations: text })}\n`);
     const media = join(root, "v");
     const meta = join(root, "meta.json");
