@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { registerChat } from "./chat.ts";
 import { registerDashboard } from "./dashboard.ts";
 import { registerDataCheck } from "./data-check.ts";
+import { registerDataExplore } from "./data-explore.ts";
 import { registerDataFillWh } from "./data-fill-wh.ts";
 import { registerDataPlan } from "./data-plan.ts";
 import { registerDataPrepare } from "./data-prepare.ts";
@@ -27,6 +28,7 @@ export function registerCommands(program: Command): void {
   registerDataFillWh(data);
   registerDataStats(data);
   registerDataPreview(data);
+  registerDataExplore(data);
   registerDataPrepare(data);
   registerDataPlan(data);
 

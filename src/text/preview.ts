@@ -56,39 +56,46 @@ export async function previewSegments(sample: Sample, tk: TextTokenizer, model: 
   return segs;
 }
 
+/** The preview as data (`data preview --json`, the explorer): the sample and its segments. */
+export async function previewData(record: DataRecord, pc: PreviewContext) {
+  const sample = await recordToSample(record, pc.ctx);
+  if (!sample)
+    return {
+      id: record.id ?? null,
+      dropped: true as const,
+      reason: `the record does not fit max_length ${pc.ctx.maxLength} (policy: ${pc.ctx.truncation})`,
+    };
+  const contextTokens = sample.images.reduce((a, im) => a + im.tiles * pc.model.tokensPerTile, 0);
+  const segs = await previewSegments(sample, pc.tokenizer, pc.model);
+  return {
+    id: record.id ?? null,
+    template: pc.ctx.template.name,
+    tokensPerTile: pc.model.tokensPerTile,
+    length: sample.length,
+    imageContextTokens: contextTokens,
+    learned: sample.learned,
+    images: sample.images,
+    contextStarts: Array.from(sample.contextStarts),
+    truncated: sample.truncated ?? null,
+    text: segs.map((s) => s.text).join(""),
+    segments: segs,
+    inputIds: Array.from(sample.inputIds),
+    labels: Array.from(sample.labels),
+    sample,
+  };
+}
+
 export async function renderPreview(
   record: DataRecord,
   pc: PreviewContext,
   style: PreviewStyle | "json",
 ): Promise<string> {
-  const sample = await recordToSample(record, pc.ctx);
-  if (!sample) {
-    const msg = `the record does not fit max_length ${pc.ctx.maxLength} (policy: ${pc.ctx.truncation})`;
-    return style === "json"
-      ? JSON.stringify({ id: record.id ?? null, dropped: true, reason: msg })
-      : `dropped: ${msg}`;
-  }
-  const contextTokens = sample.images.reduce((a, im) => a + im.tiles * pc.model.tokensPerTile, 0);
-  const segs = await previewSegments(sample, pc.tokenizer, pc.model);
-  if (style === "json")
-    return JSON.stringify(
-      {
-        id: record.id ?? null,
-        template: pc.ctx.template.name,
-        length: sample.length,
-        imageContextTokens: contextTokens,
-        learned: sample.learned,
-        images: sample.images,
-        contextStarts: Array.from(sample.contextStarts),
-        truncated: sample.truncated ?? null,
-        text: segs.map((s) => s.text).join(""),
-        segments: segs,
-        inputIds: Array.from(sample.inputIds),
-        labels: Array.from(sample.labels),
-      },
-      null,
-      2,
-    );
+  const data = await previewData(record, pc);
+  if ("dropped" in data) return style === "json" ? JSON.stringify(data) : `dropped: ${data.reason}`;
+  const { sample, ...shown } = data;
+  const contextTokens = data.imageContextTokens;
+  const segs = data.segments;
+  if (style === "json") return JSON.stringify(shown, null, 2);
   const body = segs
     .map((s) => {
       if (style.color)
