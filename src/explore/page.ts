@@ -22,6 +22,7 @@ export const EXPLORER_HTML = `<!doctype html>
   .grid { position: absolute; inset: 0; display: grid; pointer-events: none; }
   .grid div { border: 1px solid #ff3b6bcc; box-shadow: inset 0 0 0 1px #fff6; }
   .text { white-space: pre-wrap; font: 13px/1.5 ui-monospace, monospace; background: #fff; padding: 12px; border-radius: 6px; box-shadow: 0 1px 3px #0002; }
+  .text:empty { display: none; }
   .learned { background: #c9f2cf; color: #0b5d1e; }
   .image { background: #d7ecfb; color: #0b4a78; border-radius: 3px; padding: 0 2px; }
   .issues { background: #fff1f0; border: 1px solid #f3b5b0; padding: 8px 12px; border-radius: 6px; margin-bottom: 12px; }
@@ -68,6 +69,16 @@ async function init() {
     if (e.key === "ArrowRight") $("next").click();
   };
   document.title = "tessera explorer: " + info.meta;
+  // A link or an edited address (#dataset=…&index=…) opens that record.
+  window.onhashchange = () => {
+    const h = new URLSearchParams(location.hash.slice(1));
+    const d = h.get("dataset") || state.dataset;
+    const i = Number(h.get("index") || 0);
+    if (d !== state.dataset || i !== state.index) {
+      $("dataset").value = d;
+      show(d, i);
+    }
+  };
   show(state.dataset, state.index);
 }
 
@@ -112,8 +123,11 @@ async function show(dataset, index) {
   const p = s.preview;
   if (!p) { $("counts").textContent = ""; $("images").innerHTML = ""; $("text").innerHTML = ""; return; }
   const tiles = p.images.reduce((a, im) => a + im.tiles, 0);
+  const frames = p.images.filter((im) => im.frame !== undefined).length;
+  const stills = p.images.length - frames;
+  const what = [stills ? stills + " image" + (stills === 1 ? "" : "s") : "", frames ? frames + " video frame" + (frames === 1 ? "" : "s") : ""].filter(Boolean).join(", ");
   $("counts").innerHTML = "<b>" + p.length.toLocaleString() + "</b> tokens · <b>" + p.imageContextTokens.toLocaleString() + "</b> image context tokens (" +
-    p.images.length + " image" + (p.images.length === 1 ? "" : "s") + ", " + tiles + " tiles) · <b>" + p.learned.toLocaleString() + "</b> learned · template " + esc(p.template) +
+    (what || "no image") + ", " + tiles + " tile" + (tiles === 1 ? "" : "s") + ") · <b>" + p.learned.toLocaleString() + "</b> learned · template " + esc(p.template) +
     (p.truncated ? " · truncated from " + p.truncated.originalLength + " tokens (" + p.truncated.droppedTurns + " turns dropped)" : "");
   $("images").innerHTML = figures(p);
   $("text").innerHTML = p.segments.map((g) => g.image ? '<span class="image">' + esc(g.text) + "</span>" : g.learned ? '<span class="learned">' + esc(g.text) + "</span>" : esc(g.text)).join("");
