@@ -5,10 +5,10 @@
  * a finished run replays from the start.
  */
 import { createReadStream, existsSync, readFileSync, statSync, watch } from "node:fs";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { join } from "node:path";
 import { parse as parseYaml } from "yaml";
+import { type LocalServer, listen } from "../util/http.ts";
 import { PACKAGE_ROOT } from "../util/paths.ts";
 import { DASHBOARD_HTML } from "./page.ts";
 
@@ -20,11 +20,7 @@ export interface DashboardOptions {
   pollMs?: number;
 }
 
-export interface Dashboard {
-  url: string;
-  server: Server;
-  close(): Promise<void>;
-}
+export type Dashboard = LocalServer;
 
 const UPLOT = join(PACKAGE_ROOT, "node_modules", "uplot", "dist");
 
@@ -120,20 +116,11 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
       res.writeHead(404).end("not found");
     }
   };
-  const server = createServer(handle);
-  await new Promise<void>((res, rej) => {
-    server.once("error", rej);
-    server.listen(opts.port ?? 0, opts.host ?? "127.0.0.1", res);
+  return listen(handle, {
+    host: opts.host,
+    port: opts.port,
+    beforeClose: () => {
+      for (const s of stops) s();
+    },
   });
-  const addr = server.address() as AddressInfo;
-  return {
-    url: `http://${opts.host ?? "127.0.0.1"}:${addr.port}/`,
-    server,
-    close: () =>
-      new Promise<void>((res) => {
-        for (const s of stops) s();
-        server.closeAllConnections();
-        server.close(() => res());
-      }),
-  };
 }

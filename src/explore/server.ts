@@ -5,8 +5,7 @@
  * that cannot become a sample shows its problems (field and message) instead.
  */
 import { createReadStream, existsSync, statSync } from "node:fs";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { extname, relative } from "node:path";
 import { displayPath, parseRecordLine } from "../data/jsonl.ts";
 import { MediaPathError, MediaResolver } from "../data/media.ts";
@@ -16,6 +15,7 @@ import { previewData } from "../text/preview.ts";
 import { makeSampleContext, type SampleContext } from "../text/sample.ts";
 import type { TextTokenizer } from "../text/tokenizer.ts";
 import { UserError } from "../util/errors.ts";
+import { type LocalServer, listen } from "../util/http.ts";
 import { LineIndex } from "./lines.ts";
 import { EXPLORER_HTML } from "./page.ts";
 
@@ -30,11 +30,7 @@ export interface ExplorerOptions {
   port?: number;
 }
 
-export interface Explorer {
-  url: string;
-  server: Server;
-  close(): Promise<void>;
-}
+export type Explorer = LocalServer;
 
 interface Dataset {
   spec: DatasetSpec;
@@ -152,24 +148,13 @@ export async function startExplorer(o: ExplorerOptions): Promise<Explorer> {
       createReadStream(abs).pipe(res);
     } else json(res, 404, { error: "not found" });
   };
-  const server = createServer((req, res) => {
-    handle(req, res).catch((e: Error) => {
-      if (!res.headersSent) json(res, 500, { error: e.message });
-      else res.end();
-    });
-  });
-  await new Promise<void>((res, rej) => {
-    server.once("error", rej);
-    server.listen(o.port ?? 0, o.host ?? "127.0.0.1", res);
-  });
-  const addr = server.address() as AddressInfo;
-  return {
-    url: `http://${o.host ?? "127.0.0.1"}:${addr.port}/`,
-    server,
-    close: () =>
-      new Promise<void>((res) => {
-        server.closeAllConnections();
-        server.close(() => res());
-      }),
-  };
+  return listen(
+    (req, res) => {
+      handle(req, res).catch((e: Error) => {
+        if (!res.headersSent) json(res, 500, { error: e.message });
+        else res.end();
+      });
+    },
+    { host: o.host, port: o.port },
+  );
 }
