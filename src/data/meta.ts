@@ -36,6 +36,17 @@ const entrySchema = z.looseObject({
       "must be an integer when above 1 (a fraction above 1 is not supported)",
     )
     .optional(),
+  // tessera's own per-dataset settings (kept in `extra`): checked here so `data check` names them.
+  max_dynamic_patch: z
+    .number({ error: "must be a number" })
+    .int("must be a whole number")
+    .min(1, "must be at least 1")
+    .optional(),
+  video_frames: z
+    .number({ error: "must be a number" })
+    .int("must be a whole number")
+    .min(1, "must be at least 1")
+    .optional(),
 });
 
 const KNOWN = new Set(["media_root", "annotation", "repeat_time"]);
@@ -44,9 +55,10 @@ const META_EXPECTED: Record<string, string> = {
   media_root: "a folder path (empty for pure-text datasets)",
   annotation: "the path of a JSONL file",
   repeat_time: "a number > 0: an integer to repeat, a fraction < 1 to take the first part",
+  max_dynamic_patch: "a whole number ≥ 1: tiles per image at most, for this dataset",
+  video_frames: "a whole number ≥ 1: frames taken from each video of this dataset",
 };
 
-// The repeat_time arithmetic lives in a module without zod, for threads that only need it.
 /** Frames per video of a dataset: its meta entry's `video_frames`, else the run's (default DEFAULT_VIDEO_FRAMES). */
 export function videoFramesOf(spec: DatasetSpec, run: number | undefined): number {
   const own = spec.extra?.video_frames;
@@ -60,6 +72,7 @@ export function videoFramesOf(spec: DatasetSpec, run: number | undefined): numbe
   return run ?? DEFAULT_VIDEO_FRAMES;
 }
 
+// The repeat_time arithmetic lives in a module without zod, for threads that only need it.
 export { selectedRecordCount, selectedRecordIndex } from "./repeat.ts";
 
 /** Line numbers of the top-level keys (`name`) and of their fields (`name.field`) in a JSON text. */

@@ -116,6 +116,22 @@ describe("loadMeta", () => {
       5,
       "b.media_root",
     );
+    // tessera's per-dataset settings are checked too, by line.
+    const q = meta({ c: { annotation: "a.jsonl", video_frames: 0, max_dynamic_patch: 2.5 } });
+    const more = (await loadMetaChecked(q)).issues;
+    expectNamed(
+      more.find((i) => i.field === "c.video_frames"),
+      "meta.json",
+      4,
+      "c.video_frames",
+    );
+    expect(more.find((i) => i.field === "c.video_frames")?.message).toMatch(/at least 1/);
+    expectNamed(
+      more.find((i) => i.field === "c.max_dynamic_patch"),
+      "meta.json",
+      5,
+      "c.max_dynamic_patch",
+    );
   });
 });
 
