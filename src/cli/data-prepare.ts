@@ -45,7 +45,7 @@ export function registerDataPrepare(data: Command): void {
     )
     .argument("<config>", "training config (YAML or JSON): model, meta, max_length, cache_dir, …")
     .option("--cache-dir <dir>", "where the cache goes (default: the config's cache_dir)")
-    .option("--workers <n>", "worker threads (default: one per CPU; 0: in this thread)")
+    .option("--workers <n>", "worker threads (default: one per CPU, at most 8; 0: in this thread)")
     .option("--json", "print the manifest summary as JSON")
     .action(async (config: string, o) => {
       const c = resolveConfig(config, o.cacheDir ? { cache_dir: o.cacheDir } : {});

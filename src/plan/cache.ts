@@ -48,11 +48,13 @@ const TSX_API = pathToFileURL(
 export const PREPARE_BATCH_SIZE = 256;
 
 /**
- * One worker per core: the reading thread only splits lines and writes columns (about a third
- * of a core at 35,000 records/s), so it shares a core rather than keeping one to itself.
+ * One worker per core, at most 8: the reading thread only splits lines and writes columns
+ * (about a third of a core at 35,000 records/s), so it shares a core rather than keeping one
+ * to itself; past ~8 workers it is the bound, and each worker holds its own tokenizer
+ * (a few hundred MB), which a 128-core node would multiply for nothing.
  */
 export function defaultPrepareWorkers(): number {
-  return Math.max(1, cpus().length);
+  return Math.min(8, Math.max(1, cpus().length));
 }
 
 export interface PrepareOptions {
