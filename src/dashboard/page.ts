@@ -81,8 +81,16 @@ function render() {
     } else c.plot.setData(data);
   }
   const last = rows[rows.length - 1] || {};
-  document.getElementById("cards").innerHTML = CARDS.filter((k) => last[k] !== undefined)
-    .map((k) => '<div class="card">' + k + "<b>" + (typeof last[k] === "number" ? +last[k].toPrecision(4) : last[k]) + "</b></div>").join("");
+  // Values are set as text, never as markup: a metric value cannot inject a script.
+  const cards = document.getElementById("cards");
+  cards.replaceChildren(...CARDS.filter((k) => last[k] !== undefined).map((k) => {
+    const card = document.createElement("div");
+    card.className = "card";
+    const b = document.createElement("b");
+    b.textContent = typeof last[k] === "number" ? String(+last[k].toPrecision(4)) : String(last[k]);
+    card.append(k, b);
+    return card;
+  }));
 }
 
 let scheduled = false;
@@ -91,6 +99,8 @@ es.onmessage = (m) => {
   let r;
   try { r = JSON.parse(m.data); } catch { return; }
   if (typeof r.peak_memory === "number") r.peak_memory_gib = r.peak_memory / 2 ** 30; // bytes on the wire
+  // A resumed run logs again from its checkpoint's step: the new line replaces the old ones.
+  if (typeof r.step === "number") while (rows.length && rows[rows.length - 1].step >= r.step) rows.pop();
   rows.push(r);
   document.getElementById("status").textContent = rows.length + " steps logged";
   if (!scheduled) { scheduled = true; requestAnimationFrame(() => { scheduled = false; render(); }); }
