@@ -151,6 +151,32 @@ export const TrainConfigSchema = z
       .default(false)
       .describe("save weights only (no exact resume)"),
     log_interval: posInt.default(1).describe("steps between metric lines"),
+    print_interval: z
+      .number()
+      .positive()
+      .default(30)
+      .describe("seconds between progress lines when the output is not a terminal"),
+    report_to: z
+      .array(z.enum(["tensorboard", "wandb", "none"]))
+      .default([])
+      .describe("loggers besides metrics.jsonl: tensorboard, wandb (none: only metrics.jsonl)"),
+
+    // Evaluation during training.
+    eval_meta: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("held-out data (meta file or JSONL), planned like the training data"),
+    eval_interval: nonNegInt
+      .default(0)
+      .describe("steps between evaluations on eval_meta (0: at the start and the end only)"),
+    eval_generate: nonNegInt
+      .default(0)
+      .describe("held-out questions answered by generation for exact match at each evaluation"),
+    save_best: z
+      .enum(["eval_loss", "eval_exact_match"])
+      .optional()
+      .describe("keep the best checkpoint by this metric (checkpoints/best)"),
     export: z
       .enum(["original", "native", "none"])
       .default("original")
@@ -163,7 +189,7 @@ export type TrainConfigInput = z.input<typeof TrainConfigSchema>;
 export type ConfigKey = keyof TrainConfig;
 
 /** Settings that name files; relative ones resolve against the config file's folder. */
-const PATH_KEYS = ["model", "meta", "work_dir", "cache_dir"] as const;
+const PATH_KEYS = ["model", "meta", "work_dir", "cache_dir", "eval_meta"] as const;
 
 /** The zod type of a key with its wrappers (optional, default) removed. */
 function innerType(t: z.ZodType): z.ZodType {
@@ -422,6 +448,12 @@ function validate(c: TrainConfig, where: string): void {
       `${where}: freeze_vit, freeze_llm and freeze_mlp are all on and no LoRA is set: nothing would learn`,
     );
   }
+  if (c.save_best && !c.eval_meta)
+    throw new UserError(`${where}: save_best ${c.save_best} needs eval_meta (the held-out data)`);
+  if (c.save_best === "eval_exact_match" && c.eval_generate === 0)
+    throw new UserError(
+      `${where}: save_best eval_exact_match needs eval_generate > 0 (questions answered at each evaluation)`,
+    );
   if (c.min_lr > c.lr) throw new UserError(`${where}: min_lr ${c.min_lr} is above lr ${c.lr}`);
 }
 

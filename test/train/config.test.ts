@@ -48,6 +48,37 @@ describe("train config", () => {
     expect(() => resolveConfig(p, {})).toThrow(/c\.yaml: lr:/);
   });
 
+  it("reads the evaluation and logger settings; save_best needs held-out data", () => {
+    const p = file(
+      "e.yaml",
+      "model: m\nmeta: x.json\neval_meta: data/held.jsonl\nsave_best: eval_loss\n",
+    );
+    const c = resolveConfig(
+      p,
+      parseFlags(["--report-to", "tensorboard,wandb", "--eval-interval", "5"]),
+    );
+    expect(c.eval_meta).toBe(join(dir, "data/held.jsonl"));
+    expect(c.eval_interval).toBe(5);
+    expect(c.report_to).toEqual(["tensorboard", "wandb"]);
+    expect(() =>
+      resolveConfig(undefined, { model: "m", meta: "x", save_best: "eval_loss" }),
+    ).toThrow(/save_best eval_loss needs eval_meta/);
+    expect(() =>
+      resolveConfig(undefined, {
+        model: "m",
+        meta: "x",
+        eval_meta: "h",
+        save_best: "eval_exact_match",
+      }),
+    ).toThrow(/eval_generate > 0/);
+    expect(() =>
+      resolveConfig(
+        undefined,
+        parseFlags(["--model", "m", "--meta", "x", "--report-to", "mlflow"]),
+      ),
+    ).toThrow(/report_to/);
+  });
+
   it("requires model and meta", () => {
     expect(() => resolveConfig(undefined, {})).toThrow(/model and meta required/);
   });
