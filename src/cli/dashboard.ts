@@ -7,7 +7,11 @@ export function registerDashboard(program: Command): void {
     .command("dashboard")
     .description("serve a live web dashboard (loss, throughput, packing) for a run's work dir")
     .argument("<workdir>", "the run's work dir (where metrics.jsonl is written)")
-    .option("--host <host>", "address to listen on", "127.0.0.1")
+    .option(
+      "--host <host>",
+      "address to listen on (beyond loopback, the address printed carries a token every request needs)",
+      "127.0.0.1",
+    )
     .option("--port <n>", "port (0 picks a free one)", "8686")
     .action(async (workDir: string, o) => {
       const d = await startDashboard({

@@ -18,7 +18,11 @@ export function registerDataExplore(data: Command): void {
     .argument("<meta>", "the meta file (JSON object of datasets)")
     .option("--video-frames <n>", "frames per video (a dataset's own video_frames wins)")
     .option("--max-length <n>", "truncate as training would (whole rounds dropped)")
-    .option("--host <host>", "address to listen on", "127.0.0.1")
+    .option(
+      "--host <host>",
+      "address to listen on (beyond loopback, the address printed carries a token every request needs)",
+      "127.0.0.1",
+    )
     .option("--port <n>", "port (0 picks a free one)", "8687");
   addModelOptions(cmd).action(async (meta: string, o) => {
     const model = loadModelInfo(o.model, {

@@ -93,6 +93,34 @@ export function resolveMediaPath(
   return abs;
 }
 
+/**
+ * The real location of `relPath` under media_root, by the rules of resolveMediaPath, with
+ * every link (media_root's own included) resolved now: for long-lived servers, where a
+ * symlink may appear after a first look. A missing file is returned as resolved.
+ */
+export function realMediaPath(spec: Pick<DatasetSpec, "mediaRoot">, relPath: string): string {
+  const abs = resolveMediaPath(spec, relPath, { checkSymlinks: false });
+  let real: string;
+  try {
+    real = realpathSync.native(abs);
+  } catch {
+    return abs;
+  }
+  let rr: string;
+  try {
+    rr = realpathSync.native(spec.mediaRoot);
+  } catch {
+    rr = spec.mediaRoot;
+  }
+  if (!inside(rr, real))
+    throw new MediaPathError(
+      "symlink-escapes",
+      relPath,
+      `a symlink leads out of media_root (${spec.mediaRoot}) to ${real}`,
+    );
+  return real;
+}
+
 /** What a MediaResolver knows of one directory. */
 interface DirInfo {
   /** Lookups so far (the directory is listed once it has enough). */

@@ -4,11 +4,11 @@
  * tokens visible, image tokens collapsed and learned spans marked, and the counts. A record
  * that cannot become a sample shows its problems (field and message) instead.
  */
-import { createReadStream, existsSync, statSync } from "node:fs";
+import { closeSync, constants, createReadStream, fstatSync, openSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { extname, relative } from "node:path";
 import { displayPath, parseRecordLine } from "../data/jsonl.ts";
-import { MediaPathError, MediaResolver } from "../data/media.ts";
+import { MediaPathError, realMediaPath, resolveMediaPath } from "../data/media.ts";
 import { type DatasetSpec, loadMeta, videoFramesOf } from "../data/meta.ts";
 import type { ModelInfo } from "../text/model-info.ts";
 import { previewData } from "../text/preview.ts";
@@ -35,7 +35,6 @@ export type Explorer = LocalServer;
 interface Dataset {
   spec: DatasetSpec;
   ctx: SampleContext;
-  media: MediaResolver;
   lines?: Promise<LineIndex>;
 }
 
@@ -95,16 +94,15 @@ async function sampleAt(ds: Dataset, index: number, tk: TextTokenizer, model: Mo
 export async function startExplorer(o: ExplorerOptions): Promise<Explorer> {
   const datasets = new Map<string, Dataset>();
   for (const spec of await loadMeta(o.meta)) {
-    const media = new MediaResolver(spec);
     datasets.set(spec.name, {
       spec,
-      media,
       ctx: makeSampleContext({
         tokenizer: o.tokenizer,
         model: o.model,
         maxLength: o.maxLength,
         videoFrames: videoFramesOf(spec, o.videoFrames),
-        resolvePath: (p) => media.resolve(p),
+        // A long-lived server: each path resolved afresh (no per-directory cache).
+        resolvePath: (p) => resolveMediaPath(spec, p),
       }),
     });
   }
@@ -133,19 +131,29 @@ export async function startExplorer(o: ExplorerOptions): Promise<Explorer> {
       // Only files inside the dataset's media_root, by the same rules as training.
       const path = url.searchParams.get("path") ?? "";
       if (!ds) return json(res, 404, { error: "no such dataset" });
-      let abs: string;
+      // Resolved afresh on every request (no cache): a symlink that appears after a first
+      // look is seen. The file opened is the checked real path, not following a last link.
+      let real: string;
       try {
-        abs = ds.media.resolve(relative(ds.spec.mediaRoot, path));
+        real = realMediaPath(ds.spec, relative(ds.spec.mediaRoot, path));
       } catch (e) {
         if (e instanceof MediaPathError) return json(res, 403, { error: e.message });
         throw e;
       }
-      if (!existsSync(abs) || !statSync(abs).isFile())
-        return json(res, 404, { error: `${abs}: not found` });
+      let fd: number;
+      try {
+        fd = openSync(real, constants.O_RDONLY | constants.O_NOFOLLOW);
+      } catch {
+        return json(res, 404, { error: `${path}: not found` });
+      }
+      if (!fstatSync(fd).isFile()) {
+        closeSync(fd);
+        return json(res, 404, { error: `${path}: not a file` });
+      }
       res.writeHead(200, {
-        "content-type": MEDIA_TYPES[extname(abs).toLowerCase()] ?? "application/octet-stream",
+        "content-type": MEDIA_TYPES[extname(real).toLowerCase()] ?? "application/octet-stream",
       });
-      createReadStream(abs).pipe(res);
+      createReadStream("", { fd }).pipe(res);
     } else json(res, 404, { error: "not found" });
   };
   return listen(

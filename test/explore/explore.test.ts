@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -129,5 +129,29 @@ describe("data explore", () => {
       `/media?dataset=docs&path=${encodeURIComponent(join(root, "media", "x.png"))}`,
     );
     expect(missing.status).toBe(404);
+  });
+});
+
+describe("data explore on a changing disk", () => {
+  it("refuses a symlink swapped in after the file was served", async () => {
+    const media = join(root, "media", "img");
+    writeFileSync(join(media, "b.png"), "inside");
+    writeFileSync(join(root, "secret.txt"), "outside media_root");
+    const url = `/media?dataset=docs&path=${encodeURIComponent(join(root, "media", "img", "b.png"))}`;
+    // Looked at often enough for any per-directory shortcut to set in.
+    for (let i = 0; i < 70; i++) expect((await get(url)).status).toBe(200);
+    rmSync(join(media, "b.png"));
+    symlinkSync(join(root, "secret.txt"), join(media, "b.png"));
+    const r = await get(url);
+    expect(r.status).toBe(403);
+    expect(await r.text()).not.toContain("outside media_root");
+    // a directory swapped for a link is refused the same way
+    mkdirSync(join(root, "elsewhere"));
+    writeFileSync(join(root, "elsewhere", "c.png"), "outside media_root");
+    symlinkSync(join(root, "elsewhere"), join(root, "media", "sub"));
+    const viaDir = await get(
+      `/media?dataset=docs&path=${encodeURIComponent(join(root, "media", "sub", "c.png"))}`,
+    );
+    expect(viaDir.status).toBe(403);
   });
 });
