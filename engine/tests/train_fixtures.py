@@ -76,10 +76,11 @@ def video_colours(i: int, n: int = 12) -> list[tuple[int, int, int]]:
 
 def write_cache(root: Path, model: Path, n_samples: int = 32, seed: int = 0, image_every: int = 2,
                 tile: int = 28, tokens_per_tile: int = 1, max_num: int = 4, video_every: int = 0,
-                video_frames: int = 3) -> Path:
+                video_frames: int = 3, budget: int | None = None) -> Path:
     """Samples: a short 'question' (not learned) and an answer that depends on the image's colour.
     With `video_every`, every such sample without an image is a video of `video_frames` planned
-    frames instead (12 frames on disk, colours from video_colours)."""
+    frames instead (12 frames on disk, colours from video_colours). `budget` is recorded as the
+    dataset's planned max_dynamic_patch, as prepare records it."""
     sp = _special(model)
     ctx, img_s, img_e = sp["<IMG_CONTEXT>"], sp["<img>"], sp["</img>"]
     rng = np.random.default_rng(seed)
@@ -160,7 +161,8 @@ def write_cache(root: Path, model: Path, n_samples: int = 32, seed: int = 0, ima
         "img_paths": _col(ds, "img_paths", np.frombuffer(b"".join(paths), dtype="|u1"), "utf8"),
     }
     fp = hashlib.sha256(json.dumps([n_samples, seed, image_every, video_every, video_frames]).encode()).hexdigest()
-    (ds / "dataset.json").write_text(json.dumps({"name": "synthetic", "fingerprint": fp, "inputs": {},
+    (ds / "dataset.json").write_text(json.dumps({"name": "synthetic", "fingerprint": fp,
+                                                 "inputs": {"tiling": {"max_dynamic_patch": budget}} if budget else {},
                                                  "samples": n_samples, "columns": cols}))
     manifest = {"format": "tessera-cache", "version": 2, "fingerprint": fp, "tokens_per_tile": tokens_per_tile,
                 "max_length": 512, "samples": n_samples, "tokens": sum(lengths), "images": len(paths),

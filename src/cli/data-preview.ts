@@ -4,9 +4,9 @@
  */
 import type { Command } from "commander";
 import { readRecords } from "../data/jsonl.ts";
-import { loadMeta } from "../data/meta.ts";
+import { loadMeta, maxDynamicPatchOf, videoFramesOf } from "../data/meta.ts";
 import type { DataRecord } from "../data/record.ts";
-import { addModelOptions, modelContextFromOptions } from "../text/options.ts";
+import { addModelOptions, modelContextFromOptions, parsePositiveInt } from "../text/options.ts";
 import { type PreviewStyle, renderPreview } from "../text/preview.ts";
 import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
@@ -20,7 +20,10 @@ export function registerDataPreview(data: Command): void {
     .argument("<meta>", "the meta file (JSON object of datasets)")
     .requiredOption("--dataset <name>", "the dataset (a key of the meta file)")
     .requiredOption("--index <n>", "the record, counting lines of the annotation file from 0")
-    .option("--video-frames <n>", "frames of a video record", String(DEFAULT_VIDEO_FRAMES))
+    .option(
+      "--video-frames <n>",
+      `frames of a video record (default ${DEFAULT_VIDEO_FRAMES}; a dataset's own video_frames wins)`,
+    )
     .option("--max-length <n>", "truncate as training would (whole rounds dropped)")
     .option("--json", "print the sample as JSON (ids and labels included)")
     .option("--no-color", "no ANSI colours");
@@ -52,11 +55,16 @@ export function registerDataPreview(data: Command): void {
         `${spec.annotation}: has ${seen} records; --index ${index} is past the end`,
       );
     const maxLength = o.maxLength === undefined ? undefined : Number(o.maxLength);
-    const { model, tokenizer, ctx } = await modelContextFromOptions(o, {
-      mediaRoot: spec.mediaRoot,
-      videoFrames: Number(o.videoFrames),
-      maxLength,
-    });
+    // The dataset's own settings in the meta file win, as in prepare.
+    const run = parsePositiveInt(o.maxDynamicPatch, "--max-dynamic-patch");
+    const { model, tokenizer, ctx } = await modelContextFromOptions(
+      { ...o, maxDynamicPatch: maxDynamicPatchOf(spec, run) },
+      {
+        mediaRoot: spec.mediaRoot,
+        videoFrames: videoFramesOf(spec, parsePositiveInt(o.videoFrames, "--video-frames")),
+        maxLength,
+      },
+    );
     const style: PreviewStyle = { color: o.color !== false && process.stdout.isTTY === true };
     const out = await renderPreview(record, { ctx, model, tokenizer }, o.json ? "json" : style);
     process.stdout.write(`${out}\n`);

@@ -21,6 +21,15 @@ export interface DatasetSpec {
   extra: Record<string, unknown>;
 }
 
+/**
+ * Upper limits of the meta file's numbers: far above any real use (InternVL2 trains with 6 to
+ * 12 tiles per image and 8 to 32 frames per video), low enough that a typo such as 1e9 is
+ * named here instead of exhausting memory or time hours into prepare or training.
+ */
+export const MAX_REPEAT_TIME = 10_000;
+export const MAX_DYNAMIC_PATCH = 256;
+export const MAX_VIDEO_FRAMES = 1024;
+
 const entrySchema = z.looseObject({
   media_root: z
     .string({ error: "must be a string (a folder; empty for pure-text datasets)" })
@@ -35,17 +44,20 @@ const entrySchema = z.looseObject({
       (v) => v <= 1 || Number.isInteger(v),
       "must be an integer when above 1 (a fraction above 1 is not supported)",
     )
+    .refine((v) => v <= MAX_REPEAT_TIME, `must be at most ${MAX_REPEAT_TIME}`)
     .optional(),
   // tessera's own per-dataset settings (kept in `extra`): checked here so `data check` names them.
   max_dynamic_patch: z
     .number({ error: "must be a number" })
     .int("must be a whole number")
     .min(1, "must be at least 1")
+    .max(MAX_DYNAMIC_PATCH, `must be at most ${MAX_DYNAMIC_PATCH}`)
     .optional(),
   video_frames: z
     .number({ error: "must be a number" })
     .int("must be a whole number")
     .min(1, "must be at least 1")
+    .max(MAX_VIDEO_FRAMES, `must be at most ${MAX_VIDEO_FRAMES}`)
     .optional(),
 });
 
@@ -54,22 +66,33 @@ const KNOWN = new Set(["media_root", "annotation", "repeat_time"]);
 const META_EXPECTED: Record<string, string> = {
   media_root: "a folder path (empty for pure-text datasets)",
   annotation: "the path of a JSONL file",
-  repeat_time: "a number > 0: an integer to repeat, a fraction < 1 to take the first part",
-  max_dynamic_patch: "a whole number ≥ 1: tiles per image at most, for this dataset",
-  video_frames: "a whole number ≥ 1: frames taken from each video of this dataset",
+  repeat_time: `a number > 0 and ≤ ${MAX_REPEAT_TIME}: an integer to repeat, a fraction < 1 to take the first part`,
+  max_dynamic_patch: `a whole number from 1 to ${MAX_DYNAMIC_PATCH}: tiles per image at most, for this dataset`,
+  video_frames: `a whole number from 1 to ${MAX_VIDEO_FRAMES}: frames taken from each video of this dataset`,
 };
+
+function ownSetting(spec: DatasetSpec, key: string, max: number): number | undefined {
+  const own = spec.extra?.[key];
+  if (own === undefined) return undefined;
+  if (typeof own !== "number" || !Number.isInteger(own) || own < 1 || own > max)
+    throw new UserError(
+      `${spec.metaPath}: dataset "${spec.name}": ${key} must be a whole number from 1 to ${max}, got ${JSON.stringify(own)}`,
+    );
+  return own;
+}
 
 /** Frames per video of a dataset: its meta entry's `video_frames`, else the run's (default DEFAULT_VIDEO_FRAMES). */
 export function videoFramesOf(spec: DatasetSpec, run: number | undefined): number {
-  const own = spec.extra?.video_frames;
-  if (own !== undefined) {
-    if (typeof own !== "number" || !Number.isInteger(own) || own < 1)
-      throw new UserError(
-        `${spec.metaPath}: dataset "${spec.name}": video_frames must be a positive whole number, got ${JSON.stringify(own)}`,
-      );
-    return own;
-  }
-  return run ?? DEFAULT_VIDEO_FRAMES;
+  return ownSetting(spec, "video_frames", MAX_VIDEO_FRAMES) ?? run ?? DEFAULT_VIDEO_FRAMES;
+}
+
+/**
+ * The tile budget of a dataset's images: its meta entry's `max_dynamic_patch`, else the run's
+ * (undefined: the model's). The one rule prepare, stats, preview and explore apply; the plan
+ * then carries each image's grid and the engine only checks it.
+ */
+export function maxDynamicPatchOf(spec: DatasetSpec, run: number | undefined): number | undefined {
+  return ownSetting(spec, "max_dynamic_patch", MAX_DYNAMIC_PATCH) ?? run;
 }
 
 // The repeat_time arithmetic lives in a module without zod, for threads that only need it.

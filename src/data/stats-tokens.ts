@@ -5,7 +5,7 @@
  */
 import type { SampleContext } from "../text/sample.ts";
 import { resolveMediaPath } from "./media.ts";
-import { type DatasetSpec, videoFramesOf } from "./meta.ts";
+import { type DatasetSpec, maxDynamicPatchOf, videoFramesOf } from "./meta.ts";
 import type { LengthsFn } from "./stats.ts";
 
 export interface TokenLengthOptions {
@@ -30,8 +30,7 @@ export async function tokenLengths(
     const key = `${spec.metaPath}\0${spec.name}`;
     let ctx = contexts.get(key);
     if (!ctx) {
-      const own = spec.extra.max_dynamic_patch;
-      const maxDynamicPatch = typeof own === "number" ? own : opts.maxDynamicPatch;
+      const maxDynamicPatch = maxDynamicPatchOf(spec, opts.maxDynamicPatch);
       ctx = makeSampleContext({
         tokenizer,
         model: loadModelInfo(modelDir, maxDynamicPatch !== undefined ? { maxDynamicPatch } : {}),

@@ -9,7 +9,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { extname, relative } from "node:path";
 import { displayPath, parseRecordLine } from "../data/jsonl.ts";
 import { MediaPathError, realMediaPath, resolveMediaPath } from "../data/media.ts";
-import { type DatasetSpec, loadMeta, videoFramesOf } from "../data/meta.ts";
+import { type DatasetSpec, loadMeta, maxDynamicPatchOf, videoFramesOf } from "../data/meta.ts";
 import type { ModelInfo } from "../text/model-info.ts";
 import { previewData } from "../text/preview.ts";
 import { makeSampleContext, type SampleContext } from "../text/sample.ts";
@@ -34,6 +34,8 @@ export type Explorer = LocalServer;
 
 interface Dataset {
   spec: DatasetSpec;
+  /** The model's settings with this dataset's own tile budget, as prepare plans it. */
+  model: ModelInfo;
   ctx: SampleContext;
   lines?: Promise<LineIndex>;
 }
@@ -57,7 +59,8 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 }
 
 /** What the page shows for line `index` of a dataset's annotation file. */
-async function sampleAt(ds: Dataset, index: number, tk: TextTokenizer, model: ModelInfo) {
+async function sampleAt(ds: Dataset, index: number, tk: TextTokenizer) {
+  const model = ds.model;
   if (!ds.lines) ds.lines = LineIndex.build(ds.spec.annotation);
   const lines = await ds.lines;
   if (!Number.isInteger(index) || index < 0 || index >= lines.count)
@@ -94,11 +97,16 @@ async function sampleAt(ds: Dataset, index: number, tk: TextTokenizer, model: Mo
 export async function startExplorer(o: ExplorerOptions): Promise<Explorer> {
   const datasets = new Map<string, Dataset>();
   for (const spec of await loadMeta(o.meta)) {
+    const model = {
+      ...o.model,
+      maxDynamicPatch: maxDynamicPatchOf(spec, o.model.maxDynamicPatch) ?? o.model.maxDynamicPatch,
+    };
     datasets.set(spec.name, {
       spec,
+      model,
       ctx: makeSampleContext({
         tokenizer: o.tokenizer,
-        model: o.model,
+        model,
         maxLength: o.maxLength,
         videoFrames: videoFramesOf(spec, o.videoFrames),
         // A long-lived server: each path resolved afresh (no per-directory cache).
@@ -125,7 +133,7 @@ export async function startExplorer(o: ExplorerOptions): Promise<Explorer> {
       });
     } else if (url.pathname === "/api/sample") {
       if (!ds) return json(res, 404, { error: "no such dataset" });
-      const r = await sampleAt(ds, Number(url.searchParams.get("index")), o.tokenizer, o.model);
+      const r = await sampleAt(ds, Number(url.searchParams.get("index")), o.tokenizer);
       json(res, r.status, r.body);
     } else if (url.pathname === "/media") {
       // Only files inside the dataset's media_root, by the same rules as training.

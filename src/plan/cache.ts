@@ -11,7 +11,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { displayPath, readLineBatches } from "../data/jsonl.ts";
-import { type DatasetSpec, loadMeta, videoFramesOf } from "../data/meta.ts";
+import { type DatasetSpec, loadMeta, maxDynamicPatchOf, videoFramesOf } from "../data/meta.ts";
 import { loadModelInfo, type ModelInfo } from "../text/model-info.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { UserError } from "../util/errors.ts";
@@ -161,7 +161,6 @@ export function datasetInputs(
     throw new UserError(
       `${spec.metaPath}: dataset "${spec.name}": annotation ${annotation} not found`,
     );
-  const perDataset = spec.extra?.max_dynamic_patch;
   // Frames per video are not hashed: they matter only to datasets with videos, which the
   // manifest knows once the dataset is built (see the reuse test in prepareCache).
   return {
@@ -173,8 +172,8 @@ export function datasetInputs(
     model_files: Object.fromEntries(TOKENIZER_FILES.map((f) => [f, fileStamp(join(info.dir, f))])),
     template: o.template ?? info.template,
     tiling: {
-      max_dynamic_patch:
-        typeof perDataset === "number" ? perDataset : (o.maxDynamicPatch ?? info.maxDynamicPatch),
+      // The budget this dataset's grids were planned with: the engine checks them against it.
+      max_dynamic_patch: maxDynamicPatchOf(spec, o.maxDynamicPatch) ?? info.maxDynamicPatch,
       min_dynamic_patch: info.minDynamicPatch,
       use_thumbnail: info.useThumbnail,
       dynamic_image_size: info.dynamicImageSize,

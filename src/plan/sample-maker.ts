@@ -3,6 +3,7 @@
  * tiling (src/text), one context per dataset (its media_root and its own max_dynamic_patch).
  */
 import { MediaResolver } from "../data/media.ts";
+import { maxDynamicPatchOf } from "../data/meta.ts";
 import { loadModelInfo } from "../text/model-info.ts";
 import { makeSampleContext, recordsToColumns, recordToSample } from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
@@ -11,8 +12,7 @@ import type { MakerOptions, SampleMaker } from "./sample-batch.ts";
 
 export async function createSampleMaker(o: MakerOptions): Promise<SampleMaker> {
   const tokenizer = await loadTokenizer(o.model);
-  const own = o.dataset.extra.max_dynamic_patch;
-  const maxDynamicPatch = typeof own === "number" ? own : o.maxDynamicPatch;
+  const maxDynamicPatch = maxDynamicPatchOf(o.dataset, o.maxDynamicPatch);
   const media = new MediaResolver({ mediaRoot: o.dataset.mediaRoot });
   const ctx = makeSampleContext({
     tokenizer,

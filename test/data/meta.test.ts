@@ -135,6 +135,27 @@ describe("loadMeta", () => {
   });
 });
 
+describe("meta limits", () => {
+  it("refuses absurd values with their limit, by line", async () => {
+    const p = meta({
+      c: { annotation: "a.jsonl", repeat_time: 1e308, max_dynamic_patch: 1e9, video_frames: 1e9 },
+    });
+    const { specs, issues } = await loadMetaChecked(p);
+    expect(specs).toEqual([]);
+    for (const [field, line, limit] of [
+      ["c.repeat_time", 4, "10000"],
+      ["c.max_dynamic_patch", 5, "256"],
+      ["c.video_frames", 6, "1024"],
+    ] as const) {
+      const i = issues.find((x) => x.field === field);
+      expectNamed(i, "meta.json", line, field);
+      expect(i?.severity).toBe("error");
+      expect(i?.message).toContain(`at most ${limit}`);
+    }
+    await expect(loadMeta(p)).rejects.toThrow(/repeat_time must be at most 10000/);
+  });
+});
+
 describe("repeat_time", () => {
   it("repeats integers and takes the first floor(n·r) records for fractions", () => {
     expect(selectedRecordCount(10, 1)).toBe(10);

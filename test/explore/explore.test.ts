@@ -53,7 +53,11 @@ beforeAll(async () => {
   );
   writeFileSync(
     join(root, "meta.json"),
-    JSON.stringify({ docs: { media_root: "media", annotation: "a.jsonl", video_frames: 2 } }),
+    JSON.stringify({
+      docs: { media_root: "media", annotation: "a.jsonl", video_frames: 2 },
+      // The same lines with the dataset's own tile budget, which prepare would plan with.
+      small: { media_root: "media", annotation: "a.jsonl", max_dynamic_patch: 2 },
+    }),
   );
   explorer = await startExplorer({
     meta: join(root, "meta.json"),
@@ -78,7 +82,7 @@ describe("data explore", () => {
   it("serves the page and the datasets", async () => {
     expect(await (await get("/")).text()).toContain("tessera explorer");
     const d = await (await get("/api/datasets")).json();
-    expect(d.datasets.map((x: { name: string }) => x.name)).toEqual(["docs"]);
+    expect(d.datasets.map((x: { name: string }) => x.name)).toEqual(["docs", "small"]);
   });
 
   it("shows a record as data preview does: segments, counts, tile grid", async () => {
@@ -99,6 +103,9 @@ describe("data explore", () => {
     expect([r.preview.length, r.preview.learned]).toEqual([cli.length, cli.learned]);
     expect(r.preview.images[0]).toMatchObject({ cols: 3, rows: 1, thumbnail: true, tiles: 4 });
     expect(r.preview.inputIds).toBeUndefined(); // the page needs no ids
+    // A dataset's own max_dynamic_patch: 300×100 in at most 2 tiles.
+    const small = await (await get("/api/sample?dataset=small&index=0")).json();
+    expect(small.preview.images[0]).toMatchObject({ cols: 2, rows: 1, thumbnail: true, tiles: 3 });
   });
 
   it("shows a bad record's problems, a video's frames, and refuses lines past the end", async () => {

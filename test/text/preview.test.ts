@@ -55,7 +55,11 @@ describe("data preview", () => {
     mkdirSync(join(dir, "imgs"));
     writeFileSync(
       join(dir, "meta.json"),
-      JSON.stringify({ docs: { media_root: "imgs/", annotation: "a.jsonl" } }),
+      JSON.stringify({
+        docs: { media_root: "imgs/", annotation: "a.jsonl" },
+        // The same lines with the dataset's own tile budget, which prepare would plan with.
+        small: { media_root: "imgs/", annotation: "a.jsonl", max_dynamic_patch: 6 },
+      }),
     );
     const line = {
       id: 0,
@@ -72,7 +76,8 @@ describe("data preview", () => {
         ],
       })}\n${JSON.stringify(line)}\n`,
     );
-    const run = (...args: string[]) =>
+    const run = (...args: string[]) => runOn("docs", ...args);
+    const runOn = (dataset: string, ...args: string[]) =>
       spawnSync(
         process.execPath,
         [
@@ -83,7 +88,7 @@ describe("data preview", () => {
           "--model",
           model,
           "--dataset",
-          "docs",
+          dataset,
           ...args,
         ],
         {
@@ -103,6 +108,8 @@ describe("data preview", () => {
     expect(j.imageContextTokens).toBe(13 * 256);
     expect(j.inputIds).toHaveLength(j.length);
     expect(j.labels.filter((x: number) => x !== -100)).toHaveLength(j.learned);
+    const small = JSON.parse(runOn("small", "--index", "1", "--json").stdout);
+    expect(small.images[0]).toMatchObject({ cols: 3, rows: 2, thumbnail: true, tiles: 7 });
     const past = run("--index", "7");
     expect(past.status).not.toBe(0);
     expect(past.stderr).toMatch(/has 2 records; --index 7 is past the end/);

@@ -302,6 +302,59 @@ describe("tessera train", () => {
     expect(manifest.images).toBe(3 * 3); // 3 videos × 3 planned frames
   });
 
+  it("trains a dataset whose own max_dynamic_patch differs from the run's", async () => {
+    // The run allows 4 tiles (the model's), the dataset 2: the 90×30 image is planned 2×1 + a
+    // thumbnail, not 3×1; the engine checks that grid against the dataset's budget.
+    const ownMeta = join(root, "own-budget-meta.json");
+    writeFileSync(
+      ownMeta,
+      JSON.stringify({
+        colours: {
+          media_root: join(root, "media"),
+          annotation: join(root, "colours.jsonl"),
+          max_dynamic_patch: 2,
+        },
+      }),
+    );
+    const work = join(root, "own-budget");
+    const c = resolveConfig(undefined, {
+      model,
+      meta: ownMeta,
+      work_dir: work,
+      max_length: 128,
+      pack_max_length: 128,
+      global_batch_size: 2,
+      steps: 2,
+      lr: 0.002,
+      max_dynamic_patch: 4,
+      freeze_vit: false,
+      num_workers: 0,
+      gradient_checkpointing: false,
+      checkpoint_interval: 0,
+      device: "cpu",
+      export: "none",
+    });
+    const r = await train(c, {
+      python,
+      progress: false,
+      log: () => {},
+      prepareWorkers: 0,
+      env: { OMP_NUM_THREADS: "1" },
+    });
+    expect(r.stepsDone).toBe(2);
+    expect(r.losses.every((l) => Number.isFinite(l))).toBe(true);
+    const manifest = JSON.parse(readFileSync(join(work, "cache", "manifest.json"), "utf8"));
+    const ds = JSON.parse(
+      readFileSync(join(work, "cache", manifest.datasets[0].dir, "dataset.json"), "utf8"),
+    );
+    expect(ds.inputs.tiling.max_dynamic_patch).toBe(2);
+    // 12 records cycling 40×30, 28×28, 90×30, 30×60: at most 2 tiles + a thumbnail each.
+    const raw = readFileSync(join(work, "cache", manifest.datasets[0].dir, "img_tiles.i32"));
+    const tiles = Array.from({ length: raw.length / 4 }, (_, i) => raw.readInt32LE(4 * i));
+    expect(tiles).toHaveLength(12);
+    expect(Math.max(...tiles)).toBe(3);
+  });
+
   it("chats with the exported model: the prompt is built as in training, the engine answers", async () => {
     const exported = join(root, "run", "export");
     const r = await chat(exported, "What colour is the picture?", {

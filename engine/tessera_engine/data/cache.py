@@ -115,6 +115,10 @@ class _Dataset:
         self.cols = _map_columns(self.folder, self.info["columns"])
         #: the id of the image context runs the stored tokens leave out (-1: no image)
         self.context_id: int = int(entry["img_context_id"])
+        #: the tile budget this dataset's grids were planned with (its own max_dynamic_patch in
+        #: the meta file, else the run's); None in a cache that does not record it
+        budget = (self.info.get("inputs") or {}).get("tiling", {}).get("max_dynamic_patch")
+        self.max_dynamic_patch: int | None = None if budget is None else int(budget)
         if self.cols.count("length") != self.count:
             raise CacheFormatError(f"{self.folder}: {self.cols.count('length')} samples, manifest says {self.count}")
 
@@ -146,6 +150,10 @@ class PreparedCache:
         k = int(np.searchsorted(self._firsts, i, side="right")) - 1
         ds = self.datasets[k]
         return ds, i - ds.first
+
+    def dataset_of(self, i: int) -> "_Dataset":
+        """The dataset sample i belongs to."""
+        return self._locate(i)[0]
 
     def _column(self, name: str) -> np.ndarray:
         parts = [d.cols[name] for d in self.datasets]

@@ -91,9 +91,12 @@ class _PlanSlice(Dataset):
                     tiles.append(im.tiles)
                     continue
                 n_images = len(cache.images(pim.sample))
+                # The grid is the plan's; it is checked against the budget the planner used for
+                # this sample's dataset (its own max_dynamic_patch), never re-decided here.
+                budget = cache.dataset_of(pim.sample).max_dynamic_patch or t.max_num
                 check_grid(
                     im.wh, im.cols, im.rows, im.thumbnail, im.tiles, tile=t.tile, min_num=t.min_num,
-                    max_num=max(1, t.max_num // n_images), use_thumbnail=t.use_thumbnail,
+                    max_num=max(1, budget // n_images), use_thumbnail=t.use_thumbnail,
                     where=f"sample {pim.sample} image {im.path}",
                 )
                 pixels.append(load_tiles(im.path, im.wh, im.cols, im.rows, im.thumbnail, t.tile))
