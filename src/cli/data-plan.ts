@@ -8,7 +8,8 @@ import type { Command } from "commander";
 import { openCacheTable, prepareCache } from "../plan/cache.ts";
 import { planOptionsFromConfig, prepareOptionsFromConfig } from "../plan/from-config.ts";
 import { PACKING_KINDS, type PackingKind } from "../plan/packing.ts";
-import { buildPlan, type Plan, type PlanOptions, writePlan } from "../plan/plan.ts";
+import { planForMethod, type TrainMethod } from "../plan/pairs.ts";
+import { type Plan, type PlanOptions, writePlan } from "../plan/plan.ts";
 import type { SamplerKind } from "../plan/samplers.ts";
 import { resolveConfig } from "../train/config.ts";
 import { UserError } from "../util/errors.ts";
@@ -86,6 +87,7 @@ export function registerDataPlan(data: Command): void {
       const progress = prepareProgress(quiet);
       let cacheDir: string;
       let opts: PlanOptions;
+      let method: TrainMethod | undefined;
       if (o.model) {
         const sampler = o.sampler as SamplerKind;
         const packing = o.packing as PackingKind;
@@ -129,9 +131,13 @@ export function registerDataPlan(data: Command): void {
           prepareOptionsFromConfig(c, { workers: workersOption(o.workers), onProgress: progress }),
         );
         opts = planOptionsFromConfig(c);
+        method = c.method;
       }
       const t0 = Date.now();
-      const plan = buildPlan(openCacheTable(cacheDir), opts);
+      const table = openCacheTable(cacheDir);
+      // A meta file alone plans pairs when its datasets hold them.
+      method ??= table.manifest.datasets.some((d) => d.preference) ? "dpo" : "sft";
+      const plan = planForMethod(table, opts, method);
       const secs = (Date.now() - t0) / 1000;
       if (o.out) await writePlan(plan, o.out);
       if (quiet) console.log(JSON.stringify({ ...planJson(plan), planning_s: secs }, null, 2));

@@ -59,6 +59,7 @@ const entrySchema = z.looseObject({
     .min(1, "must be at least 1")
     .max(MAX_VIDEO_FRAMES, `must be at most ${MAX_VIDEO_FRAMES}`)
     .optional(),
+  preference: z.boolean({ error: "must be true or false" }).optional(),
 });
 
 const KNOWN = new Set(["media_root", "annotation", "repeat_time"]);
@@ -69,6 +70,7 @@ const META_EXPECTED: Record<string, string> = {
   repeat_time: `a number > 0 and ≤ ${MAX_REPEAT_TIME}: an integer to repeat, a fraction < 1 to take the first part`,
   max_dynamic_patch: `a whole number from 1 to ${MAX_DYNAMIC_PATCH}: tiles per image at most, for this dataset`,
   video_frames: `a whole number from 1 to ${MAX_VIDEO_FRAMES}: frames taken from each video of this dataset`,
+  preference: "true when every record is a preference pair (question, chosen, rejected)",
 };
 
 function ownSetting(spec: DatasetSpec, key: string, max: number): number | undefined {

@@ -3,6 +3,13 @@
  * per-record schema library), and the placeholder rules of the official training code.
  */
 import { type DataIssue, describe, issue } from "./issues.ts";
+import {
+  looksLikePair,
+  PAIR_KEYS,
+  type PairAnswers,
+  pairImageWh,
+  validatePairFields,
+} from "./pairs.ts";
 
 export type { DataIssue } from "./issues.ts";
 
@@ -23,12 +30,18 @@ export interface DataRecord {
   imageWh?: [number, number][];
   /** Every other field of the line, kept as written. */
   extra: Record<string, unknown>;
+  /**
+   * A preference record (question, chosen, rejected): `conversations` is the chosen one and
+   * this holds both answers (data/pairs.ts).
+   */
+  pair?: PairAnswers;
 }
 
 export const IMAGE_PLACEHOLDER = "<image>";
 export const VIDEO_PLACEHOLDER = "<video>";
 
 const KNOWN = new Set(["id", "conversations", "image", "video", "image_wh"]);
+const KNOWN_PAIR = new Set([...KNOWN, ...PAIR_KEYS]);
 
 export function countOccurrences(s: string, needle: string): number {
   let n = 0;
@@ -91,9 +104,17 @@ export function validateRecord(
       describe(id),
     );
 
-  // conversations
+  // conversations (a preference record's chosen one)
   let turns: Turn[] = [];
-  const conv = o.conversations;
+  let pair: PairAnswers | undefined;
+  let conv = o.conversations;
+  const isPair = looksLikePair(o);
+  if (isPair) {
+    const made = validatePairFields(o, file, line, issues);
+    if (!made) return { issues };
+    conv = made.turns;
+    pair = made.pair;
+  }
   if (conv === undefined)
     fail(
       issues,
@@ -366,7 +387,7 @@ export function validateRecord(
       }
       if (ok && images.length > 0) imageWh = wh as [number, number][];
     }
-  }
+  } else if (isPair) imageWh = pairImageWh(o, images.length, file, line, issues);
 
   // placeholders, once the turns are known to be sound
   if (turns.length > 0) {
@@ -450,8 +471,10 @@ export function validateRecord(
 
   const extra: Record<string, unknown> = {};
   const keys = Object.keys(o);
-  for (let k = 0; k < keys.length; k++) if (!KNOWN.has(keys[k])) extra[keys[k]] = o[keys[k]];
+  const known = isPair ? KNOWN_PAIR : KNOWN;
+  for (let k = 0; k < keys.length; k++) if (!known.has(keys[k])) extra[keys[k]] = o[keys[k]];
   const record: DataRecord = { conversations: turns, images, extra };
+  if (pair !== undefined) record.pair = pair;
   if (id !== undefined) record.id = id as string | number;
   if (video !== undefined) record.video = video;
   if (imageWh !== undefined) record.imageWh = imageWh;

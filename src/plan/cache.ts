@@ -109,6 +109,8 @@ export interface CacheDatasetEntry {
   skipped: number;
   dropped: number;
   truncated: number;
+  /** A preference dataset: pair k is samples 2k (chosen) and 2k+1 (rejected). */
+  preference?: boolean;
 }
 
 export interface CacheManifest {
@@ -515,6 +517,8 @@ async function buildDataset(
   const file = displayPath(spec.annotation);
   let skipped = 0;
   let records = 0;
+  let pairs = 0;
+  let preference = false;
   const errors: { line: number; message: string }[] = [];
   try {
     await w.open();
@@ -541,6 +545,7 @@ async function buildDataset(
         const b = made.batch;
         records += made.records;
         skipped += made.skipped;
+        pairs += made.pairs;
         errors.push(...b.errors);
         await w.write(b);
         o.onProgress?.({ dataset: spec.name, records, samples: w.samples, bytes, totalBytes });
@@ -572,6 +577,11 @@ async function buildDataset(
         `${errors.length} record(s) of dataset "${spec.name}" could not become samples:\n${shown.join("\n")}${errors.length > 10 ? `\n  … and ${errors.length - 10} more` : ""}`,
       );
     }
+    preference = pairs > 0 || spec.extra?.preference === true;
+    if (preference && pairs !== records)
+      throw new UserError(
+        `dataset "${spec.name}" (${file}): ${pairs} preference pair(s) and ${records - pairs} conversation record(s); a dataset holds one kind (put them in two datasets)`,
+      );
     const columns = await w.close();
     const ds = {
       name: spec.name,
@@ -585,6 +595,7 @@ async function buildDataset(
       videos: w.videos,
       video_frames: videoFramesOf(spec, o.videoFrames),
       path_bytes: w.pathBytes,
+      ...(preference ? { preference: true } : {}),
       columns,
     };
     await writeFile(join(tmp, "dataset.json"), `${JSON.stringify(ds, null, 2)}\n`);
@@ -612,6 +623,7 @@ async function buildDataset(
     skipped,
     dropped: w.dropped,
     truncated: w.truncated,
+    ...(preference ? { preference: true } : {}),
   };
 }
 

@@ -5,7 +5,8 @@
 import { join } from "node:path";
 import { accumulationSteps, type TrainConfig } from "../train/config.ts";
 import { openCacheTable, type PrepareOptions, type PrepareResult, prepareCache } from "./cache.ts";
-import { buildPlan, type Plan, type PlanOptions } from "./plan.ts";
+import { planForMethod } from "./pairs.ts";
+import type { Plan, PlanOptions } from "./plan.ts";
 
 export function prepareOptionsFromConfig(
   c: TrainConfig,
@@ -33,7 +34,10 @@ export function planOptionsFromConfig(c: TrainConfig): PlanOptions {
     maxSteps: c.steps,
     sampler: c.sampler,
     packing: c.packing,
-    packMaxLength: c.packing === "none" ? undefined : (c.pack_max_length ?? c.max_length),
+    packMaxLength:
+      c.packing === "none"
+        ? undefined
+        : (c.pack_max_length ?? (c.method === "sft" ? c.max_length : 2 * c.max_length)),
     maxTilesPerPack: c.max_tiles_per_pack,
     seed: c.seed,
   };
@@ -50,6 +54,6 @@ export async function prepareAndPlan(
   extra: Partial<PrepareOptions> = {},
 ): Promise<{ prepared: PrepareResult; plan: Plan }> {
   const prepared = await prepareCache(prepareOptionsFromConfig(c, extra));
-  const plan = buildPlan(openCacheTable(c.cache_dir!), planOptionsFromConfig(c));
+  const plan = planForMethod(openCacheTable(c.cache_dir!), planOptionsFromConfig(c), c.method);
   return { prepared, plan };
 }

@@ -111,6 +111,16 @@ export interface Plan {
   stepLearnedSamples: Int32Array;
   stepSqrtLearned: Float64Array;
   stats: PlanStats;
+  /** A preference plan (src/plan/pairs.ts): its per-step pair totals. */
+  pairs?: PairTotals;
+}
+
+/** Per-step totals of a preference plan, over all ranks and micro-batches. */
+export interface PairTotals {
+  /** Pairs of the step: the denominator of the preference losses. */
+  stepPairs: Int32Array;
+  /** Learned tokens of the chosen sides: the denominator of the rpo_alpha (NLL) term. */
+  stepChosenLearned: Float64Array;
 }
 
 function normalize(table: SampleTable, o: PlanOptions): Plan["options"] {
@@ -459,6 +469,16 @@ function planColumns(p: Plan): [string, ColumnSpec["dtype"], ArrayBufferView][] 
     ["step_samples", "<i4", p.stepSamples],
     ["step_learned_samples", "<i4", p.stepLearnedSamples],
     ["step_sqrt_learned", "<f8", p.stepSqrtLearned],
+    ...(p.pairs
+      ? ([
+          ["step_pairs", "<i4", p.pairs.stepPairs],
+          [
+            "step_chosen_learned",
+            "<i8",
+            BigInt64Array.from(p.pairs.stepChosenLearned, (x) => BigInt(x)),
+          ],
+        ] as [string, ColumnSpec["dtype"], ArrayBufferView][])
+      : []),
   ];
 }
 
@@ -483,11 +503,13 @@ function planHeader(p: Plan) {
       seed: p.options.seed,
       epochs: p.options.epochs,
       max_steps: p.options.maxSteps,
+      // only in preference plans, so other plans keep their fingerprints
+      ...(p.pairs ? { preference: true } : {}),
     },
   };
 }
 
-function planFingerprint(p: Plan): string {
+export function planFingerprint(p: Plan): string {
   const h = createHash("sha256").update(canonicalJson(planHeader(p)));
   for (const [name, , data] of planColumns(p)) updateArray(h.update(name), data);
   return h.digest("hex");

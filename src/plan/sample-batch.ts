@@ -7,6 +7,7 @@ import { parseRecordLine } from "../data/jsonl.ts";
 import type { DataRecord } from "../data/record.ts";
 import { FLAG_MULTIMODAL, FLAG_TRUNCATED, type Sample, type SampleColumns } from "../text/types.ts";
 import { IntVec } from "./arrays.ts";
+import { expandPairs, keepWholePairs } from "./pair-batch.ts";
 
 /**
  * A batch's samples as the writer takes them: SampleColumns (the stored form), with each
@@ -281,6 +282,8 @@ export interface LinesBatch {
   records: number;
   /** Lines with errors (reported by `data check`), left out. */
   skipped: number;
+  /** Usable records that are preference pairs (each gave two samples, or none). */
+  pairs: number;
 }
 
 /**
@@ -309,6 +312,12 @@ export async function makeLinesBatch(
     if (it.record) items.push({ line: it.line, record: it.record });
     else if (it.issues.some((x) => x.severity !== "warning")) skipped++;
   }
-  const batch = await makeBatch(seq, items, maker, tokensPerTile);
-  return { batch, records: items.length, skipped };
+  const ex = expandPairs(items);
+  let batch = await makeBatch(seq, ex.items, maker, tokensPerTile);
+  if (ex.pairs > 0)
+    batch = keepWholePairs(
+      batch,
+      new Set(items.filter((it) => it.record.pair).map((it) => it.line)),
+    );
+  return { batch, records: items.length, skipped, pairs: ex.pairs };
 }

@@ -9,6 +9,11 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
+import {
+  OFFICIAL_PREFERENCE_FLAGS,
+  PREFERENCE_CONFIG_SHAPE,
+  resolvePreference,
+} from "./preference.ts";
 
 const posInt = z.number().int().positive();
 const nonNegInt = z.number().int().nonnegative();
@@ -181,6 +186,9 @@ export const TrainConfigSchema = z
       .enum(["original", "native", "none"])
       .default("original")
       .describe("format of the final model"),
+
+    // Preference optimization (src/train/preference.ts).
+    ...PREFERENCE_CONFIG_SHAPE,
   })
   .strict();
 
@@ -222,11 +230,12 @@ const camel = (flag: string) => flag.replace(/-([a-z])/g, (_, c: string) => c.to
  * The seed launcher's flags. Each maps onto a setting of the schema; values come through
  * `seedFlags` below. Flags that are the schema's own (e.g. --lr, --max-length) need no entry.
  */
-const SEED_FLAGS: {
+type SeedFlag = {
   flags: string;
   description: string;
   apply: (v: unknown) => Partial<TrainConfigInput>;
-}[] = [
+};
+const SEED_FLAGS: SeedFlag[] = [
   {
     flags: "--mirco-batch-size <n>",
     description: "seed spelling of --micro-batch-size",
@@ -257,6 +266,7 @@ const SEED_FLAGS: {
     description: "seed: prepared cache folder (cache_dir)",
     apply: (v) => ({ cache_dir: String(v) }),
   },
+  ...(OFFICIAL_PREFERENCE_FLAGS as SeedFlag[]),
 ];
 
 function num(v: unknown, flag: string): number {
@@ -409,10 +419,12 @@ export function resolveConfig(
     throw new UserError(formatIssues(parsed.error, where));
   }
   const c = parsed.data;
-  c.pack_max_length ??= c.max_length;
+  // A preference pack holds both sides of a pair.
+  c.pack_max_length ??= c.method === "sft" ? c.max_length : 2 * c.max_length;
   c.cache_dir ??= resolve(c.work_dir, "cache");
   if (c.llm_lora_rank > 0) c.llm_lora_alpha ??= 2 * c.llm_lora_rank;
   if (c.vit_lora_rank > 0) c.vit_lora_alpha ??= 2 * c.vit_lora_rank;
+  resolvePreference(c, where);
   validate(c, where);
   return c;
 }

@@ -1,0 +1,155 @@
+/**
+ * Preference records (the official MPO layout): `question`, `chosen`, `rejected` beside the
+ * usual `image` (one or a list) or `video`, and optional `image_wh` or `width`/`height`.
+ * A pair is validated here and becomes a record whose conversation is the chosen one
+ * (question, chosen) with the rejected answer beside it, so every tool that reads records
+ * sees the chosen side; `pairConversations` gives both.
+ */
+import { type DataIssue, describe, issue } from "./issues.ts";
+
+export interface PairAnswers {
+  chosen: string;
+  rejected: string;
+}
+
+/** Keys of a preference record that are not kept in `extra`. */
+export const PAIR_KEYS = ["question", "chosen", "rejected", "width", "height"] as const;
+
+/** True when the line is written as a preference record. */
+export function looksLikePair(o: Record<string, unknown>): boolean {
+  return (
+    o.chosen !== undefined ||
+    o.rejected !== undefined ||
+    (o.question !== undefined && o.conversations === undefined)
+  );
+}
+
+/**
+ * Checks the pair fields and returns the chosen conversation (question, chosen) and the
+ * answers, or nothing when a field is wrong (each problem is in `issues`).
+ */
+export function validatePairFields(
+  o: Record<string, unknown>,
+  file: string,
+  line: number,
+  issues: DataIssue[],
+): { turns: { from: "human" | "gpt"; value: string }[]; pair: PairAnswers } | undefined {
+  let ok = true;
+  if (o.conversations !== undefined) {
+    issues.push(
+      issue(
+        file,
+        line,
+        "conversations",
+        "pair-and-conversations",
+        "a preference record has question, chosen and rejected instead of conversations",
+        { expected: "no conversations", found: describe(o.conversations) },
+      ),
+    );
+    ok = false;
+  }
+  for (const k of ["question", "chosen", "rejected"] as const) {
+    const v = o[k];
+    if (typeof v !== "string") {
+      issues.push(
+        issue(
+          file,
+          line,
+          k,
+          v === undefined ? "missing-field" : "wrong-type",
+          `a preference record needs ${k} as a string`,
+          { expected: "a string", found: describe(v) },
+        ),
+      );
+      ok = false;
+    } else if (k !== "question" && v.trim() === "") {
+      issues.push(
+        issue(file, line, k, "empty-answer", `${k} is empty: there is nothing to compare`, {
+          expected: "a non-empty answer",
+          found: JSON.stringify(v),
+        }),
+      );
+      ok = false;
+    }
+  }
+  if (ok && o.chosen === o.rejected)
+    issues.push(
+      issue(
+        file,
+        line,
+        "rejected",
+        "same-answers",
+        "chosen and rejected are the same text: the pair teaches nothing",
+        { severity: "warning", expected: "two different answers", found: "the same text twice" },
+      ),
+    );
+  if (!ok) return undefined;
+  const question = o.question as string;
+  return {
+    turns: [
+      { from: "human", value: question },
+      { from: "gpt", value: o.chosen as string },
+    ],
+    pair: { chosen: o.chosen as string, rejected: o.rejected as string },
+  };
+}
+
+/**
+ * `width`/`height` of a single-image preference record, as `image_wh` (the MMPR files give
+ * them so); undefined when absent. Problems go to `issues`.
+ */
+export function pairImageWh(
+  o: Record<string, unknown>,
+  images: number,
+  file: string,
+  line: number,
+  issues: DataIssue[],
+): [number, number][] | undefined {
+  if (o.width === undefined && o.height === undefined) return undefined;
+  const w = o.width;
+  const h = o.height;
+  const good = (v: unknown) => typeof v === "number" && Number.isInteger(v) && v > 0;
+  if (!good(w) || !good(h)) {
+    issues.push(
+      issue(
+        file,
+        line,
+        good(w) ? "height" : "width",
+        "bad-image-wh",
+        "width and height must be positive integers",
+        {
+          expected: "width and height ≥ 1",
+          found: `${describe(w)}, ${describe(h)}`,
+        },
+      ),
+    );
+    return undefined;
+  }
+  if (images !== 1) {
+    issues.push(
+      issue(
+        file,
+        line,
+        "width",
+        "image-wh-count",
+        "width/height describe one image; give image_wh for a list of images",
+        { expected: "1 image", found: `${images}` },
+      ),
+    );
+    return undefined;
+  }
+  return [[w as number, h as number]];
+}
+
+/** The two conversations of a pair: (question, chosen) and (question, rejected). */
+export function pairConversations<T extends { conversations: { from: string; value: string }[] }>(
+  record: T & { pair?: PairAnswers },
+): [T, T] {
+  const p = record.pair;
+  if (!p) throw new Error("not a preference record");
+  const human = record.conversations[0];
+  return [
+    { ...record, conversations: [human, { from: "gpt", value: p.chosen }] },
+    { ...record, conversations: [human, { from: "gpt", value: p.rejected }] },
+  ];
+}
