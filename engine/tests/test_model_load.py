@@ -136,6 +136,50 @@ def test_missing_or_unexpected_keys_fail_loudly(tmp_path, tok):
     load_internvl(folder)
 
 
+def test_load_errors_name_the_checkpoint_keys_and_shapes(tmp_path, tok):
+    """Missing, unexpected and wrongly shaped weights are reported under the checkpoint's own names
+    (never only the converted ones), with the shape config.json asks for and the shape found."""
+    folder = build_tiny(tmp_path / "m", llm="internlm2", vision="300m", tokenizer_json=tok, tile_size=28)
+    sd = load_file(folder / "model.safetensors")
+    wqkv = "language_model.model.layers.1.attention.wqkv.weight"
+    rows, cols = sd[wqkv].shape
+    proj = tuple(sd["mlp1.1.weight"].shape)
+
+    def load_with(change):
+        bad = dict(sd)
+        change(bad)
+        save_file(bad, str(folder / "model.safetensors"))
+        return load_internvl(folder)
+
+    with pytest.raises(KeyError) as e:
+        load_with(lambda d: d.pop("mlp1.1.weight"))
+    assert f"missing 1: mlp1.1.weight (expected shape {proj})" in str(e.value)
+    assert "multi_modal_projector" not in str(e.value)
+    with pytest.raises(ValueError) as e:
+        load_with(lambda d: d.__setitem__(wqkv, torch.zeros(rows - 16, cols)))
+    assert f"{wqkv}: expected shape {(rows, cols)}, found {(rows - 16, cols)}" in str(e.value)
+    assert "q_proj" not in str(e.value)
+    with pytest.raises(ValueError) as e:
+        load_with(lambda d: d.__setitem__("mlp1.1.weight", torch.zeros(proj[0], proj[1] + 1)))
+    assert f"mlp1.1.weight: expected shape {proj}, found {(proj[0], proj[1] + 1)}" in str(e.value)
+    with pytest.raises(KeyError) as e:
+        load_with(lambda d: d.__setitem__("mlp1.4.weight", torch.zeros(2, 3)))
+    assert "unexpected 1: mlp1.4.weight (found shape (2, 3))" in str(e.value)
+
+
+def test_ps_version_missing_is_the_official_v1_and_refused(tmp_path, tok):
+    folder = build_tiny(tmp_path / "m", llm="qwen2", tokenizer_json=tok, tile_size=28)
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["ps_version"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no ps_version, which the official code reads as 'v1'"):
+        load_internvl(folder)
+    cfg["ps_version"] = "v1"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="ps_version 'v1'.*only 'v2'"):
+        load_internvl(folder)
+
+
 def test_tied_embeddings_load_and_share(tmp_path, tok):
     folder = build_tiny(tmp_path / "m", llm="qwen2", tokenizer_json=tok, tile_size=28, tie_word_embeddings=True)
     assert "language_model.lm_head.weight" not in load_file(folder / "model.safetensors")

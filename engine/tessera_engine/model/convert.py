@@ -34,6 +34,11 @@ _REMOTE_ONLY = {"auto_map", "_name_or_path", "architectures", "transformers_vers
 _DROPPABLE = re.compile(r"\.rotary_emb\.inv_freq$")
 
 
+def is_droppable(key: str) -> bool:
+    """A saved buffer the native model recomputes (never an error to find or to miss)."""
+    return bool(_DROPPABLE.search(key))
+
+
 def llm_family(llm_config: dict) -> str:
     """The LLM family of an original llm_config; `architectures` may be absent (old checkpoints)."""
     for arch in llm_config.get("architectures") or []:
@@ -133,9 +138,15 @@ def native_config(orig: dict, image_token_id: int):
             f"force_image_size {size} != vision_config.image_size {v['image_size']}: "
             "position-embedding resizing is not supported"
         )
-    ps = orig.get("ps_version", "v2")
+    # The official config class defaults to 'v1' (InternVLChatConfig(ps_version='v1')); a config
+    # without the key is read as v1, never silently as v2.
+    ps = orig.get("ps_version", "v1")
     if ps != "v2":
-        raise ValueError(f"ps_version {ps!r} is not supported (only 'v2', the InternVL2 pixel shuffle)")
+        said = f"ps_version {ps!r}" if "ps_version" in orig else "no ps_version, which the official code reads as 'v1'"
+        raise ValueError(
+            f"config.json has {said}: only 'v2' (the InternVL2 pixel shuffle) is supported; "
+            "add \"ps_version\": \"v2\" only if the checkpoint was trained with it"
+        )
     select_layer = int(orig.get("select_layer", -1))
     if select_layer != -1:
         raise ValueError(f"select_layer {select_layer} is not supported (InternVL2 uses -1)")

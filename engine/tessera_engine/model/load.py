@@ -224,6 +224,47 @@ def _materialise_buffers(model, device) -> None:
         raise RuntimeError(f"tensors left uninitialised after loading: {left[:10]}")
 
 
+def expected_original_shapes(config, family: str) -> dict[str, tuple[int, ...]]:
+    """Every weight the model needs, under the checkpoint's own (original) names, with its shape."""
+    from transformers import InternVLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = InternVLForConditionalGeneration(config)
+    original = convert.native_to_original(model.state_dict(), config, family)
+    return {k: tuple(v.shape) for k, v in original.items()}
+
+
+_LM_HEAD = ("language_model.lm_head.weight", "language_model.output.weight")
+
+
+def check_checkpoint(sd: dict[str, torch.Tensor], config, family: str, folder: str | os.PathLike = "") -> None:
+    """Missing, unexpected and wrongly shaped weights, named as the checkpoint names them, with the
+    shape the config asks for and the shape found; before any renaming, so no error speaks of a
+    converted name the user never wrote."""
+    expected = expected_original_shapes(config, family)
+    keys = {k for k in sd if not convert.is_droppable(k)}
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    missing = sorted(k for k in set(expected) - keys if not (tied and k in _LM_HEAD))
+    unexpected = sorted(keys - set(expected))
+    where = f"{folder}: " if folder else ""
+    shape = lambda t: tuple(int(x) for x in t)  # noqa: E731
+    if missing or unexpected:
+        parts = []
+        if missing:
+            listed = ", ".join(f"{k} (expected shape {shape(expected[k])})" for k in missing[:10])
+            parts.append(f"missing {len(missing)}: {listed}")
+        if unexpected:
+            listed = ", ".join(f"{k} (found shape {shape(sd[k].shape)})" for k in unexpected[:10])
+            parts.append(f"unexpected {len(unexpected)}: {listed}")
+        raise KeyError(f"{where}the checkpoint does not match config.json: " + "; ".join(parts))
+    wrong = sorted(k for k in keys if shape(sd[k].shape) != shape(expected[k]))
+    if wrong:
+        listed = ", ".join(
+            f"{k}: expected shape {shape(expected[k])}, found {shape(sd[k].shape)}" for k in wrong[:10]
+        )
+        raise ValueError(f"{where}{len(wrong)} checkpoint weight(s) have the wrong shape for config.json: {listed}")
+
+
 def load_internvl(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                   attn_implementation: str = "auto", img_context_token_id: int | None = None) -> LoadedModel:
     """Load an original InternVL2 folder (model_type internvl_chat) as InternVLForConditionalGeneration."""
@@ -235,7 +276,9 @@ def load_internvl(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
     if ctx is None:
         raise ValueError(f"{folder}: no <IMG_CONTEXT> token in the tokenizer files; pass img_context_token_id")
     config = convert.native_config(orig, ctx)
-    sd = convert.original_to_native(read_state_dict(folder), config, family)
+    original = read_state_dict(folder)
+    check_checkpoint(original, config, family, folder)
+    sd = convert.original_to_native(original, config, family)
     impl = pick_attn_implementation(attn_implementation, device, dtype)
     model = build_native(config, sd, dtype, device, impl)
     info = make_info(orig, folder, special, ctx, family)
