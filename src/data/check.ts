@@ -1,7 +1,8 @@
 /** `tessera data check`: every record, placeholder, image_wh and media file of a meta file. */
-import { stat } from "node:fs/promises";
+
+import { readFile, stat } from "node:fs/promises";
 import { availableParallelism, loadavg } from "node:os";
-import { dirname } from "node:path";
+import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { HeaderReader, ImageHeaderError } from "../vision/headers.ts";
@@ -59,6 +60,10 @@ export interface CheckOptions {
   checkMedia?: boolean;
   /** Accept media paths outside media_root. */
   allowOutside?: boolean;
+  /** With a lone JSONL: the folder its media paths are relative to. */
+  mediaRoot?: string;
+  /** Where official-style relative paths resolve (default: the working directory). */
+  cwd?: string;
   /** Header reads in flight at once. Default 64. */
   concurrency?: number;
   /** Worker threads (default: one per idle core, at most 8); 1 checks in this thread. */
@@ -241,10 +246,17 @@ export async function checkRange(
     field: string,
     k: number,
     wh: [number, number] | undefined,
+    rel: string,
   ) => {
     if (!r.ok) {
+      let message = r.message;
+      if (r.kind === "missing-image" || r.kind === "missing-video") {
+        if (spec.mediaHint) message += `; ${spec.mediaHint}`;
+        if (spec.mediaRootAlt)
+          message += `; relative to the meta file it would be ${resolve(spec.mediaRootAlt, rel)}`;
+      }
       add(
-        issue(file, line, field, r.kind, r.message, { expected: EXPECTED[r.kind], found: r.found }),
+        issue(file, line, field, r.kind, message, { expected: EXPECTED[r.kind], found: r.found }),
       );
       return;
     }
@@ -270,14 +282,15 @@ export async function checkRange(
       const field = n === 1 ? "image" : `image[${k}]`;
       const wh = rec.imageWh?.[k];
       const r = lookup(rec.images[k], false);
-      if (r instanceof Promise) outstanding.push(r.then((x) => judge(x, line, field, k, wh)));
-      else judge(r, line, field, k, wh);
+      const rel = rec.images[k];
+      if (r instanceof Promise) outstanding.push(r.then((x) => judge(x, line, field, k, wh, rel)));
+      else judge(r, line, field, k, wh, rel);
     }
     if (rec.video !== undefined) {
       const r = lookup(rec.video, true);
       if (r instanceof Promise)
-        outstanding.push(r.then((x) => judge(x, line, "video", 0, undefined)));
-      else judge(r, line, "video", 0, undefined);
+        outstanding.push(r.then((x) => judge(x, line, "video", 0, undefined, rec.video!)));
+      else judge(r, line, "video", 0, undefined, rec.video);
     }
   };
 
@@ -636,13 +649,47 @@ async function resolveMedia(
   }
 }
 
+/** The official `length` of each dataset, against the lines its annotation file has. */
+async function checkLengths(
+  metaPath: string,
+  specs: DatasetSpec[],
+  datasets: DatasetSummary[],
+  list: IssueList,
+  metaSummary: DatasetSummary,
+): Promise<void> {
+  const given = specs.map((s) => s.extra.length);
+  if (!given.some((n) => typeof n === "number")) return;
+  const { jsonKeyLines } = await import("./meta.ts");
+  const keyLines = jsonKeyLines(await readFile(specs[0].metaPath, "utf8"));
+  for (let d = 0; d < datasets.length; d++) {
+    const n = given[d];
+    if (typeof n !== "number" || n === datasets[d].lines) continue;
+    const name = specs[d].name;
+    list.add(
+      -1,
+      issue(
+        metaPath,
+        keyLines.get(`${name}.length`) ?? 0,
+        `${name}.length`,
+        "meta-length-mismatch",
+        `dataset "${name}": length ${n} differs from the ${datasets[d].lines} lines of ${displayPath(specs[d].annotation)}`,
+        { severity: "warning", expected: `${datasets[d].lines}`, found: `${n}` },
+      ),
+      metaSummary,
+    );
+  }
+}
+
 /** Checks a whole meta file: meta problems, then every dataset in order. */
 export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Promise<CheckReport> {
   const maxErrors = opts.maxErrors ?? 100;
   const list = new IssueList(maxErrors);
   // Loaded here, not at the top: worker threads import this module and never need zod.
   const { loadMetaChecked } = await import("./meta.ts");
-  const { specs, issues: metaIssues } = await loadMetaChecked(metaPath);
+  const { specs, issues: metaIssues } = await loadMetaChecked(metaPath, {
+    mediaRoot: opts.mediaRoot,
+    cwd: opts.cwd,
+  });
   const metaSummary = newSummary({
     name: "(meta)",
     metaPath,
@@ -672,6 +719,7 @@ export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Prom
       if (opts.failFast && list.errors > before) stoppedEarly = true;
     }
   }
+  if (!stoppedEarly) await checkLengths(metaPath, specs, datasets, list, metaSummary);
   return {
     meta: displayPath(metaSummary.annotation),
     datasets,

@@ -1,6 +1,11 @@
-/** The meta file: one JSON object naming datasets (media_root, annotation, repeat_time). */
+/**
+ * The meta file: one JSON object naming datasets. Two styles are read as they are: tessera's
+ * (`media_root`, paths relative to the meta file) and the official InternVL one (`root`,
+ * `data_augment`, `length`; paths relative to the working directory, as its scripts open
+ * them). A lone JSONL of records stands for a meta file of one dataset.
+ */
 import { readFile, stat } from "node:fs/promises";
-import { dirname, resolve } from "node:path";
+import { basename, dirname, extname, isAbsolute, resolve } from "node:path";
 import { z } from "zod";
 import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
@@ -19,6 +24,21 @@ export interface DatasetSpec {
   repeatTime: number;
   /** The other fields the meta file gives this dataset, kept as written (e.g. max_dynamic_patch). */
   extra: Record<string, unknown>;
+  /**
+   * Where a relative media path would be found under the other reading of the meta file
+   * (an official `root` relative to the meta file instead of the working directory), so a
+   * missing file's error can name both places.
+   */
+  mediaRootAlt?: string;
+  /** A sentence added to a missing media file's error (how media paths were resolved). */
+  mediaHint?: string;
+}
+
+export interface MetaOptions {
+  /** With a lone JSONL: the folder its media paths are relative to (default: the JSONL's folder). */
+  mediaRoot?: string;
+  /** The working directory that official-style relative paths resolve against (default: process.cwd()). */
+  cwd?: string;
 }
 
 /**
@@ -33,6 +53,16 @@ export const MAX_VIDEO_FRAMES = 1024;
 const entrySchema = z.looseObject({
   media_root: z
     .string({ error: "must be a string (a folder; empty for pure-text datasets)" })
+    .optional(),
+  // The official scripts' name for media_root (relative to the working directory).
+  root: z.string({ error: "must be a string (a folder; empty for pure-text datasets)" }).optional(),
+  // Official: image augmentation on or off for this dataset.
+  data_augment: z.boolean({ error: "must be true or false" }).optional(),
+  // Official: the number of lines of the annotation file (checked by `data check`).
+  length: z
+    .number({ error: "must be a number" })
+    .int("must be a whole number")
+    .min(0, "must not be negative")
     .optional(),
   annotation: z
     .string({ error: "must be a string (the path of a JSONL file)" })
@@ -62,11 +92,17 @@ const entrySchema = z.looseObject({
   preference: z.boolean({ error: "must be true or false" }).optional(),
 });
 
-const KNOWN = new Set(["media_root", "annotation", "repeat_time"]);
+/** Keys that become DatasetSpec fields; every other known key is kept in `extra`. */
+const KNOWN = new Set(["media_root", "root", "annotation", "repeat_time"]);
+/** Every key a dataset entry may have; others get a warning. */
+const ALL_KEYS = new Set(Object.keys(entrySchema.shape));
 
 const META_EXPECTED: Record<string, string> = {
   media_root: "a folder path (empty for pure-text datasets)",
   annotation: "the path of a JSONL file",
+  root: "a folder path (the official name of media_root)",
+  data_augment: "true or false",
+  length: "a whole number ≥ 0: the annotation file's line count",
   repeat_time: `a number > 0 and ≤ ${MAX_REPEAT_TIME}: an integer to repeat, a fraction < 1 to take the first part`,
   max_dynamic_patch: `a whole number from 1 to ${MAX_DYNAMIC_PATCH}: tiles per image at most, for this dataset`,
   video_frames: `a whole number from 1 to ${MAX_VIDEO_FRAMES}: frames taken from each video of this dataset`,
@@ -150,15 +186,79 @@ async function exists(p: string, kind: "file" | "dir"): Promise<boolean> {
   }
 }
 
+/** Whether a file holds records (a lone JSONL) rather than a meta file: from its name, else its text. */
+function looksLikeRecords(path: string, text: string | undefined): boolean {
+  if (extname(path).toLowerCase() === ".jsonl") return true;
+  if (text === undefined) return false;
+  const isRecord = (v: unknown) =>
+    v !== null && typeof v === "object" && !Array.isArray(v) && "conversations" in v;
+  try {
+    return isRecord(JSON.parse(text));
+  } catch {
+    const first = text.split("\n", 1)[0];
+    try {
+      return isRecord(JSON.parse(first));
+    } catch {
+      return false;
+    }
+  }
+}
+
+/** A lone JSONL as a meta file of one dataset named after the file. */
+async function loneJsonl(
+  path: string,
+  opts: MetaOptions,
+): Promise<{ specs: DatasetSpec[]; issues: DataIssue[] }> {
+  const abs = resolve(path);
+  const cwd = opts.cwd ?? process.cwd();
+  if (!(await exists(abs, "file")))
+    return {
+      specs: [],
+      issues: [
+        issue(path, 0, "(file)", "meta-unreadable", "the JSONL file does not exist", {
+          expected: "an existing JSONL file",
+          found: abs,
+        }),
+      ],
+    };
+  const mediaRoot = opts.mediaRoot !== undefined ? resolve(cwd, opts.mediaRoot) : dirname(abs);
+  if (opts.mediaRoot !== undefined && !(await exists(mediaRoot, "dir")))
+    return {
+      specs: [],
+      issues: [
+        issue(path, 0, "--media-root", "meta-media-root-missing", "--media-root is not a folder", {
+          expected: "an existing folder",
+          found: mediaRoot,
+        }),
+      ],
+    };
+  const spec: DatasetSpec = {
+    name: basename(abs, extname(abs)),
+    metaPath: abs,
+    mediaRoot,
+    annotation: abs,
+    repeatTime: 1,
+    extra: {},
+  };
+  if (opts.mediaRoot === undefined)
+    spec.mediaHint =
+      "media paths of a lone JSONL are relative to its folder: pass --media-root DIR if they are relative to another folder";
+  return { specs: [spec], issues: [] };
+}
+
 /**
- * Reads a meta file and reports every problem instead of stopping at the first: the
- * datasets that are usable come back in `specs`, the others are named in `issues`.
- * A meta file that cannot be read at all gives no specs and one issue.
+ * Reads a meta file (or a lone JSONL) and reports every problem instead of stopping at the
+ * first: the datasets that are usable come back in `specs`, the others are named in
+ * `issues` (warnings too: unknown keys, `data_augment`). A meta file that cannot be read
+ * at all gives no specs and one issue.
  */
 export async function loadMetaChecked(
   path: string,
+  opts: MetaOptions = {},
 ): Promise<{ specs: DatasetSpec[]; issues: DataIssue[] }> {
   const metaPath = resolve(path);
+  const cwd = opts.cwd ?? process.cwd();
+  if (looksLikeRecords(path, undefined)) return loneJsonl(path, opts);
   const issues: DataIssue[] = [];
   let text: string;
   try {
@@ -178,6 +278,7 @@ export async function loadMetaChecked(
     };
   }
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  if (looksLikeRecords(path, text)) return loneJsonl(path, opts);
   let doc: unknown;
   try {
     doc = JSON.parse(text);
@@ -214,6 +315,19 @@ export async function loadMetaChecked(
       ],
     };
   }
+  if (opts.mediaRoot !== undefined)
+    return {
+      specs: [],
+      issues: [
+        issue(
+          path,
+          0,
+          "--media-root",
+          "meta-media-root-flag",
+          "--media-root is for a lone JSONL; a meta file gives each dataset's media_root (or root): remove --media-root or edit the meta file",
+        ),
+      ],
+    };
   const lines = jsonKeyLines(text);
   const base = dirname(metaPath);
   const specs: DatasetSpec[] = [];
@@ -261,8 +375,41 @@ export async function loadMetaChecked(
       continue;
     }
     const v = parsed.data;
-    const mediaRoot = resolve(base, v.media_root ?? "");
-    const annotation = resolve(base, v.annotation);
+    for (const k of Object.keys(value))
+      if (!ALL_KEYS.has(k))
+        issues.push(
+          issue(
+            path,
+            at(k),
+            `${name}.${k}`,
+            "meta-unknown-key",
+            `dataset "${name}": unknown key "${k}" is ignored`,
+            { severity: "warning", expected: [...ALL_KEYS].join(", ") },
+          ),
+        );
+    if (v.root !== undefined && v.media_root !== undefined) {
+      issues.push(
+        issue(
+          path,
+          at("root"),
+          `${name}.root`,
+          "meta-root-and-media-root",
+          `dataset "${name}" gives both root and media_root: keep one (root is the official name, relative to the working directory; media_root is relative to the meta file)`,
+        ),
+      );
+      continue;
+    }
+    // The official scripts open `root` and `annotation` as given, so relative to the working
+    // directory; tessera's style resolves against the meta file's folder.
+    const official = v.root !== undefined;
+    const from = official ? cwd : base;
+    const rootText = official ? v.root! : (v.media_root ?? "");
+    const mediaRoot = resolve(from, rootText);
+    const annotation = resolve(from, v.annotation);
+    const elsewhere = (p: string) =>
+      official && !isAbsolute(p) && resolve(base, p) !== resolve(cwd, p)
+        ? ` (the official scripts resolve it against the working directory: ${resolve(cwd, p)}; relative to the meta file it would be ${resolve(base, p)})`
+        : "";
     let ok = true;
     if (!(await exists(annotation, "file"))) {
       ok = false;
@@ -272,7 +419,7 @@ export async function loadMetaChecked(
           at("annotation"),
           `${name}.annotation`,
           "meta-annotation-missing",
-          `dataset "${name}": the annotation file does not exist`,
+          `dataset "${name}": the annotation file does not exist${elsewhere(v.annotation)}`,
           {
             expected: "an existing JSONL file",
             found: annotation,
@@ -280,15 +427,16 @@ export async function loadMetaChecked(
         ),
       );
     }
-    if (v.media_root && !(await exists(mediaRoot, "dir"))) {
+    const rootField = official ? "root" : "media_root";
+    if (rootText && !(await exists(mediaRoot, "dir"))) {
       ok = false;
       issues.push(
         issue(
           path,
-          at("media_root"),
-          `${name}.media_root`,
+          at(rootField),
+          `${name}.${rootField}`,
           "meta-media-root-missing",
-          `dataset "${name}": media_root is not an existing folder`,
+          `dataset "${name}": ${rootField} is not an existing folder${elsewhere(rootText)}`,
           {
             expected: "an existing folder",
             found: mediaRoot,
@@ -296,18 +444,49 @@ export async function loadMetaChecked(
         ),
       );
     }
+    if (v.data_augment === true)
+      issues.push(
+        issue(
+          path,
+          at("data_augment"),
+          `${name}.data_augment`,
+          "meta-data-augment",
+          `dataset "${name}": data_augment is on, but tessera has no image augmentation: its images are used as they are`,
+          { severity: "warning" },
+        ),
+      );
     if (!ok) continue;
     const extra: Record<string, unknown> = {};
     for (const [k, x] of Object.entries(v)) if (!KNOWN.has(k)) extra[k] = x;
-    specs.push({ name, metaPath, mediaRoot, annotation, repeatTime: v.repeat_time ?? 1, extra });
+    const spec: DatasetSpec = {
+      name,
+      metaPath,
+      mediaRoot,
+      annotation,
+      repeatTime: v.repeat_time ?? 1,
+      extra,
+    };
+    if (official && !isAbsolute(rootText) && resolve(base, rootText) !== mediaRoot) {
+      spec.mediaRootAlt = resolve(base, rootText);
+      spec.mediaHint = `root "${rootText}" resolves against the working directory, as the official scripts do`;
+    }
+    specs.push(spec);
   }
   return { specs, issues };
 }
 
-/** Reads a meta file; any problem is a UserError naming file:line, the dataset and the field. */
-export async function loadMeta(path: string): Promise<DatasetSpec[]> {
-  const { specs, issues } = await loadMetaChecked(path);
+/**
+ * Reads a meta file (or a lone JSONL); any error is a UserError naming file:line, the
+ * dataset and the field. Warnings go to `warn` (default: stderr), one line each.
+ */
+export async function loadMeta(
+  path: string,
+  opts: MetaOptions & { warn?: (line: string) => void } = {},
+): Promise<DatasetSpec[]> {
+  const { specs, issues } = await loadMetaChecked(path, opts);
   const errors = issues.filter((i) => i.severity === "error");
   if (errors.length) throw new UserError(errors.map(formatIssue).join("\n"));
+  const warn = opts.warn ?? ((l: string) => process.stderr.write(`${l}\n`));
+  for (const i of issues) if (i.severity === "warning") warn(formatIssue(i));
   return specs;
 }

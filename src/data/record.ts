@@ -3,13 +3,7 @@
  * per-record schema library), and the placeholder rules of the official training code.
  */
 import { type DataIssue, describe, issue } from "./issues.ts";
-import {
-  looksLikePair,
-  PAIR_KEYS,
-  type PairAnswers,
-  pairImageWh,
-  validatePairFields,
-} from "./pairs.ts";
+import { looksLikePair, PAIR_KEYS, type PairAnswers, validatePairFields } from "./pairs.ts";
 
 export type { DataIssue } from "./issues.ts";
 
@@ -42,6 +36,99 @@ export const VIDEO_PLACEHOLDER = "<video>";
 
 const KNOWN = new Set(["id", "conversations", "image", "video", "image_wh"]);
 const KNOWN_PAIR = new Set([...KNOWN, ...PAIR_KEYS]);
+
+const isSide = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0;
+
+/**
+ * Image sizes in the official records' spellings: `width`/`height` (one image) or
+ * `width_list`/`height_list` (one per image). Undefined when the record has neither.
+ */
+function officialSizes(
+  o: Record<string, unknown>,
+  nImages: number,
+  issues: DataIssue[],
+  file: string,
+  line: number,
+): [number, number][] | undefined {
+  const single = o.width !== undefined || o.height !== undefined;
+  const listed = o.width_list !== undefined || o.height_list !== undefined;
+  if (!single && !listed) return undefined;
+  if (listed) {
+    const ws = o.width_list;
+    const hs = o.height_list;
+    if (!Array.isArray(ws) || !Array.isArray(hs)) {
+      fail(
+        issues,
+        file,
+        line,
+        Array.isArray(ws) ? "height_list" : "width_list",
+        "wrong-type",
+        "width_list and height_list must both be lists of sizes",
+        "a list of positive integers",
+        describe(Array.isArray(ws) ? hs : ws),
+      );
+      return undefined;
+    }
+    if (ws.length !== nImages || hs.length !== nImages) {
+      fail(
+        issues,
+        file,
+        line,
+        "width_list",
+        "image-wh-count",
+        "width_list and height_list must give one size per image",
+        `${nImages} each`,
+        `${ws.length} and ${hs.length}`,
+      );
+      return undefined;
+    }
+    const out: [number, number][] = [];
+    for (let i = 0; i < nImages; i++) {
+      if (!isSide(ws[i]) || !isSide(hs[i])) {
+        fail(
+          issues,
+          file,
+          line,
+          `width_list[${i}]`,
+          "bad-image-wh",
+          "width and height must be positive integers",
+          "w, h ≥ 1",
+          `${JSON.stringify(ws[i])}, ${JSON.stringify(hs[i])}`,
+        );
+        return undefined;
+      }
+      out.push([ws[i], hs[i]]);
+    }
+    return out;
+  }
+  if (!isSide(o.width) || !isSide(o.height)) {
+    fail(
+      issues,
+      file,
+      line,
+      isSide(o.width) ? "height" : "width",
+      "bad-image-wh",
+      "width and height must be positive integers",
+      "w, h ≥ 1",
+      `${JSON.stringify(o.width)}, ${JSON.stringify(o.height)}`,
+    );
+    return undefined;
+  }
+  if (nImages !== 1) {
+    fail(
+      issues,
+      file,
+      line,
+      "width",
+      "image-wh-count",
+      "width/height give one image's size: a record with several images needs width_list/height_list",
+      "1 image",
+      `${nImages}`,
+    );
+    return undefined;
+  }
+  return [[o.width, o.height]];
+}
 
 export function countOccurrences(s: string, needle: string): number {
   let n = 0;
@@ -387,7 +474,7 @@ export function validateRecord(
       }
       if (ok && images.length > 0) imageWh = wh as [number, number][];
     }
-  } else if (isPair) imageWh = pairImageWh(o, images.length, file, line, issues);
+  } else if (images.length > 0) imageWh = officialSizes(o, images.length, issues, file, line);
 
   // placeholders, once the turns are known to be sound
   if (turns.length > 0) {
