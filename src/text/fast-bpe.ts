@@ -317,6 +317,131 @@ export class IdBuffer {
   }
 }
 
+/** Words of up to this many symbols merge by rescanning (faster than the heap when short). */
+const SHORT_WORD = 24;
+
+/** mergeAll's result for a short word, by a rescan per merge (merged symbols are removed). */
+function mergeShort(syms: string[], ranks: Map<string, number>): void {
+  for (;;) {
+    let best = Number.POSITIVE_INFINITY;
+    let at = -1;
+    for (let i = 0; i < syms.length - 1; i++) {
+      const r = ranks.get(`${syms[i]} ${syms[i + 1]}`);
+      if (r !== undefined && r < best) {
+        best = r;
+        at = i;
+      }
+    }
+    if (at < 0) return;
+    syms.splice(at, 2, syms[at] + syms[at + 1]);
+  }
+}
+
+/** A binary min-heap of (rank, position) pairs, ordered by rank, then position. */
+class PairHeap {
+  private rank: Int32Array;
+  private pos: Int32Array;
+  size = 0;
+  constructor(capacity: number) {
+    this.rank = new Int32Array(Math.max(4, capacity));
+    this.pos = new Int32Array(Math.max(4, capacity));
+  }
+  private less(a: number, b: number): boolean {
+    const r = this.rank;
+    return r[a] < r[b] || (r[a] === r[b] && this.pos[a] < this.pos[b]);
+  }
+  private swap(a: number, b: number): void {
+    const r = this.rank;
+    const p = this.pos;
+    const tr = r[a];
+    r[a] = r[b];
+    r[b] = tr;
+    const tp = p[a];
+    p[a] = p[b];
+    p[b] = tp;
+  }
+  push(rank: number, pos: number): void {
+    if (this.size === this.rank.length) {
+      this.rank = grow(this.rank, this.size * 2);
+      this.pos = grow(this.pos, this.size * 2);
+    }
+    let i = this.size++;
+    this.rank[i] = rank;
+    this.pos[i] = pos;
+    while (i > 0) {
+      const up = (i - 1) >> 1;
+      if (!this.less(i, up)) break;
+      this.swap(i, up);
+      i = up;
+    }
+  }
+  /** Remove the smallest pair; its rank and position are left in `topRank` / `topPos`. */
+  topRank = 0;
+  topPos = 0;
+  pop(): void {
+    this.topRank = this.rank[0];
+    this.topPos = this.pos[0];
+    const last = --this.size;
+    this.rank[0] = this.rank[last];
+    this.pos[0] = this.pos[last];
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      if (l >= last) break;
+      const m = l + 1 < last && this.less(l + 1, l) ? l + 1 : l;
+      if (!this.less(m, i)) break;
+      this.swap(i, m);
+      i = m;
+    }
+  }
+}
+
+/**
+ * BPE merges of one word's symbols, in place: the lowest-ranked adjacent pair first, the
+ * leftmost among equals (Hugging Face's order), until no pair has a merge. A heap of candidate
+ * pairs and a linked list of live symbols make it O(n log n) in the word's length (a rescan
+ * per merge would be quadratic: a 100k-character word would take minutes). A symbol merged
+ * into the one before it is left as "".
+ */
+export function mergeAll(syms: string[], ranks: Map<string, number>): string[] {
+  const n = syms.length;
+  if (n < 2) return syms;
+  const next = new Int32Array(n);
+  const prev = new Int32Array(n);
+  const heap = new PairHeap(n);
+  for (let i = 0; i < n; i++) {
+    prev[i] = i - 1;
+    next[i] = i + 1 < n ? i + 1 : -1;
+    if (i + 1 < n) {
+      const r = ranks.get(`${syms[i]} ${syms[i + 1]}`);
+      if (r !== undefined) heap.push(r, i);
+    }
+  }
+  while (heap.size > 0) {
+    heap.pop();
+    const pos = heap.topPos;
+    const nx = next[pos];
+    // Stale candidates (a side was merged since) no longer name the pair of their rank.
+    if (syms[pos] === "" || nx < 0) continue;
+    if (ranks.get(`${syms[pos]} ${syms[nx]}`) !== heap.topRank) continue;
+    syms[pos] += syms[nx];
+    syms[nx] = "";
+    const after = next[nx];
+    next[pos] = after;
+    if (after >= 0) prev[after] = pos;
+    const before = prev[pos];
+    if (before >= 0) {
+      const r = ranks.get(`${syms[before]} ${syms[pos]}`);
+      if (r !== undefined) heap.push(r, before);
+    }
+    if (after >= 0) {
+      const r = ranks.get(`${syms[pos]} ${syms[after]}`);
+      if (r !== undefined) heap.push(r, pos);
+    }
+  }
+  return syms;
+}
+
 export class FastByteLevelBpe {
   private readonly byteChar = byteAlphabet();
   private readonly encoder = new TextEncoder();
@@ -501,22 +626,11 @@ export class FastByteLevelBpe {
       if (whole !== undefined) return [whole];
     }
     const syms = [...word];
-    // Merge the lowest-ranked adjacent pair, leftmost first, until none is left (HF's order).
-    for (;;) {
-      let best = Number.POSITIVE_INFINITY;
-      let at = -1;
-      for (let i = 0; i < syms.length - 1; i++) {
-        const r = this.ranks.get(`${syms[i]} ${syms[i + 1]}`);
-        if (r !== undefined && r < best) {
-          best = r;
-          at = i;
-        }
-      }
-      if (at < 0) break;
-      syms.splice(at, 2, syms[at] + syms[at + 1]);
-    }
+    if (syms.length <= SHORT_WORD) mergeShort(syms, this.ranks);
+    else mergeAll(syms, this.ranks);
     const ids: number[] = [];
     for (const sym of syms) {
+      if (sym === "") continue; // merged into the symbol before it
       const id = this.vocab.get(sym);
       if (id === undefined) return null;
       ids.push(id);

@@ -1,5 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { asciiPieceEnd, FastByteLevelBpe, translatePattern } from "../../src/text/fast-bpe.ts";
+import {
+  asciiPieceEnd,
+  FastByteLevelBpe,
+  mergeAll,
+  translatePattern,
+} from "../../src/text/fast-bpe.ts";
 import { loadTokenizer } from "../../src/text/tokenizer.ts";
 import { makeModelFolder } from "../helpers/model-folder.ts";
 import { rng } from "./strings.ts";
@@ -140,5 +145,70 @@ describe("byte-level BPE fast path", () => {
       texts.forEach((t, i) => {
         expect(fast.encode(t), JSON.stringify(t)).toEqual(native[i].getIds());
       });
+  });
+
+  it("merges as a rescan for the lowest-ranked, leftmost pair does, on random words", async () => {
+    const dir = makeModelFolder({ vocab: "qwen2" });
+    const tk = await loadTokenizer(dir, { fastPath: false });
+    const json = JSON.parse((await import("node:fs")).readFileSync(tk.source.path, "utf8")) as {
+      model: { merges: (string | string[])[] };
+    };
+    const ranks = new Map<string, number>();
+    json.model.merges.forEach((m, i) => {
+      const [a, b] = Array.isArray(m) ? m : m.split(" ");
+      ranks.set(`${a} ${b}`, i);
+    });
+    // The quadratic algorithm this replaces, kept here as the reference.
+    const rescan = (syms: string[]) => {
+      for (;;) {
+        let best = Number.POSITIVE_INFINITY;
+        let at = -1;
+        for (let i = 0; i < syms.length - 1; i++) {
+          const r = ranks.get(`${syms[i]} ${syms[i + 1]}`);
+          if (r !== undefined && r < best) {
+            best = r;
+            at = i;
+          }
+        }
+        if (at < 0) return syms;
+        syms.splice(at, 2, syms[at] + syms[at + 1]);
+      }
+    };
+    const r = rng(17);
+    const alphabets = ["ab", "xyz ", "ACGT", "abcdefghijklmnopqrstuvwxyz", "0123456789abcdef+/="];
+    for (let k = 0; k < 3000; k++) {
+      const abc = alphabets[k % alphabets.length];
+      const len = 1 + Math.floor(r() * (k % 10 === 0 ? 400 : 24));
+      let w = "";
+      for (let i = 0; i < len; i++) w += abc[Math.floor(r() * abc.length)];
+      const syms = [...w.replaceAll(" ", "Ġ")];
+      const got = mergeAll([...syms], ranks).filter((x) => x !== "");
+      expect(got, w).toEqual(rescan([...syms]));
+    }
+  });
+
+  it("encodes 100,000-character words (DNA, base64, one letter) as the native tokenizer", async () => {
+    const dir = makeModelFolder({ vocab: "qwen2" });
+    const fast = await loadTokenizer(dir);
+    const native = await loadTokenizer(dir, { fastPath: false });
+    expect(fast.fast).not.toBeNull();
+    const r = rng(3);
+    const pick = (abc: string) => {
+      let s = "";
+      for (let i = 0; i < 100_000; i++) s += abc[Math.floor(r() * abc.length)];
+      return s;
+    };
+    const words = [
+      "x".repeat(100_000),
+      pick("ACGT"),
+      pick("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"),
+      "é".repeat(100_000),
+    ];
+    for (const w of words) {
+      const a = await fast.encode(w);
+      const b = await native.encode(w);
+      expect(a.length).toBe(b.length);
+      expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+    }
   });
 });
