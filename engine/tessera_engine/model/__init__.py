@@ -5,7 +5,8 @@
     generate(model, prompts, pixel_values, ...)     -> new token ids per prompt       packed.py
     reduce_loss(token_losses, sample_index, mode, global_norm)                        loss.py
     global_norm_from_counts(per-sample learned counts, all_reduce)                     loss.py
-    export_original(loaded, out_dir, source_folder) / export_native(model, out_dir)   export.py
+    export_original(loaded, out_dir, source_folder, dtype) / export_native(...)      export.py
+    write_processor(source, out_dir, config)   processor files of a native export      processor.py
     build_tiny(out_dir, llm=..., vision=..., ...)                                     tiny.py
 """
 
