@@ -285,8 +285,24 @@ export function validateRecord(
       turns = conv as Turn[];
       // Alternation: [system] human gpt human gpt ...
       const start = turns[0].from === "system" ? 1 : 0;
+      // The official preprocess skips one first turn that is not the human's: so does tessera,
+      // with a warning (a second one in a row is an alternation error, as it is there).
+      const skip = turns.length > start + 1 && turns[start].from === "gpt" ? start : -1;
+      if (skip >= 0)
+        issues.push(
+          issue(
+            file,
+            line,
+            `conversations[${skip}]`,
+            "starts-with-gpt",
+            "the first turn (after an optional system turn) is from gpt; it is skipped, as the official code does",
+            { severity: "warning", expected: '"human"', found: '"gpt"' },
+          ),
+        );
       for (let i = 0; i < turns.length; i++) {
-        const want: Role = i < start ? "system" : (i - start) % 2 === 0 ? "human" : "gpt";
+        if (i === skip) continue;
+        const p = skip >= 0 && i > skip ? i - 1 : i;
+        const want: Role = p < start ? "system" : (p - start) % 2 === 0 ? "human" : "gpt";
         if (turns[i].from !== want) {
           const prev = i > 0 ? turns[i - 1].from : undefined;
           const why =
@@ -294,7 +310,7 @@ export function validateRecord(
               ? "a system turn is only allowed first"
               : prev === turns[i].from
                 ? `two ${prev} turns in a row`
-                : i === start
+                : p === start
                   ? "the first turn (after an optional system turn) must be human"
                   : "turns must alternate human, gpt";
           fail(
@@ -314,7 +330,7 @@ export function validateRecord(
       if (shapeOk) {
         if (turns[turns.length - 1].from !== "gpt") {
           const last = turns.length - 1;
-          if (turns[last].from === "human" && last > start) {
+          if (turns[last].from === "human" && last > start + (skip >= 0 ? 1 : 0)) {
             issues.push(
               issue(
                 file,
@@ -343,6 +359,7 @@ export function validateRecord(
             );
           }
         }
+        if (skip >= 0) turns = [...turns.slice(0, skip), ...turns.slice(skip + 1)];
       }
     }
   }

@@ -12,6 +12,7 @@ import { type DataRecord, normalizePlaceholders, type Turn } from "../data/recor
 import { UserError } from "../util/errors.ts";
 import { perImageMaxNum, planTiles, SINGLE_TILE, type TileGrid } from "../vision/tiling.ts";
 import type { ModelInfo } from "./model-info.ts";
+import { pyStrip } from "./pystrip.ts";
 import { type ChatTemplate, getTemplate } from "./templates.ts";
 import { IMG_CONTEXT, IMG_END, IMG_START, type TextTokenizer } from "./tokenizer.ts";
 import {
@@ -331,13 +332,13 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
   if (ctx.bosIds !== null) b.tok(ctx.bosIds, false, 0);
   if (system !== null && tpl.systemMessage !== null) {
     b.template(ctx.system, 0);
-    b.text(tpl.stripTurns ? system.trim() : system, 0, true);
+    b.text(tpl.stripTurns ? pyStrip(system) : system, 0, true);
     b.tok(ctx.end, false, 0);
     b.text(ctx.after, 0, true);
   }
   const rounds = Math.ceil(values.length / 2);
   for (let r = 0; r < rounds; r++) {
-    const q = tpl.stripTurns ? values[2 * r].trim() : values[2 * r];
+    const q = tpl.stripTurns ? pyStrip(values[2 * r]) : values[2 * r];
     b.template(ctx.user, r);
     b.userText(q, r);
     if (tpl.endUserTurns && (q || !tpl.emptyTurnsRoleOnly)) {
@@ -346,7 +347,7 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
     }
     b.template(ctx.assistant, r);
     if (2 * r + 1 >= values.length) break; // generation: the prompt ends with the assistant prefix
-    const a = tpl.stripTurns ? values[2 * r + 1].trim() : values[2 * r + 1];
+    const a = tpl.stripTurns ? pyStrip(values[2 * r + 1]) : values[2 * r + 1];
     if (!a && tpl.emptyTurnsRoleOnly) continue; // conversation.py writes only the role for an empty message
     b.learned(a, r);
     b.tok(ctx.end, true, r);

@@ -324,6 +324,13 @@ describe("messages", () => {
             { from: "human", value: "q" },
           ],
         },
+        {
+          conversations: [
+            { from: "gpt", value: "hello" },
+            { from: "human", value: "q" },
+            { from: "gpt", value: "a" },
+          ],
+        },
         { conversations: turns("q", "a"), image: ["a.png", "b.png"], image_wh: [[0, 1]] },
         { conversations: turns("<image><image>", "a"), image: "a.png" },
         { conversations: turns(), image: "../x.png" },
@@ -362,6 +369,7 @@ describe("messages", () => {
         "unreadable-image",
         "image-wh-mismatch",
         "ends-on-human",
+        "starts-with-gpt",
         "image-and-video",
       ]),
     );

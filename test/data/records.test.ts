@@ -118,6 +118,25 @@ describe("readRecords: lines", () => {
 describe("validateRecord: fields", () => {
   const v = (o: unknown) => validateRecord(o, "f.jsonl", 7);
 
+  it("skips a first turn from gpt with a warning, as the official preprocess does; two are an error", () => {
+    const h = (value: string) => ({ from: "human", value });
+    const g = (value: string) => ({ from: "gpt", value });
+    const s = { from: "system", value: "sys" };
+    const r = v({ conversations: [s, g("hello"), h("q"), g("a")] });
+    expect(r.record?.conversations).toEqual([s, h("q"), g("a")]);
+    expect(r.issues.map((i) => [i.kind, i.severity, i.field])).toEqual([
+      ["starts-with-gpt", "warning", "conversations[1]"],
+    ]);
+    const two = v({ conversations: [g("x"), g("y"), h("q"), g("a")] });
+    expect(two.record).toBeUndefined();
+    expect(two.issues.map((i) => [i.kind, i.message])).toContainEqual([
+      "bad-alternation",
+      "two gpt turns in a row",
+    ]);
+    // Nothing left to learn once it is skipped.
+    expect(v({ conversations: [g("x"), h("q")] }).issues.map((i) => i.kind)).toContain("no-answer");
+  });
+
   it("reports wrong field types, naming each field", () => {
     const r = v({ id: { a: 1 }, conversations: "hi", image: 3, video: 5 });
     expect(r.record).toBeUndefined();

@@ -75,6 +75,10 @@ def run(job: dict) -> dict:
                 r.pop("text")
                 results.append(r)
             out.append(results)
+        elif op == "isspace":  # every code point Python's str.isspace() is true for
+            out.append([c for c in range(0x110000) if chr(c).isspace()])
+        elif op == "strip":  # Python's str.strip / lstrip / rstrip
+            out.append([[s.strip(), s.lstrip(), s.rstrip()] for s in q["texts"]])
         elif op == "tiles":  # the official rule
             out.append(
                 [
