@@ -15,6 +15,7 @@ import { type DatasetSpec, loadMeta, maxDynamicPatchOf, videoFramesOf } from "..
 import { loadModelInfo, type ModelInfo } from "../text/model-info.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { UserError } from "../util/errors.ts";
+import { lockFolder } from "../util/lock.ts";
 import { type ColumnSpec, ColumnWriter, type Dtype, readColumn, readInt32At } from "./columns.ts";
 import { hashJson } from "./fingerprint.ts";
 import type { MixtureDataset } from "./mixture.ts";
@@ -402,6 +403,16 @@ function readManifest(cacheDir: string): CacheManifest | null {
  * replaced last, atomically. Memory stays constant: records stream in, columns stream out.
  */
 export async function prepareCache(o: PrepareOptions): Promise<PrepareResult> {
+  // One writer per cache: a second prepare is refused, naming the holder.
+  const lock = lockFolder(resolve(o.cacheDir), "cache", "data prepare");
+  try {
+    return await prepareLocked(o);
+  } finally {
+    lock.release();
+  }
+}
+
+async function prepareLocked(o: PrepareOptions): Promise<PrepareResult> {
   const cacheDir = resolve(o.cacheDir);
   const specs = await loadSpecs(o.meta);
   if (specs.length === 0) throw new UserError("the meta file names no datasets");

@@ -3,7 +3,7 @@
  * checkpoints and export. The engine emits metric events; this side owns metrics.jsonl
  * (one line per logged step, written by the process that hears rank 0) and the progress bar.
  */
-import { appendFileSync, existsSync, mkdirSync, readdirSync } from "node:fs";
+import { appendFileSync, existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import cliProgress from "cli-progress";
 import { stringify as toYaml } from "yaml";
@@ -13,8 +13,9 @@ import type { EngineEvent } from "../engine/protocol.ts";
 import { ensureEngine } from "../engine/setup.ts";
 import { planDir, prepareAndPlan } from "../plan/from-config.ts";
 import { writePlan } from "../plan/plan.ts";
-import { writeFileAtomic } from "../util/atomic.ts";
+import { writeFileAtomic, writeFileAtomicSync } from "../util/atomic.ts";
 import { UserError } from "../util/errors.ts";
+import { lockFolder } from "../util/lock.ts";
 import type { TrainConfig } from "./config.ts";
 
 export interface TrainOptions {
@@ -94,6 +95,25 @@ export function topologyOf(c: TrainConfig, env: NodeJS.ProcessEnv = process.env)
   return t;
 }
 
+/**
+ * Keep the lines of metrics.jsonl up to `step` (a resume logs the later ones again): one line
+ * per step. A partial last line (a killed run) goes too.
+ */
+export function cutMetrics(path: string, step: number): void {
+  if (!existsSync(path)) return;
+  const kept = readFileSync(path, "utf8")
+    .split("\n")
+    .filter((line) => {
+      try {
+        const s = (JSON.parse(line) as { step?: unknown }).step;
+        return typeof s === "number" && s <= step;
+      } catch {
+        return false;
+      }
+    });
+  writeFileAtomicSync(path, kept.map((l) => `${l}\n`).join(""));
+}
+
 function hasCheckpoints(workDir: string): boolean {
   const dir = join(workDir, "checkpoints");
   return existsSync(dir) && readdirSync(dir).some((n) => /^step-\d{8}$/.test(n));
@@ -104,9 +124,18 @@ const fmt = (x: unknown, digits = 4) =>
 
 /** Train a model as the config says; resolves when the engine has finished (or stopped on a signal). */
 export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<TrainResult> {
+  // One run per work dir: a second one is refused before it reads or writes anything there.
+  const lock = lockFolder(c.work_dir, "work dir", "tessera train");
+  try {
+    return await trainLocked(c, opts);
+  } finally {
+    lock.release();
+  }
+}
+
+async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainResult> {
   const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
   const workDir = c.work_dir;
-  mkdirSync(workDir, { recursive: true });
   if (!opts.resume && hasCheckpoints(workDir)) {
     throw new UserError(
       `${workDir} already holds checkpoints: continue with --resume, or choose another --work-dir`,
@@ -194,6 +223,8 @@ export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<Tr
           `step ${e.step}/${e.total} · loss ${fmt(e.loss)} · lr ${fmt(e.lr, 3)} · ${Math.round(Number(e.tokens_per_s_per_gpu ?? 0))} tok/s/gpu`,
         );
       }
+    } else if (e.event === "resume" && (e.rank ?? 0) === 0) {
+      cutMetrics(metricsPath, Number(e.step));
     } else if (e.event === "log" && (e.rank ?? 0) === 0) {
       if (bar && barStarted) bar.stop();
       log(String(e.message));

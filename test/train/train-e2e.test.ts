@@ -3,7 +3,14 @@
  * export, through the command line, then a refused restart and a stop-and-resume.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -123,7 +130,7 @@ describe("tessera train", () => {
       config,
       `model: ${model}\nmeta: ${meta}\nwork_dir: ${work}\nmax_length: 128\nlr: 0.002\nwarmup_ratio: 0\n`,
     );
-    const r = await tessera([
+    const running = tessera([
       "train",
       config,
       "--dset-pack",
@@ -147,8 +154,18 @@ describe("tessera train", () => {
       "--device",
       "cpu",
     ]);
+    // A second run on the same work dir while the first holds it: refused, naming the holder.
+    const lockFile = join(work, ".tessera.lock");
+    while (!existsSync(lockFile)) await new Promise((res) => setTimeout(res, 20));
+    const holder = JSON.parse(readFileSync(lockFile, "utf8"));
+    const second = await tessera(["train", config, "--steps", "4", "--no-progress"]);
+    expect(second.code).toBe(1);
+    expect(second.out).toContain(`in use by tessera train (pid ${holder.pid} on host`);
+    expect(second.out).not.toMatch(/ENOENT|\n\s+at /);
+    const r = await running;
     expect(r.code, r.out).toBe(0);
     expect(r.out).toContain("finished at step 4/4");
+    expect(existsSync(lockFile)).toBe(false);
 
     const resolved = parseYaml(readFileSync(join(work, "config.yaml"), "utf8"));
     expect(resolved).toMatchObject({
@@ -237,6 +254,12 @@ describe("tessera train", () => {
     expect(first.stepsDone).toBeLessThan(6);
     expect(first.checkpoint).toMatch(new RegExp(`step-0*${first.stepsDone}$`));
 
+    // As if killed after logging steps the checkpoint does not hold (and mid-line).
+    const metricsPath = join(work, "metrics.jsonl");
+    appendFileSync(
+      metricsPath,
+      `${JSON.stringify({ step: first.stepsDone + 1, loss: 99 })}\n${JSON.stringify({ step: first.stepsDone + 2, loss: 99 })}\n{"step": ${first.stepsDone + 3}, "lo`,
+    );
     const second = await train(c, { ...common, resume: true });
     expect(second.stopped).toBe(false);
     expect(second.startStep).toBe(first.stepsDone);
@@ -246,7 +269,9 @@ describe("tessera train", () => {
       .trim()
       .split("\n")
       .map((l) => JSON.parse(l).step);
+    // one line per step: the lines logged after the checkpoint were cut back on resume
     expect(steps).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(readFileSync(metricsPath, "utf8")).not.toContain('"loss":99');
   });
 
   it("trains on video records: each video's planned frames decoded and fed as one tile each", async () => {

@@ -274,6 +274,8 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
                                f"this run's plan is {plan.fingerprint[:12]}")
         start = int(meta["steps_done"])
         emit("log", level="info", message=f"resuming from {path} after step {start} of {total}")
+        # The driver cuts metrics.jsonl back to this step: the steps after it are logged again.
+        emit("resume", step=start, path=path)
     else:
         torch.manual_seed(s.seed + world.rank)
 
