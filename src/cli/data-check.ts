@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { type CheckReport, checkMeta } from "../data/check.ts";
 import { formatIssue } from "../data/issues.ts";
+import { MEDIA_ROOT_HELP, META_ARG_HELP } from "../data/meta.ts";
 import { byteProgress } from "../data/progress.ts";
 import { UserError } from "../util/errors.ts";
 
@@ -38,7 +39,8 @@ export function registerDataCheck(data: Command): void {
   data
     .command("check")
     .description("validate every record, placeholder, image_wh and image file of a meta file")
-    .argument("<meta>", "the meta file (JSON object of datasets)")
+    .argument("<meta>", META_ARG_HELP)
+    .option("--media-root <dir>", MEDIA_ROOT_HELP)
     .option("--max-errors <n>", "list at most this many problems (all are counted)", "100")
     .option("--json", "print the report as JSON")
     .option("--fail-fast", "stop at the first error")
@@ -64,6 +66,7 @@ export function registerDataCheck(data: Command): void {
           failFast: o.failFast === true,
           checkMedia: o.media !== false,
           allowOutside: o.allowOutsideMediaRoot === true,
+          mediaRoot: o.mediaRoot,
           concurrency,
           workers,
           onProgress: (d, t) => bar.update(d, t),

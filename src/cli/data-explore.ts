@@ -4,6 +4,7 @@
  */
 import { resolve } from "node:path";
 import type { Command } from "commander";
+import { MEDIA_ROOT_HELP, META_ARG_HELP } from "../data/meta.ts";
 import { startExplorer } from "../explore/server.ts";
 import { loadModelInfo } from "../text/model-info.ts";
 import { addModelOptions, parsePositiveInt } from "../text/options.ts";
@@ -15,7 +16,8 @@ export function registerDataExplore(data: Command): void {
     .description(
       "browse records in a web page as the model sees them: tile grids, tokens, learned spans",
     )
-    .argument("<meta>", "the meta file (JSON object of datasets)")
+    .argument("<meta>", META_ARG_HELP)
+    .option("--media-root <dir>", MEDIA_ROOT_HELP)
     .option("--video-frames <n>", "frames per video (a dataset's own video_frames wins)")
     .option("--max-length <n>", "truncate as training would (whole rounds dropped)")
     .option(
@@ -31,6 +33,7 @@ export function registerDataExplore(data: Command): void {
     });
     const e = await startExplorer({
       meta: resolve(meta),
+      mediaRoot: o.mediaRoot,
       model,
       tokenizer: await loadTokenizer(model.dir),
       videoFrames: parsePositiveInt(o.videoFrames, "--video-frames"),

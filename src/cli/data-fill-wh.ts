@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { fillWh } from "../data/fillwh.ts";
 import { formatIssue } from "../data/issues.ts";
+import { MEDIA_ROOT_HELP, META_ARG_HELP } from "../data/meta.ts";
 import { byteProgress } from "../data/progress.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { UserError } from "../util/errors.ts";
@@ -12,7 +13,8 @@ export function registerDataFillWh(data: Command): void {
     .description(
       "write image_wh from image headers into new JSONL files (x.jsonl → x_wh.jsonl) and print a meta file for them",
     )
-    .argument("<meta>", "the meta file (JSON object of datasets)")
+    .argument("<meta>", META_ARG_HELP)
+    .option("--media-root <dir>", MEDIA_ROOT_HELP)
     .option("--out-suffix <suffix>", "inserted before .jsonl in each output file name", "_wh")
     .option(
       "--meta-out <file>",
@@ -36,6 +38,7 @@ export function registerDataFillWh(data: Command): void {
           metaOut: o.metaOut,
           concurrency,
           allowOutside: o.allowOutsideMediaRoot === true,
+          mediaRoot: o.mediaRoot,
           onProgress: (d, t) => bar.update(d, t),
         });
       } finally {

@@ -5,6 +5,7 @@
  */
 import { dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
+import { MEDIA_ROOT_HELP } from "../data/meta.ts";
 import { openCacheTable, prepareCache } from "../plan/cache.ts";
 import { planOptionsFromConfig, prepareOptionsFromConfig } from "../plan/from-config.ts";
 import { PACKING_KINDS, type PackingKind } from "../plan/packing.ts";
@@ -58,8 +59,12 @@ export function registerDataPlan(data: Command): void {
   data
     .command("plan")
     .description("plan packs, samplers and shards; print steps, fill, waste and rank balance")
-    .argument("<config-or-meta>", "a training config, or a meta file with --model")
+    .argument(
+      "<config-or-meta>",
+      "a training config, or with --model a meta file (either style) or a lone JSONL",
+    )
     .option("--model <dir>", "model folder (with a meta file instead of a config)")
+    .option("--media-root <dir>", MEDIA_ROOT_HELP)
     .option("--pack-max-length <n>", "tokens per pack")
     .option(
       "--max-length <n>",
@@ -105,6 +110,7 @@ export function registerDataPlan(data: Command): void {
         cacheDir = resolve(o.cacheDir ?? join(dirname(resolve(arg)), ".tessera-cache"));
         await prepareCache({
           meta: arg,
+          mediaRoot: o.mediaRoot,
           model: o.model,
           maxLength: int(o.maxLength, "--max-length") ?? pml ?? 4096,
           cacheDir,

@@ -1,5 +1,7 @@
 /** `tessera data prepare CONFIG`: write (or bring up to date) the prepared cache. */
+import { dirname, join, resolve } from "node:path";
 import type { Command } from "commander";
+import { MEDIA_ROOT_HELP } from "../data/meta.ts";
 import { type ByteProgress, byteProgress } from "../data/progress.ts";
 import { type PrepareOptions, prepareCache } from "../plan/cache.ts";
 import { prepareOptionsFromConfig } from "../plan/from-config.ts";
@@ -43,25 +45,56 @@ export function registerDataPrepare(data: Command): void {
     .description(
       "tokenize every dataset of a training config into the prepared cache (only what changed)",
     )
-    .argument("<config>", "training config (YAML or JSON): model, meta, max_length, cache_dir, …")
-    .option("--cache-dir <dir>", "where the cache goes (default: the config's cache_dir)")
+    .argument(
+      "<config-or-meta>",
+      "training config (YAML or JSON: model, meta, max_length, cache_dir, …), or with --model a meta file or a lone JSONL",
+    )
+    .option("--model <dir>", "model folder (with a meta file or a JSONL instead of a config)")
+    .option("--media-root <dir>", MEDIA_ROOT_HELP)
+    .option("--max-length <n>", "with --model: longest sample in tokens", "4096")
+    .option(
+      "--cache-dir <dir>",
+      "where the cache goes (default: the config's cache_dir, or .tessera-cache beside the meta file)",
+    )
     .option("--workers <n>", "worker threads (default: one per CPU, at most 8; 0: in this thread)")
     .option("--json", "print the manifest summary as JSON")
-    .action(async (config: string, o) => {
-      const c = resolveConfig(config, o.cacheDir ? { cache_dir: o.cacheDir } : {});
+    .action(async (arg: string, o) => {
       const t0 = Date.now();
       const quiet = o.json === true;
-      const r = await prepareCache(
-        prepareOptionsFromConfig(c, {
-          workers: workersOption(o.workers),
-          onProgress: (e) => {
-            if (!quiet && e.done)
-              process.stderr.write(
-                `${e.dataset}: ${e.reused ? "unchanged, kept" : `${e.samples} samples from ${e.records} records`}\n`,
-              );
-          },
-        }),
-      );
+      const extra: Partial<PrepareOptions> = {
+        workers: workersOption(o.workers),
+        onProgress: (e) => {
+          if (!quiet && e.done)
+            process.stderr.write(
+              `${e.dataset}: ${e.reused ? "unchanged, kept" : `${e.samples} samples from ${e.records} records`}\n`,
+            );
+        },
+      };
+      let c: { cache_dir?: string };
+      let opts: PrepareOptions;
+      if (o.model) {
+        const maxLength = Number(o.maxLength);
+        if (!Number.isInteger(maxLength) || maxLength < 1)
+          throw new UserError(`--max-length must be a positive whole number, got ${o.maxLength}`);
+        c = { cache_dir: resolve(o.cacheDir ?? join(dirname(resolve(arg)), ".tessera-cache")) };
+        opts = {
+          meta: arg,
+          mediaRoot: o.mediaRoot,
+          model: o.model,
+          maxLength,
+          cacheDir: c.cache_dir!,
+          ...extra,
+        };
+      } else {
+        if (o.mediaRoot)
+          throw new UserError(
+            "--media-root goes with --model and a JSONL; in a config file, set media_root",
+          );
+        const rc = resolveConfig(arg, o.cacheDir ? { cache_dir: o.cacheDir } : {});
+        c = rc;
+        opts = prepareOptionsFromConfig(rc, extra);
+      }
+      const r = await prepareCache(opts);
       const m = r.manifest;
       if (quiet) {
         console.log(

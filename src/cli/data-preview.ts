@@ -4,12 +4,20 @@
  */
 import type { Command } from "commander";
 import { readRecords } from "../data/jsonl.ts";
-import { loadMeta, maxDynamicPatchOf, videoFramesOf } from "../data/meta.ts";
+import { MediaPathError, mediaErrorText, withHeaderSizes } from "../data/media.ts";
+import {
+  loadMeta,
+  MEDIA_ROOT_HELP,
+  META_ARG_HELP,
+  maxDynamicPatchOf,
+  videoFramesOf,
+} from "../data/meta.ts";
 import type { DataRecord } from "../data/record.ts";
 import { addModelOptions, modelContextFromOptions, parsePositiveInt } from "../text/options.ts";
 import { type PreviewStyle, renderPreview } from "../text/preview.ts";
 import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
+import { ImageHeaderError } from "../vision/headers.ts";
 
 export function registerDataPreview(data: Command): void {
   const cmd = data
@@ -17,8 +25,9 @@ export function registerDataPreview(data: Command): void {
     .description(
       "show one record as the model sees it: special tokens, image tiles, learned spans, counts",
     )
-    .argument("<meta>", "the meta file (JSON object of datasets)")
-    .requiredOption("--dataset <name>", "the dataset (a key of the meta file)")
+    .argument("<meta>", META_ARG_HELP)
+    .option("--media-root <dir>", MEDIA_ROOT_HELP)
+    .option("--dataset <name>", "the dataset (a key of the meta file; not needed when it has one)")
     .requiredOption("--index <n>", "the record, counting lines of the annotation file from 0")
     .option(
       "--video-frames <n>",
@@ -31,11 +40,16 @@ export function registerDataPreview(data: Command): void {
     const index = Number(o.index);
     if (!Number.isInteger(index) || index < 0)
       throw new UserError(`--index must be a whole number >= 0, got ${o.index}`);
-    const specs = await loadMeta(meta);
-    const spec = specs.find((s) => s.name === o.dataset);
+    const specs = await loadMeta(meta, { mediaRoot: o.mediaRoot });
+    const spec =
+      o.dataset === undefined && specs.length === 1
+        ? specs[0]
+        : specs.find((s) => s.name === o.dataset);
     if (!spec)
       throw new UserError(
-        `${meta}: no dataset "${o.dataset}"; it has: ${specs.map((s) => s.name).join(", ")}`,
+        o.dataset === undefined
+          ? `${meta}: --dataset is required: it has ${specs.map((s) => s.name).join(", ")}`
+          : `${meta}: no dataset "${o.dataset}"; it has: ${specs.map((s) => s.name).join(", ")}`,
       );
     let record: DataRecord | undefined;
     let seen = 0;
@@ -47,7 +61,13 @@ export function registerDataPreview(data: Command): void {
           `${spec.annotation}:${item.line}: not a usable record: ${errors.map((e) => `${e.field}: ${e.message}`).join("; ")}`,
         );
       }
-      record = item.record;
+      try {
+        record = await withHeaderSizes(item.record, spec);
+      } catch (e) {
+        if (e instanceof ImageHeaderError || e instanceof MediaPathError)
+          throw new UserError(`${spec.annotation}:${item.line}: ${mediaErrorText(e)}`);
+        throw e;
+      }
       break;
     }
     if (!record)

@@ -1,5 +1,6 @@
 /** `tessera data stats META`: what one epoch of a meta file holds, per dataset and overall. */
 import type { Command } from "commander";
+import { MEDIA_ROOT_HELP, META_ARG_HELP } from "../data/meta.ts";
 import { byteProgress } from "../data/progress.ts";
 import {
   computeStats,
@@ -77,7 +78,8 @@ export function registerDataStats(data: Command): void {
     .description(
       "records after repeat_time, images per record, image sizes, turns and token lengths, per dataset and overall",
     )
-    .argument("<meta>", "the meta file (JSON object of datasets)")
+    .argument("<meta>", META_ARG_HELP)
+    .option("--media-root <dir>", MEDIA_ROOT_HELP)
     .option("--json", "print the figures as JSON")
     .option("--headers", "read image headers for images that have no image_wh")
     .option(
@@ -108,6 +110,7 @@ export function registerDataStats(data: Command): void {
       try {
         r = await computeStats(meta, {
           headers: o.headers === true,
+          mediaRoot: o.mediaRoot,
           lengthsOf,
           onProgress: (d, t) => bar.update(d, t),
         });

@@ -10,9 +10,11 @@ import { HeaderReader, ImageHeaderError } from "../vision/headers.ts";
 import { type DataIssue, issue } from "./issues.ts";
 import { displayPath, readRecords } from "./jsonl.ts";
 import { MediaPathError, resolveMediaPath } from "./media.ts";
-import { type DatasetSpec, loadMetaChecked } from "./meta.ts";
+import { type DatasetSpec, isLoneJsonl, loadMetaChecked } from "./meta.ts";
 
 export interface FillWhOptions {
+  /** With a lone JSONL: the folder its media paths are relative to. */
+  mediaRoot?: string;
   /** Inserted before the extension of each output file: `x.jsonl` → `x_wh.jsonl`. */
   outSuffix?: string;
   /** Header reads in flight at once. */
@@ -211,11 +213,13 @@ export async function fillWh(metaPath: string, opts: FillWhOptions = {}): Promis
     throw new UserError(
       `--meta-out must differ from the input meta file (${metaPath}): fill-wh never overwrites its input`,
     );
-  const { specs, issues } = await loadMetaChecked(metaPath);
-  const doc = JSON.parse((await readFile(metaPath, "utf8")).replace(/^\uFEFF/, "")) as Record<
-    string,
-    Record<string, unknown>
-  >;
+  const { specs, issues } = await loadMetaChecked(metaPath, { mediaRoot: opts.mediaRoot });
+  // A lone JSONL becomes a meta file of one dataset; a meta file's entries are kept as written.
+  const doc: Record<string, Record<string, unknown>> = specs.length === 1 && isLoneJsonl(specs[0])
+    ? { [specs[0].name]: {} }
+    : issues.some((i) => i.kind.startsWith("meta-") && i.field === "(file)")
+      ? {}
+      : JSON.parse((await readFile(metaPath, "utf8")).replace(/^\uFEFF/, ""));
   const reader = new HeaderReader(opts.concurrency ?? 64);
   let total = 0;
   for (const s of specs) total += (await stat(s.annotation)).size;
@@ -243,7 +247,9 @@ export async function fillWh(metaPath: string, opts: FillWhOptions = {}): Promis
     issues.push(...found);
     datasets.push(d);
     const annotation = d.output ? outPath : spec.annotation;
-    meta[name] = { ...entry, media_root: rel(spec.mediaRoot), annotation: rel(annotation) };
+    // The new meta file is in tessera's style: an official `root` becomes media_root.
+    const { root: _root, ...kept } = entry;
+    meta[name] = { ...kept, media_root: rel(spec.mediaRoot), annotation: rel(annotation) };
   }
   return {
     datasets,

@@ -1,7 +1,9 @@
 /** Image and video paths of records: resolved against media_root, kept inside it. */
 import { readdirSync, realpathSync } from "node:fs";
 import { basename, dirname, isAbsolute, relative, resolve, sep } from "node:path";
+import { HeaderReader } from "../vision/headers.ts";
 import type { DatasetSpec } from "./meta.ts";
+import type { DataRecord } from "./record.ts";
 
 export type MediaPathProblem = "absolute" | "escapes" | "symlink-escapes";
 
@@ -193,4 +195,31 @@ export function isContainedPath(relPath: string): boolean {
   if (isAbsolute(relPath)) return false;
   const r = relative("/r", resolve("/r", relPath));
   return !(r === ".." || r.startsWith(`..${sep}`));
+}
+
+/**
+ * The record with its image sizes read from the image headers when it gives none (no
+ * image_wh, width/height): for preview, explore and eval, which take one record at a time
+ * and so need no `data fill-wh` first. Throws MediaPathError or ImageHeaderError.
+ */
+/** One line for a media error of withHeaderSizes: the image and what is wrong with it. */
+export function mediaErrorText(e: MediaPathError | { path: string; message: string }): string {
+  return e instanceof MediaPathError
+    ? `image ${e.relPath}: ${e.message}`
+    : `image ${e.path}: ${e.message}`;
+}
+
+export async function withHeaderSizes(
+  record: DataRecord,
+  spec: Pick<DatasetSpec, "mediaRoot">,
+  reader: HeaderReader = new HeaderReader(16),
+): Promise<DataRecord> {
+  if (record.images.length === 0 || record.imageWh) return record;
+  const imageWh = await Promise.all(
+    record.images.map(async (rel): Promise<[number, number]> => {
+      const h = await reader.get(resolveMediaPath(spec, rel));
+      return [h.width, h.height];
+    }),
+  );
+  return { ...record, imageWh };
 }

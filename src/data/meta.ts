@@ -34,6 +34,17 @@ export interface DatasetSpec {
   mediaHint?: string;
 }
 
+/** How every data command names its input. */
+export const META_ARG_HELP =
+  "a meta file (tessera's or the official InternVL style), or a lone JSONL of records";
+export const MEDIA_ROOT_HELP =
+  "with a lone JSONL: the folder its image and video paths are relative to (default: its folder)";
+
+/** True for the one dataset that stands for a lone JSONL. */
+export function isLoneJsonl(spec: DatasetSpec): boolean {
+  return spec.annotation === spec.metaPath;
+}
+
 export interface MetaOptions {
   /** With a lone JSONL: the folder its media paths are relative to (default: the JSONL's folder). */
   mediaRoot?: string;

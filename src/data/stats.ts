@@ -185,6 +185,8 @@ export interface StatsReport {
 export type LengthsFn = (records: DataRecord[], spec: DatasetSpec) => Promise<(number | null)[]>;
 
 export interface StatsOptions {
+  /** With a lone JSONL: the folder its media paths are relative to. */
+  mediaRoot?: string;
   /** Read image headers for images that have no image_wh. */
   headers?: boolean;
   /** Token lengths of records; adds token percentiles and a histogram. */
@@ -399,7 +401,7 @@ export async function computeStats(
   metaPath: string,
   opts: StatsOptions = {},
 ): Promise<StatsReport> {
-  const specs = await loadMeta(metaPath);
+  const specs = await loadMeta(metaPath, { mediaRoot: opts.mediaRoot });
   const reader = new HeaderReader(opts.concurrency ?? 64);
   let total = 0;
   for (const s of specs) total += (await stat(s.annotation)).size;

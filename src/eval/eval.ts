@@ -5,16 +5,18 @@
  * `type` field (else its dataset's name). Prompts are built exactly as in training, and the
  * engine's generate job answers them in batches.
  */
-import { dirname, resolve } from "node:path";
+import { resolve } from "node:path";
 import { readRecords } from "../data/jsonl.ts";
-import { loadMeta, videoFramesOf } from "../data/meta.ts";
+import { MediaPathError, mediaErrorText, withHeaderSizes } from "../data/media.ts";
+import { isLoneJsonl, loadMeta, videoFramesOf } from "../data/meta.ts";
 import type { DataRecord } from "../data/record.ts";
 import { type EngineEvent, runEngine } from "../engine/protocol.ts";
 import { loadModelInfo } from "../text/model-info.ts";
 import { buildGenerationPrompt, makeSampleContext } from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
-import { DEFAULT_VIDEO_FRAMES, type ImagePlan } from "../text/types.ts";
+import type { ImagePlan } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
+import { HeaderReader, ImageHeaderError } from "../vision/headers.ts";
 import { perImageMaxNum } from "../vision/tiling.ts";
 import { type Scored, type ScoreReport, scoreAnswers } from "./score.ts";
 
@@ -96,22 +98,13 @@ export async function loadQuestions(
   mediaRoots: Map<string, string>;
   videoFrames: Map<string, number>;
 }> {
-  const abs = resolve(source);
-  const specs = abs.endsWith(".jsonl")
-    ? [
-        {
-          name: "questions",
-          annotation: abs,
-          mediaRoot: resolve(opts.mediaRoot ?? dirname(abs)),
-          videoFrames: opts.videoFrames ?? DEFAULT_VIDEO_FRAMES,
-        },
-      ]
-    : (await loadMeta(abs)).map((s) => ({
-        name: s.name,
-        annotation: s.annotation,
-        mediaRoot: s.mediaRoot,
-        videoFrames: videoFramesOf(s, opts.videoFrames),
-      }));
+  // A meta file of either style, or a lone JSONL (its questions' type defaults to "questions").
+  const specs = (await loadMeta(resolve(source), { mediaRoot: opts.mediaRoot })).map((s) => ({
+    name: isLoneJsonl(s) ? "questions" : s.name,
+    annotation: s.annotation,
+    mediaRoot: s.mediaRoot,
+    videoFrames: videoFramesOf(s, opts.videoFrames),
+  }));
   const questions: Question[] = [];
   const mediaRoots = new Map<string, string>();
   const videoFrames = new Map<string, number>();
@@ -145,7 +138,35 @@ export async function loadQuestions(
       n++;
     }
   }
+  await readMissingSizes(questions, mediaRoots);
   return { questions, skipped, mediaRoots, videoFrames };
+}
+
+/**
+ * Image sizes that the records do not give (no image_wh, width/height), read from the image
+ * headers: questions need no `data fill-wh` first, and a missing image is named before the
+ * model loads.
+ */
+async function readMissingSizes(
+  questions: Question[],
+  mediaRoots: Map<string, string>,
+): Promise<void> {
+  const reader = new HeaderReader(64);
+  await Promise.all(
+    questions.map(async (q) => {
+      try {
+        q.record = await withHeaderSizes(
+          q.record,
+          { mediaRoot: mediaRoots.get(q.dataset)! },
+          reader,
+        );
+      } catch (e) {
+        if (e instanceof ImageHeaderError || e instanceof MediaPathError)
+          throw new UserError(`question ${q.id} (${q.dataset}): ${mediaErrorText(e)}`);
+        throw e;
+      }
+    }),
+  );
 }
 
 /** Evaluate a model on the questions of `source`. */

@@ -8,7 +8,7 @@ import { closeSync, constants, createReadStream, fstatSync, openSync } from "nod
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { extname, relative } from "node:path";
 import { displayPath, parseRecordLine } from "../data/jsonl.ts";
-import { MediaPathError, realMediaPath, resolveMediaPath } from "../data/media.ts";
+import { MediaPathError, realMediaPath, resolveMediaPath, withHeaderSizes } from "../data/media.ts";
 import { type DatasetSpec, loadMeta, maxDynamicPatchOf, videoFramesOf } from "../data/meta.ts";
 import type { ModelInfo } from "../text/model-info.ts";
 import { previewData } from "../text/preview.ts";
@@ -21,6 +21,8 @@ import { EXPLORER_HTML } from "./page.ts";
 
 export interface ExplorerOptions {
   meta: string;
+  /** With a lone JSONL: the folder its media paths are relative to. */
+  mediaRoot?: string;
   model: ModelInfo;
   tokenizer: TextTokenizer;
   /** Frames per video (a dataset's own video_frames wins). */
@@ -81,7 +83,8 @@ async function sampleAt(ds: Dataset, index: number, tk: TextTokenizer) {
   }));
   if (!item.record) return { status: 200, body: { ...head, issues } };
   try {
-    const data = await previewData(item.record, { ctx: ds.ctx, model, tokenizer: tk });
+    const record = await withHeaderSizes(item.record, ds.spec);
+    const data = await previewData(record, { ctx: ds.ctx, model, tokenizer: tk });
     if ("dropped" in data) return { status: 200, body: { ...head, issues, dropped: data.reason } };
     const { sample, inputIds, labels, ...shown } = data;
     return { status: 200, body: { ...head, issues, preview: shown } };
@@ -96,7 +99,7 @@ async function sampleAt(ds: Dataset, index: number, tk: TextTokenizer) {
 
 export async function startExplorer(o: ExplorerOptions): Promise<Explorer> {
   const datasets = new Map<string, Dataset>();
-  for (const spec of await loadMeta(o.meta)) {
+  for (const spec of await loadMeta(o.meta, { mediaRoot: o.mediaRoot })) {
     const model = {
       ...o.model,
       maxDynamicPatch: maxDynamicPatchOf(spec, o.model.maxDynamicPatch) ?? o.model.maxDynamicPatch,

@@ -61,6 +61,8 @@ export function defaultPrepareWorkers(): number {
 export interface PrepareOptions {
   /** Meta file path, or its datasets already loaded. */
   meta: string | DatasetSpec[];
+  /** With a lone JSONL as `meta`: the folder its media paths are relative to. */
+  mediaRoot?: string;
   /** Model folder (original InternVL2 layout). */
   model: string;
   maxLength: number;
@@ -382,8 +384,11 @@ class Pool {
   }
 }
 
-async function loadSpecs(meta: string | DatasetSpec[]): Promise<DatasetSpec[]> {
-  return typeof meta === "string" ? loadMeta(meta) : meta;
+async function loadSpecs(
+  meta: string | DatasetSpec[],
+  mediaRoot: string | undefined,
+): Promise<DatasetSpec[]> {
+  return typeof meta === "string" ? loadMeta(meta, { mediaRoot }) : meta;
 }
 
 function readManifest(cacheDir: string): CacheManifest | null {
@@ -414,7 +419,7 @@ export async function prepareCache(o: PrepareOptions): Promise<PrepareResult> {
 
 async function prepareLocked(o: PrepareOptions): Promise<PrepareResult> {
   const cacheDir = resolve(o.cacheDir);
-  const specs = await loadSpecs(o.meta);
+  const specs = await loadSpecs(o.meta, o.mediaRoot);
   if (specs.length === 0) throw new UserError("the meta file names no datasets");
   const info = loadModelInfo(o.model, { template: o.template, maxDynamicPatch: o.maxDynamicPatch });
   await mkdir(cacheDir, { recursive: true });

@@ -14,6 +14,7 @@ export function prepareOptionsFromConfig(
 ): PrepareOptions {
   return {
     meta: c.meta,
+    mediaRoot: c.media_root,
     model: c.model,
     maxLength: c.max_length,
     maxDynamicPatch: c.max_dynamic_patch,

@@ -41,7 +41,14 @@ export const TrainConfigSchema = z
   .object({
     // What to train on.
     model: z.string().min(1).describe("model folder (original InternVL2 format)"),
-    meta: z.string().min(1).describe("meta file naming the datasets"),
+    meta: z
+      .string()
+      .min(1)
+      .describe("meta file naming the datasets (tessera's or the official style), or a lone JSONL"),
+    media_root: z
+      .string()
+      .optional()
+      .describe("with a lone JSONL as meta: the folder its media paths are relative to"),
     template: z
       .string()
       .optional()
@@ -197,7 +204,7 @@ export type TrainConfigInput = z.input<typeof TrainConfigSchema>;
 export type ConfigKey = keyof TrainConfig;
 
 /** Settings that name files; relative ones resolve against the config file's folder. */
-const PATH_KEYS = ["model", "meta", "work_dir", "cache_dir", "eval_meta"] as const;
+const PATH_KEYS = ["model", "meta", "media_root", "work_dir", "cache_dir", "eval_meta"] as const;
 
 /** The zod type of a key with its wrappers (optional, default) removed. */
 function innerType(t: z.ZodType): z.ZodType {
