@@ -1,15 +1,13 @@
-"""Small pieces of the training loop: parameter groups, the schedule, LoRA merge and adapter."""
+"""Small pieces of the training loop: parameter groups, the schedule."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from tessera_engine.train import lora
 from tessera_engine.train.optim import build_optimizer, build_scheduler, lr_at, param_groups
 
 
@@ -51,35 +49,3 @@ def test_warmup_then_cosine_to_min_lr():
         opt.step()
         sched.step()
     assert seen == pytest.approx([lr_at(s, total, warmup, lr, low) for s in range(total)])
-
-
-def test_lora_starts_as_the_base_and_merges_exactly():
-    torch.manual_seed(0)
-    m = Block()
-    x = torch.randn(3, 6)
-    before = m(x)
-    names = lora.apply_lora(m, 2, 4.0, ["q_proj", "fc1"])
-    assert names == ["q_proj", "fc1"]
-    assert torch.equal(m(x), before)  # B starts at zero
-    assert not m.q_proj.base.weight.requires_grad and m.q_proj.lora_A.requires_grad
-    with torch.no_grad():
-        for layer in lora.lora_layers(m).values():
-            layer.lora_B.normal_()
-    plain = Block()
-    plain.load_state_dict(lora.merge_state_dict(m.state_dict(), lora.lora_scales(m)))
-    assert torch.allclose(plain(x), m(x), atol=1e-6)
-    with pytest.raises(ValueError, match="match no linear"):
-        lora.apply_lora(Block(), 2, 4.0, ["nothing"])
-
-
-def test_adapter_files_use_peft_names(tmp_path):
-    from safetensors.torch import load_file
-
-    m = Block()
-    lora.apply_lora(m, 2, 8.0, ["q_proj"])
-    lora.save_adapter(str(tmp_path), m.state_dict(), m, "/models/base")
-    tensors = load_file(tmp_path / "adapter_model.safetensors")
-    assert set(tensors) == {"base_model.model.q_proj.lora_A.weight", "base_model.model.q_proj.lora_B.weight"}
-    assert tensors["base_model.model.q_proj.lora_A.weight"].shape == (2, 6)
-    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert cfg["r"] == 2 and cfg["lora_alpha"] == 8.0 and cfg["target_modules"] == ["q_proj"]

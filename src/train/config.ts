@@ -130,7 +130,13 @@ export const TrainConfigSchema = z
       .array(z.string().min(1))
       .default(LORA_DEFAULT_VIT_TARGETS)
       .describe("vision linear layers given LoRA"),
-    lora_export: z.enum(["merged", "adapter"]).default("merged").describe("merged | adapter"),
+    lora_export: z
+      .enum(["merged", "adapter"])
+      .default("merged")
+      .describe("merged | adapter (a PEFT adapter for the native model)"),
+    lora_dropout: z.number().min(0).max(1).default(0).describe("dropout on the LoRA input (PEFT)"),
+    lora_rslora: z.boolean().default(false).describe("rank-stabilised LoRA: scale alpha / sqrt(rank)"),
+    lora_dora: z.boolean().default(false).describe("DoRA: weight-decomposed LoRA (PEFT)"),
 
     // How it runs.
     gradient_checkpointing: z
@@ -193,6 +199,10 @@ export const TrainConfigSchema = z
       .enum(["original", "native", "none"])
       .default("original")
       .describe("format of the final model"),
+    export_dtype: z
+      .enum(["auto", "bf16", "fp16", "fp32"])
+      .default("auto")
+      .describe("dtype of the exported weights (auto: the source model's)"),
 
     // Preference optimization (src/train/preference.ts).
     ...PREFERENCE_CONFIG_SHAPE,

@@ -55,6 +55,9 @@ class TrainSettings:
     vit_lora_alpha: float | None = None
     vit_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2")
     lora_export: str = "merged"
+    lora_dropout: float = 0.0
+    lora_rslora: bool = False
+    lora_dora: bool = False
     gradient_checkpointing: bool = True
     shard_strategy: str = "zero2"
     precision: str = "auto"
@@ -65,6 +68,7 @@ class TrainSettings:
     checkpoint_drop_optimizer: bool = False
     log_interval: int = 1
     export: str = "original"
+    export_dtype: str = "auto"
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainSettings":
@@ -79,28 +83,35 @@ class TrainSettings:
 # ------------------------------------------------------------------ model preparation
 
 
+def frozen_parts(s: TrainSettings) -> dict[str, bool]:
+    """Which parts are not trained in full: frozen, or adapted by LoRA (their base weights frozen)."""
+    return {"vit": s.freeze_vit or s.vit_lora_rank > 0, "mlp": s.freeze_mlp,
+            "llm": s.freeze_llm or s.llm_lora_rank > 0}
+
+
 def freeze(model: nn.Module, s: TrainSettings) -> None:
     inner = model.model
-    parts = {
-        "vit": (s.freeze_vit or s.vit_lora_rank > 0, [inner.vision_tower]),
-        "mlp": (s.freeze_mlp, [inner.multi_modal_projector]),
-        "llm": (s.freeze_llm or s.llm_lora_rank > 0, [inner.language_model, model.lm_head]),
-    }
-    for frozen, modules in parts.values():
-        for m in modules:
+    modules = {"vit": [inner.vision_tower], "mlp": [inner.multi_modal_projector],
+               "llm": [inner.language_model, model.lm_head]}
+    for part, frozen in frozen_parts(s).items():
+        for m in modules[part]:
             m.requires_grad_(not frozen)
+    for name, p in model.named_parameters():
+        if lora.is_lora_param(name):
+            p.requires_grad_(True)
+
+
+def lora_spec(s: TrainSettings) -> lora.LoraSpec:
+    return lora.LoraSpec(llm_rank=s.llm_lora_rank, llm_alpha=s.llm_lora_alpha, llm_targets=tuple(s.llm_lora_targets),
+                         vit_rank=s.vit_lora_rank, vit_alpha=s.vit_lora_alpha, vit_targets=tuple(s.vit_lora_targets),
+                         dropout=s.lora_dropout, rslora=s.lora_rslora, dora=s.lora_dora)
 
 
 def add_lora(model: nn.Module, s: TrainSettings) -> list[str]:
-    inner = model.model
-    done = []
-    if s.vit_lora_rank > 0:
-        alpha = s.vit_lora_alpha or 2 * s.vit_lora_rank
-        done += lora.apply_lora(inner.vision_tower, s.vit_lora_rank, alpha, list(s.vit_lora_targets))
-    if s.llm_lora_rank > 0:
-        alpha = s.llm_lora_alpha or 2 * s.llm_lora_rank
-        done += lora.apply_lora(inner.language_model, s.llm_lora_rank, alpha, list(s.llm_lora_targets))
-    return done
+    """PEFT's LoRA layers in place; then every part's trainability as the settings say."""
+    names = lora.apply_lora(model, lora_spec(s))
+    freeze(model, s)
+    return names
 
 
 class TrainModule(nn.Module):
@@ -408,32 +419,45 @@ def export(job: dict, s: TrainSettings, world: parallel.World, root: nn.Module, 
         # The root is TrainModule: drop its `model.` prefix to get the model's own names.
         sd = {k.removeprefix("model."): v for k, v in full.items()}
         out_dir = job.get("export_dir") or os.path.join(job["work_dir"], "export")
-        scales = lora.lora_scales(model)  # names relative to the model, as in `sd`
-        result = {"dir": out_dir, "format": s.export}
-        if scales and s.lora_export == "adapter":
-            lora.save_adapter(os.path.join(out_dir, "adapter"), sd, model, job["model"])
-            result["adapter"] = os.path.join(out_dir, "adapter")
-        merged = lora.merge_state_dict(sd, scales)
-        if not (scales and s.lora_export == "adapter"):
-            _write_model(merged, s.export, out_dir, job["model"])
-        out = result
+        out = write_exports(sd, s, out_dir, job["model"])
     parallel.barrier(world)
     return out
 
 
-def _write_model(sd: dict, fmt: str, out_dir: str, source: str) -> None:
-    """Load the trained weights into a plain model (strictly: every key must match) and export it."""
-    from ..model.export import export_native, export_original
+def write_exports(sd: dict[str, torch.Tensor], s: TrainSettings, out_dir: str, source: str,
+                  fmt: str | None = None, lora_export: str | None = None) -> dict:
+    """The training model's state dict (`sd`, LoRA layers and all) -> the export folder.
+
+    Without LoRA: the model in `fmt` (original | native). With LoRA, `adapter`: a PEFT adapter in
+    out_dir/adapter for the native base; `merged`: the plain model (W + scale·B·A) in `fmt`."""
+    from ..model.export import export_native, export_original, parse_dtype, source_dtype
     from ..model.load import load_internvl
 
+    fmt = fmt or s.export
+    lora_export = lora_export or s.lora_export
+    spec = lora_spec(s)
+    dtype = parse_dtype(s.export_dtype) or source_dtype(source)
     plain = load_internvl(source, dtype=torch.float32, device="cpu").model
-    if getattr(plain.config, "tie_word_embeddings", False):
-        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
-    missing, unexpected = plain.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and plain.config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise KeyError(f"trained weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if fmt == "original":
-        export_original(plain, out_dir, source)
+    result = {"dir": out_dir, "format": fmt, "dtype": str(dtype).removeprefix("torch.")}
+    if spec.active:
+        peft = lora.peft_model_from_trained(plain, sd, spec, lora.full_parts(frozen_parts(s), spec))
+        if lora_export == "adapter":
+            folder = os.path.join(out_dir, "adapter")
+            lora.save_adapter(peft.to(dtype), folder, source)
+            result.update(format="adapter", adapter=folder)
+            return result
+        plain = peft.merge_and_unload()
     else:
-        export_native(plain, out_dir, source)
+        if getattr(plain.config, "tie_word_embeddings", False):
+            sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+        missing, unexpected = plain.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not (k == "lm_head.weight" and plain.config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise KeyError(f"trained weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if fmt == "original":
+        export_original(plain, out_dir, source, dtype=dtype)
+    elif fmt == "native":
+        export_native(plain, out_dir, source, dtype=dtype)
+    else:
+        raise ValueError(f"export format {fmt!r}: expected original, native or adapter")
+    return result
