@@ -135,7 +135,10 @@ export const TrainConfigSchema = z
       .default("merged")
       .describe("merged | adapter (a PEFT adapter for the native model)"),
     lora_dropout: z.number().min(0).max(1).default(0).describe("dropout on the LoRA input (PEFT)"),
-    lora_rslora: z.boolean().default(false).describe("rank-stabilised LoRA: scale alpha / sqrt(rank)"),
+    lora_rslora: z
+      .boolean()
+      .default(false)
+      .describe("rank-stabilised LoRA: scale alpha / sqrt(rank)"),
     lora_dora: z.boolean().default(false).describe("DoRA: weight-decomposed LoRA (PEFT)"),
 
     // How it runs.
