@@ -30,7 +30,7 @@ from torch import nn
 from ..data.cache import PreparedCache, StepTotals, TrainingPlan
 from ..data.loader import Tiling, micro_batches
 from ..protocol import emit
-from . import checkpoint, lora, parallel
+from . import checkpoint, lora, parallel, preference
 from .optim import build_optimizer, build_scheduler
 
 
@@ -251,12 +251,31 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
             raise RuntimeError(f"dataset {d.name}: the cache's image context token is {d.context_id}, "
                                f"the model's {info.img_context_token_id}; prepare the cache with this model")
     freeze(model, s)
+    dtype = compute_dtype(s, device)
+    tiling = Tiling(tile=info.tile_size, min_num=info.min_dynamic_patch,
+                    max_num=int(job.get("max_dynamic_patch") or info.max_dynamic_patch),
+                    use_thumbnail=info.use_thumbnail)
+    pref = preference.PreferenceSettings.from_config(job["config"])
+    reference = None
+    if pref is not None:
+        # Before LoRA and sharding: the reference is the model as loaded.
+        autocast_spec = (device.type, dtype, dtype != torch.float32)
+        if pref.reference == "frozen":
+            reference = preference.ReferenceLogps(frozen=preference.frozen_copy(model), autocast=autocast_spec)
+        else:
+            reference = preference.precompute_reference(
+                model, job, cache, plan, world, device,
+                lambda: micro_batches(job["cache_dir"], job["plan_dir"], world.rank, 0, tiling, s.num_workers, s.seed),
+                autocast_spec)
     lora_names = add_lora(model, s)
     model.train()
     if s.gradient_checkpointing:
         parallel.apply_ac(model)
-    dtype = compute_dtype(s, device)
-    train_module = TrainModule(model, info.tile_size, s.loss_reduction)
+    if pref is None:
+        train_module = TrainModule(model, info.tile_size, s.loss_reduction)
+    else:
+        train_module = preference.PreferenceModule(model, info.tile_size, pref, plan)
+        train_module.reference = reference
     root: nn.Module = train_module
     if world.distributed and s.shard_strategy in ("zero2", "zero3"):
         parallel.inputs_require_grad(model)
@@ -284,21 +303,22 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
             raise RuntimeError(f"{path} was written for another plan ({meta['plan_fingerprint'][:12]}); "
                                f"this run's plan is {plan.fingerprint[:12]}")
         start = int(meta["steps_done"])
+        if pref is not None:
+            train_module.load_state(meta.get("preference"))
         emit("log", level="info", message=f"resuming from {path} after step {start} of {total}")
         # The driver cuts metrics.jsonl back to this step: the steps after it are logged again.
         emit("resume", step=start, path=path)
     else:
         torch.manual_seed(s.seed + world.rank)
 
-    tiling = Tiling(tile=info.tile_size, min_num=info.min_dynamic_patch,
-                    max_num=int(job.get("max_dynamic_patch") or info.max_dynamic_patch),
-                    use_thumbnail=info.use_thumbnail)
     emit("log", level="info", message=f"training {trainable:,} parameters over {total} steps "
          f"× {plan.micro_batches_per_step} micro-batches × {world.size} ranks"
          + (f"; LoRA on {len(lora_names)} layers" if lora_names else ""))
 
     def save(steps_done: int, reason: str) -> str:
         meta = {"steps_done": steps_done, "total_steps": total, "plan_fingerprint": plan.fingerprint, "reason": reason}
+        if pref is not None:
+            meta["preference"] = train_module.state()
         opt = None if s.checkpoint_drop_optimizer else optimizer
         path = checkpoint.save(work_dir, world, root, opt, scheduler, meta, s.checkpoint_keep)
         emit("log", level="info", message=f"checkpoint {path} ({reason})")
@@ -319,6 +339,8 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         totals = plan.step_totals(*plan.position(g))
         local = torch.zeros(5, dtype=torch.float64)  # loss, tokens, pieces, rows, learned tokens
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per micro-batch
+        if pref is not None:
+            train_module.begin_step(g)
         for a in range(per_step):
             tw = time.perf_counter()
             item = next(batches)
@@ -346,6 +368,7 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
 
         local[0] = loss_sum.cpu()
         summed = parallel.all_reduce_sum(local, world)
+        pref_metrics = train_module.end_step(world) if pref is not None else {}
         step_time = time.perf_counter() - t0
         step_loss = float(summed[0])
         # The planner computed the step's learned tokens (the loss denominator); the engine
@@ -364,7 +387,8 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
                  tokens=int(tokens), tokens_per_s_per_gpu=tokens / step_time / world.size,
                  samples_per_s=float(summed[2]) / step_time, step_time=step_time, data_wait=data_wait,
                  peak_memory=peak_memory(device),
-                 pack_fill=tokens / (pack_len * float(summed[3])) if pack_len and float(summed[3]) else None)
+                 pack_fill=tokens / (pack_len * float(summed[3])) if pack_len and float(summed[3]) else None,
+                 **pref_metrics)
 
         # A signal on any rank stops every rank at the same step.
         flag = parallel.all_reduce_max(torch.tensor([stop.signal or 0]), world)
