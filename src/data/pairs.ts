@@ -94,53 +94,6 @@ export function validatePairFields(
   };
 }
 
-/**
- * `width`/`height` of a single-image preference record, as `image_wh` (the MMPR files give
- * them so); undefined when absent. Problems go to `issues`.
- */
-export function pairImageWh(
-  o: Record<string, unknown>,
-  images: number,
-  file: string,
-  line: number,
-  issues: DataIssue[],
-): [number, number][] | undefined {
-  if (o.width === undefined && o.height === undefined) return undefined;
-  const w = o.width;
-  const h = o.height;
-  const good = (v: unknown) => typeof v === "number" && Number.isInteger(v) && v > 0;
-  if (!good(w) || !good(h)) {
-    issues.push(
-      issue(
-        file,
-        line,
-        good(w) ? "height" : "width",
-        "bad-image-wh",
-        "width and height must be positive integers",
-        {
-          expected: "width and height ≥ 1",
-          found: `${describe(w)}, ${describe(h)}`,
-        },
-      ),
-    );
-    return undefined;
-  }
-  if (images !== 1) {
-    issues.push(
-      issue(
-        file,
-        line,
-        "width",
-        "image-wh-count",
-        "width/height describe one image; give image_wh for a list of images",
-        { expected: "1 image", found: `${images}` },
-      ),
-    );
-    return undefined;
-  }
-  return [[w as number, h as number]];
-}
-
 /** The two conversations of a pair: (question, chosen) and (question, rejected). */
 export function pairConversations<T extends { conversations: { from: string; value: string }[] }>(
   record: T & { pair?: PairAnswers },
