@@ -1,0 +1,67 @@
+import { Command } from "commander";
+import { describe, expect, it } from "vitest";
+import { addConfigOptions, flagsToConfig, resolveConfig } from "../../src/train/config.ts";
+
+function parse(argv: string[]) {
+  const cmd = addConfigOptions(new Command("train").exitOverride().argument("[config]"));
+  cmd.parse(argv, { from: "user" });
+  return resolveConfig(undefined, { model: "/m", meta: "/d.json", ...flagsToConfig(cmd.opts()) });
+}
+
+describe("preference settings", () => {
+  it("--method mpo takes the official recipe's defaults; a pack holds a pair", () => {
+    const c = parse(["--method", "mpo", "--max-length", "1024"]);
+    expect(c.loss_type).toBe("sigmoid,bco_pair");
+    expect(c.loss_weights).toEqual([0.8, 0.2]);
+    expect(c.rpo_alpha).toBe(1);
+    expect(c.beta).toBe(0.1);
+    expect(c.reference).toBe("precomputed");
+    expect(c.pack_max_length).toBe(2048);
+  });
+
+  it("accepts the official script's flags and tessera's own", () => {
+    const c = parse([
+      "--method",
+      "mpo",
+      "--loss_type",
+      "sigmoid,bco_pair",
+      "--sigmoid_loss_weight",
+      "0.6",
+      "--bco_pair_loss_weight",
+      "0.4",
+      "--rpo_alpha",
+      "0.5",
+      "--beta",
+      "0.2",
+    ]);
+    expect(c.loss_weights).toEqual([0.6, 0.4]);
+    expect(c.rpo_alpha).toBe(0.5);
+    expect(c.beta).toBe(0.2);
+    const d = parse([
+      "--method",
+      "dpo",
+      "--loss-type",
+      "ipo,hinge",
+      "--loss-weights",
+      "0.3,0.7",
+      "--reference",
+      "frozen",
+    ]);
+    expect(d.loss_type).toBe("ipo,hinge");
+    expect(d.loss_weights).toEqual([0.3, 0.7]);
+    expect(d.rpo_alpha).toBe(0);
+    expect(d.reference).toBe("frozen");
+    expect(parse(["--method", "dpo"]).loss_weights).toEqual([1]);
+  });
+
+  it("names what is wrong with the loss settings", () => {
+    expect(() => parse(["--method", "dpo", "--loss-type", "kto"])).toThrow(/unknown term "kto"/);
+    expect(() =>
+      parse(["--method", "mpo", "--loss-type", "sigmoid,bco_pair", "--loss-weights", "1"]),
+    ).toThrow(/loss_weights has 1 value\(s\) for 2 loss term/);
+    expect(() =>
+      parse(["--method", "dpo", "--loss-type", "hinge", "--label-smoothing", "0.1"]),
+    ).toThrow(/label_smoothing applies to the sigmoid term/);
+    expect(() => parse(["--method", "ppo"])).toThrow(/method/);
+  });
+});
