@@ -5,7 +5,7 @@ import { availableParallelism, loadavg } from "node:os";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
-import { HeaderReader, ImageHeaderError } from "../vision/headers.ts";
+import { HeaderReader, headerProblem, ImageHeaderError } from "../vision/headers.ts";
 import { type DataIssue, issue } from "./issues.ts";
 import { displayPath, lineAlignedRanges, readRecordBatches } from "./jsonl.ts";
 import { MediaPathError, resolveMediaPath } from "./media.ts";
@@ -130,8 +130,8 @@ export class IssueList {
 }
 
 type MediaResult =
-  | { ok: true; w: number; h: number }
-  | { ok: false; kind: string; message: string; found?: string };
+  | { ok: true; w: number; h: number; abs: string }
+  | { ok: false; kind: string; message: string; found?: string; expected?: string };
 
 function newSummary(spec: DatasetSpec): DatasetSummary {
   return {
@@ -256,7 +256,10 @@ export async function checkRange(
           message += `; relative to the meta file it would be ${resolve(spec.mediaRootAlt, rel)}`;
       }
       add(
-        issue(file, line, field, r.kind, message, { expected: EXPECTED[r.kind], found: r.found }),
+        issue(file, line, field, r.kind, message, {
+          expected: r.expected ?? EXPECTED[r.kind],
+          found: r.found,
+        }),
       );
       return;
     }
@@ -622,7 +625,7 @@ async function resolveMedia(
           message: "the video path is not a file",
           found: abs,
         };
-      return { ok: true, w: 0, h: 0 };
+      return { ok: true, w: 0, h: 0, abs };
     } catch {
       return {
         ok: false,
@@ -634,7 +637,16 @@ async function resolveMedia(
   }
   try {
     const h = await reader.get(abs);
-    return { ok: true, w: h.width, h: h.height };
+    const bad = headerProblem(h);
+    if (bad)
+      return {
+        ok: false,
+        kind: bad.kind,
+        message: `${bad.message}: ${abs}`,
+        expected: bad.expected,
+        found: bad.found,
+      };
+    return { ok: true, w: h.width, h: h.height, abs };
   } catch (e) {
     if (e instanceof ImageHeaderError)
       return e.kind === "missing"

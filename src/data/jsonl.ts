@@ -23,7 +23,16 @@ export interface RawLine {
   unterminated: boolean;
   /** Set on line 1 when the file started with a UTF-8 BOM (removed from `text`). */
   bom?: boolean;
+  /** Set when the line is longer than MAX_LINE_CHARS: `text` is empty and the line is skipped unread. */
+  tooLong?: boolean;
 }
+
+/**
+ * The longest line read (in UTF-16 code units, about bytes for ASCII): far above any record
+ * (a 1,000,000-character text is 1 Mi), far below what a JavaScript string holds, so a line
+ * without end (a binary file, a missing newline) is named at once instead of failing minutes later.
+ */
+export const MAX_LINE_CHARS = 64 * 1024 * 1024;
 
 export interface LineReadOptions {
   /** Called with the number of bytes read after each chunk (for progress bars). */
@@ -54,6 +63,8 @@ export async function* readLineBatches(
   const decoder = new StringDecoder("utf8");
   let carry = "";
   let lineNo = 0;
+  // Inside a line over the limit: its text is dropped until its end.
+  let skipping = false;
   // A BOM only means something at the very start of the file.
   let first = !opts.start;
   let bom = false;
@@ -69,7 +80,13 @@ export async function* readLineBatches(
     }
     const batch: RawLine[] = [];
     let start = 0;
-    for (let nl = s.indexOf("\n"); nl !== -1; nl = s.indexOf("\n", start)) {
+    if (skipping) {
+      const nl = s.indexOf("\n");
+      if (nl === -1) continue;
+      skipping = false;
+      start = nl + 1;
+    }
+    for (let nl = s.indexOf("\n", start); nl !== -1; nl = s.indexOf("\n", start)) {
       const crlf = nl > start && s.charCodeAt(nl - 1) === 13;
       batch.push({
         line: ++lineNo,
@@ -80,12 +97,18 @@ export async function* readLineBatches(
       start = nl + 1;
     }
     carry = s.slice(start);
+    if (carry.length > MAX_LINE_CHARS) {
+      batch.push({ line: ++lineNo, text: "", crlf: false, unterminated: false, tooLong: true });
+      carry = "";
+      skipping = true;
+    }
     if (batch.length) {
       if (bom && batch[0].line === 1) batch[0].bom = true;
       yield batch;
     }
   }
   carry += decoder.end();
+  if (skipping) carry = "";
   if (first && carry.charCodeAt(0) === 0xfeff) {
     carry = carry.slice(1);
     bom = true;
@@ -119,6 +142,8 @@ export interface ReadRecordsOptions extends LineReadOptions {
   keepRaw?: boolean;
   /** The file name used in messages (default: the annotation path as displayPath shows it). */
   displayName?: string;
+  /** Strings record text must not hold (default RESERVED_STRINGS). */
+  reserved?: readonly string[];
 }
 
 const EMPTY: DataIssue[] = [];
@@ -160,7 +185,7 @@ export async function* readRecordBatches(
           ),
         ];
       }
-      out.push(parseRecordLine(l, file, keep, issues));
+      out.push(parseRecordLine(l, file, keep, issues, opts.reserved));
     }
     yield out;
   }
@@ -172,12 +197,24 @@ export async function* readRecordBatches(
  * workers call it on the lines the reader sends them.
  */
 export function parseRecordLine(
-  l: Pick<RawLine, "line" | "text" | "unterminated">,
+  l: Pick<RawLine, "line" | "text" | "unterminated" | "tooLong">,
   file: string,
   keep = false,
   issues: DataIssue[] = EMPTY,
+  reserved?: readonly string[],
 ): ReadItem {
   const t = l.text;
+  if (l.tooLong)
+    return {
+      line: l.line,
+      issues: [
+        ...issues,
+        issue(file, l.line, "(line)", "line-too-long", "the line is too long to be a record", {
+          expected: `at most ${MAX_LINE_CHARS} characters`,
+          found: `more than ${MAX_LINE_CHARS}`,
+        }),
+      ],
+    };
   if (t.length === 0 || (t.charCodeAt(0) <= 32 && t.trim() === "")) {
     const item: ReadItem = {
       line: l.line,
@@ -193,23 +230,25 @@ export function parseRecordLine(
     if (keep) item.text = t;
     return item;
   }
-  // Bytes that are not UTF-8 decode to U+FFFD; Python's strict reader would refuse them.
-  if (t.indexOf("\uFFFD") !== -1)
-    issues = [
-      ...issues,
-      issue(
-        file,
-        l.line,
-        "(line)",
-        "not-utf8",
-        "the line holds U+FFFD: the file is probably not valid UTF-8 here",
-        {
-          severity: "warning",
-          expected: "UTF-8 text",
-          found: "U+FFFD",
-        },
-      ),
-    ];
+  // Bytes that are not UTF-8 decode to U+FFFD: an error, so the replacement character is
+  // never trained (Python's strict reader would refuse the bytes too).
+  const bad = t.indexOf("\uFFFD");
+  if (bad !== -1) {
+    const fault = issue(
+      file,
+      l.line,
+      "(line)",
+      "not-utf8",
+      "the line holds bytes that are not UTF-8 (they read as U+FFFD); fix the file's encoding",
+      {
+        expected: "UTF-8 text",
+        found: `U+FFFD at character ${bad + 1}: ${clip(JSON.stringify(t.slice(Math.max(0, bad - 20), bad + 20)))}`,
+      },
+    );
+    return keep
+      ? { line: l.line, issues: [...issues, fault], text: l.text }
+      : { line: l.line, issues: [...issues, fault] };
+  }
   let value: unknown;
   try {
     value = JSON.parse(t);
@@ -235,7 +274,7 @@ export function parseRecordLine(
       ? { line: l.line, issues: [...issues, bad], text: l.text }
       : { line: l.line, issues: [...issues, bad] };
   }
-  const v = validateRecord(value, file, l.line);
+  const v = validateRecord(value, file, l.line, reserved);
   const all = issues.length ? [...issues, ...v.issues] : v.issues;
   const item: ReadItem = { line: l.line, issues: all };
   if (v.record) item.record = v.record;

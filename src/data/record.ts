@@ -2,7 +2,8 @@
  * One JSONL record: its schema, checked by hand (this runs on millions of lines, so no
  * per-record schema library), and the placeholder rules of the official training code.
  */
-import { type DataIssue, describe, issue } from "./issues.ts";
+import { TEMPLATES } from "../text/templates.ts";
+import { clip, type DataIssue, describe, issue } from "./issues.ts";
 import { looksLikePair, PAIR_KEYS, type PairAnswers, validatePairFields } from "./pairs.ts";
 
 export type { DataIssue } from "./issues.ts";
@@ -35,6 +36,72 @@ export const IMAGE_PLACEHOLDER = "<image>";
 export const VIDEO_PLACEHOLDER = "<video>";
 
 const KNOWN = new Set(["id", "conversations", "image", "video", "image_wh"]);
+
+/**
+ * Strings a record's text must not hold: the tokenizer reads them as special tokens, so a
+ * literal `<IMG_CONTEXT>` would add an image token without an image (training stops on the
+ * mismatch) and a role token would forge a turn. The image tokens and the role tokens of
+ * every chat template; `data check --model` adds the model's own special tokens. The
+ * grounding tokens (`<ref>`, `<box>`, `<quad>` and their ends) are meant to be written in
+ * text and are not listed.
+ */
+export const RESERVED_STRINGS: readonly string[] = (() => {
+  const out = new Set(["<IMG_CONTEXT>", "<img>", "</img>"]);
+  for (const t of Object.values(TEMPLATES))
+    for (const s of [t.systemPrefix, t.userPrefix, t.assistantPrefix, t.turnEnd, ...t.neverLearned])
+      for (const m of s.matchAll(/<\|[A-Za-z0-9_]+\|>/g)) out.add(m[0]);
+  return [...out];
+})();
+
+/** Special tokens meant to be written in record text (grounding), never refused. */
+export const TEXT_TOKENS: ReadonlySet<string> = new Set([
+  "<ref>",
+  "</ref>",
+  "<box>",
+  "</box>",
+  "<quad>",
+  "</quad>",
+]);
+
+/** The first reserved string in `s` and where it is, or null. */
+function reservedIn(s: string, reserved: readonly string[]): { token: string; at: number } | null {
+  let best: { token: string; at: number } | null = null;
+  for (const r of reserved) {
+    const at = s.indexOf(r);
+    if (at !== -1 && (best === null || at < best.at)) best = { token: r, at };
+  }
+  return best;
+}
+
+/** A path character that no file system path should hold: NUL and the other control characters. */
+function controlCharIn(p: string): number {
+  for (let i = 0; i < p.length; i++) {
+    const c = p.charCodeAt(i);
+    if (c < 32 || c === 127) return i;
+  }
+  return -1;
+}
+
+function checkPath(
+  issues: DataIssue[],
+  file: string,
+  line: number,
+  field: string,
+  p: string,
+): void {
+  const at = controlCharIn(p);
+  if (at !== -1)
+    fail(
+      issues,
+      file,
+      line,
+      field,
+      "bad-path",
+      `the path holds a control character (U+${p.charCodeAt(at).toString(16).toUpperCase().padStart(4, "0")} at character ${at + 1})`,
+      "a path without NUL or control characters",
+      clip(JSON.stringify(p)),
+    );
+}
 const KNOWN_PAIR = new Set([...KNOWN, ...PAIR_KEYS]);
 
 const isSide = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0;
@@ -164,6 +231,7 @@ export function validateRecord(
   obj: unknown,
   file: string,
   line: number,
+  reserved: readonly string[] = RESERVED_STRINGS,
 ): { record?: DataRecord; issues: DataIssue[] } {
   const issues: DataIssue[] = [];
   if (obj === null || typeof obj !== "object" || Array.isArray(obj)) {
@@ -369,7 +437,10 @@ export function validateRecord(
   const img = o.image;
   if (typeof img === "string") {
     // An empty string is no image, as in the official code (`len(data_item['image']) != 0`).
-    if (img !== "") images = [img];
+    if (img !== "") {
+      images = [img];
+      checkPath(issues, file, line, "image", img);
+    }
   } else if (Array.isArray(img)) {
     for (let i = 0; i < img.length; i++)
       if (typeof img[i] !== "string" || img[i] === "")
@@ -383,6 +454,7 @@ export function validateRecord(
           "a path",
           describe(img[i]),
         );
+      else checkPath(issues, file, line, `image[${i}]`, img[i]);
     images = img as string[];
   } else if (img !== undefined && img !== null)
     fail(
@@ -400,7 +472,10 @@ export function validateRecord(
   let video: string | undefined;
   const vid = o.video;
   if (typeof vid === "string") {
-    if (vid !== "") video = vid;
+    if (vid !== "") {
+      video = vid;
+      checkPath(issues, file, line, "video", vid);
+    }
   } else if (vid !== undefined && vid !== null)
     fail(
       issues,
@@ -498,10 +573,26 @@ export function validateRecord(
     let nImg = 0;
     let nVid = 0;
     let otherRoles = 0;
+    const allAngled = reserved === RESERVED_STRINGS || reserved.every((r) => r[0] === "<");
     for (let k = 0; k < turns.length; k++) {
       const t = turns[k];
-      // One cheap scan for "<" rules out both placeholders in most turns.
-      if (t.value.indexOf("<") === -1) continue;
+      // One cheap scan for "<" rules out both placeholders and the reserved strings in most turns.
+      const angled = t.value.indexOf("<") !== -1;
+      if (angled || !allAngled) {
+        const hit = reservedIn(t.value, reserved);
+        if (hit)
+          fail(
+            issues,
+            file,
+            line,
+            `conversations[${k}].value`,
+            "special-token",
+            `the text holds ${hit.token}, which the tokenizer reads as a special token, not as text`,
+            "text without special-token strings",
+            `${hit.token} at character ${hit.at + 1}`,
+          );
+      }
+      if (!angled) continue;
       if (t.from === "human") {
         nImg += countOccurrences(t.value, IMAGE_PLACEHOLDER);
         nVid += countOccurrences(t.value, VIDEO_PLACEHOLDER);

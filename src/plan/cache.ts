@@ -10,7 +10,7 @@ import { cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
-import { displayPath, readLineBatches } from "../data/jsonl.ts";
+import { displayPath, MAX_LINE_CHARS, readLineBatches } from "../data/jsonl.ts";
 import { type DatasetSpec, loadMeta, maxDynamicPatchOf, videoFramesOf } from "../data/meta.ts";
 import { loadModelInfo, type ModelInfo } from "../text/model-info.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
@@ -581,6 +581,10 @@ async function buildDataset(
       },
     }))
       for (const l of batch) {
+        if (l.tooLong)
+          throw new UserError(
+            `${file}:${l.line}: the line is longer than ${MAX_LINE_CHARS} characters; it cannot be a record (\`tessera data check\` lists such lines)`,
+          );
         texts.push(l.text);
         lastUnterminated = l.unterminated;
         if (texts.length >= batchSize) await send();

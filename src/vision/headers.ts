@@ -13,6 +13,47 @@ export interface ImageHeader {
   type: string;
 }
 
+/**
+ * Pixels an image may have: Pillow's `Image.MAX_IMAGE_PIXELS` (training decodes with Pillow,
+ * which warns of a decompression bomb above it and refuses above twice it). A header that
+ * declares more is refused from the header alone, before anything decodes it.
+ */
+export const MAX_IMAGE_PIXELS = 89_478_485;
+
+/** Formats training decodes (as image-size names them); vector (SVG) and others are refused. */
+export const RASTER_TYPES: ReadonlySet<string> = new Set([
+  "png",
+  "jpg",
+  "gif",
+  "bmp",
+  "tiff",
+  "webp",
+]);
+
+/** What is wrong with an image whose header was read, or null: a non-raster format, too many pixels. */
+export function headerProblem(h: ImageHeader): {
+  kind: "not-raster" | "too-many-pixels";
+  message: string;
+  expected: string;
+  found: string;
+} | null {
+  if (!RASTER_TYPES.has(h.type))
+    return {
+      kind: "not-raster",
+      message: `a ${h.type.toUpperCase()} file is not an image training can decode`,
+      expected: [...RASTER_TYPES].join(", "),
+      found: h.type,
+    };
+  if (h.width * h.height > MAX_IMAGE_PIXELS)
+    return {
+      kind: "too-many-pixels",
+      message: `the header declares ${h.width}×${h.height} pixels: a decompression bomb, refused before decoding`,
+      expected: `at most ${MAX_IMAGE_PIXELS.toLocaleString("en-US")} pixels`,
+      found: `${(h.width * h.height).toLocaleString("en-US")} pixels`,
+    };
+  return null;
+}
+
 /** Why a header could not be read: the file is missing, or it is not a readable image. */
 export class ImageHeaderError extends Error {
   constructor(

@@ -380,21 +380,21 @@ describe("validateRecord: empty media fields", () => {
 });
 
 describe("readRecords: encoding", () => {
-  it("warns about bytes that are not UTF-8, naming the line", async () => {
+  it("refuses bytes that are not UTF-8, naming the line", async () => {
     const bad = Buffer.concat([
       Buffer.from(`${good}\n{"conversations": [{"from": "human", "value": "caf`),
       Buffer.from([0xe9]),
       Buffer.from(`"}, {"from": "gpt", "value": "x"}]}\n`),
     ]);
     const { items, issues } = await readAll(bad);
-    expect(items.filter((i) => i.record)).toHaveLength(2);
+    expect(items.filter((i) => i.record)).toHaveLength(1);
     const i = expectNamed(
       issues.find((x) => x.kind === "not-utf8"),
       "x.jsonl",
       2,
       "(line)",
     );
-    expect(i.severity).toBe("warning");
+    expect(i.severity).toBe("error");
   });
 });
 
