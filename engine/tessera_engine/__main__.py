@@ -25,6 +25,7 @@ JOBS = {
     "build-tiny": "build_tiny",
     "render": "render",
     "generate": "generate",
+    "export": "export",
 }
 
 

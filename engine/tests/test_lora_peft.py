@@ -127,3 +127,23 @@ def test_lora_with_dropout_resumes_exactly(tmp_path):
     again = loop.train({**F.job(model, cache, plan, tmp_path / "run", **cfg), "resume": True})
     assert again["start_step"] == 3
     assert again["losses"] == pytest.approx(whole["losses"][3:], abs=1e-6)
+
+    # Any checkpoint exports, not only the last: the run's model rebuilt from its config.
+    from tessera_engine.jobs import export as export_job
+
+    job = F.job(model, cache, plan, tmp_path / "run", **cfg)
+    step3 = str(Path(whole["checkpoint"]).parent / "step-00000003")
+    r = export_job.run({"model": str(model), "checkpoint": step3, "config": job["config"],
+                        "out": str(tmp_path / "ad"), "format": "adapter"})
+    assert r["steps_done"] == 3 and json.loads((Path(r["adapter"]) / "adapter_config.json").read_text())[
+        "modules_to_save"] == ["model.multi_modal_projector"]
+    r = export_job.run({"model": str(model), "checkpoint": step3, "config": job["config"],
+                        "out": str(tmp_path / "orig"), "format": "original", "dtype": "bf16"})
+    merged = load_file(tmp_path / "orig" / "model.safetensors")
+    before = load_file(Path(model) / "model.safetensors")
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16} and r["dtype"] == "bfloat16"
+    assert any(not torch.equal(merged[k], before[k].to(torch.bfloat16)) for k in before if k.startswith("language"))
+    with pytest.raises(FileExistsError, match="--force"):
+        export_job.run({"model": str(model), "checkpoint": step3, "config": job["config"],
+                        "out": str(tmp_path / "orig"), "format": "native"})
+    assert (tmp_path / "orig" / "model.safetensors").exists()  # nothing written is lost

@@ -12,6 +12,7 @@ import { registerDataStats } from "./data-stats.ts";
 import { registerDemo } from "./demo.ts";
 import { registerDoctor } from "./doctor.ts";
 import { registerEval } from "./eval.ts";
+import { registerExport } from "./export.ts";
 import { registerSetup } from "./setup.ts";
 import { registerTrain } from "./train.ts";
 
@@ -34,6 +35,7 @@ export function registerCommands(program: Command): void {
 
   registerTrain(program);
   registerEval(program);
+  registerExport(program);
   registerChat(program);
   registerDashboard(program);
 }
