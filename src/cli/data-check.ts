@@ -4,6 +4,7 @@ import { type CheckReport, checkMeta } from "../data/check.ts";
 import { formatIssue } from "../data/issues.ts";
 import { MEDIA_ROOT_HELP, META_ARG_HELP } from "../data/meta.ts";
 import { byteProgress } from "../data/progress.ts";
+import { reservedStrings } from "../text/reserved.ts";
 import { UserError } from "../util/errors.ts";
 
 function kinds(m: Record<string, number>): string {
@@ -48,6 +49,10 @@ export function registerDataCheck(data: Command): void {
     .option("--allow-outside-media-root", "accept media paths outside media_root")
     .option("--concurrency <n>", "image headers read at once", "64")
     .option("--workers <n>", "threads for large meta files (default: one per idle core)")
+    .option(
+      "--model <dir>",
+      "also refuse the model's own special tokens in record text (read from its tokenizer files)",
+    )
     .action(async (meta: string, o) => {
       const maxErrors = Number(o.maxErrors);
       if (!Number.isInteger(maxErrors) || maxErrors < 0)
@@ -69,6 +74,7 @@ export function registerDataCheck(data: Command): void {
           mediaRoot: o.mediaRoot,
           concurrency,
           workers,
+          reserved: o.model ? reservedStrings(o.model) : undefined,
           onProgress: (d, t) => bar.update(d, t),
         });
       } finally {

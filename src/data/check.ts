@@ -76,6 +76,8 @@ export interface CheckOptions {
   parallelMinBytes?: number;
   /** Progress over all annotation files, in bytes. */
   onProgress?: (done: number, total: number) => void;
+  /** Strings record text must not hold (default RESERVED_STRINGS; `--model` adds the model's special tokens). */
+  reserved?: readonly string[];
 }
 
 /** Keeps the first `max` problems in (dataset, line) order while counting all of them. */
@@ -301,6 +303,7 @@ export async function checkRange(
     onBytes: opts.onBytes,
     start: opts.start,
     end: opts.end,
+    reserved: opts.reserved,
   });
   outer: for await (const batch of batches)
     for (const item of batch) {
@@ -524,6 +527,7 @@ function plainOptions(o: RangeOptions, start: number, end: number): RangeOptions
     checkMedia: o.checkMedia,
     allowOutside: o.allowOutside,
     concurrency: o.concurrency,
+    reserved: o.reserved,
     start,
     end,
   };

@@ -34,6 +34,8 @@ export type SampleMaker = ((
   line: number,
 ) => Sample | null | Promise<Sample | null>) & {
   columns?: (records: DataRecord[]) => Promise<SampleColumns>;
+  /** Strings record text must not hold (the model's special tokens); default RESERVED_STRINGS. */
+  reserved?: readonly string[];
 };
 
 export interface MakerOptions {
@@ -308,6 +310,9 @@ export async function makeLinesBatch(
         unterminated: lines.lastUnterminated && i === n - 1,
       },
       file,
+      false,
+      undefined,
+      maker.reserved,
     );
     if (it.record) items.push({ line: it.line, record: it.record });
     else if (it.issues.some((x) => x.severity !== "warning")) skipped++;

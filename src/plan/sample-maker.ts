@@ -5,6 +5,7 @@
 import { MediaResolver } from "../data/media.ts";
 import { maxDynamicPatchOf } from "../data/meta.ts";
 import { loadModelInfo } from "../text/model-info.ts";
+import { reservedStrings } from "../text/reserved.ts";
 import { makeSampleContext, recordsToColumns, recordToSample } from "../text/sample.ts";
 import { loadTokenizer } from "../text/tokenizer.ts";
 import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
@@ -26,5 +27,8 @@ export async function createSampleMaker(o: MakerOptions): Promise<SampleMaker> {
   // One record, or a whole batch tokenized in one go and written straight into its columns.
   const maker: SampleMaker = (record) => recordToSample(record, ctx);
   maker.columns = (records) => recordsToColumns(records, ctx);
+  // Records whose text holds one of the model's special tokens are left out, as `data check
+  // --model` reports them.
+  maker.reserved = reservedStrings(o.model);
   return maker;
 }

@@ -6,6 +6,7 @@ import { checkMeta } from "../../src/data/check.ts";
 import type { DataIssue } from "../../src/data/issues.ts";
 import { MAX_LINE_CHARS, readRecords } from "../../src/data/jsonl.ts";
 import { validateRecord } from "../../src/data/record.ts";
+import { reservedStrings } from "../../src/text/reserved.ts";
 import { MAX_IMAGE_PIXELS } from "../../src/vision/headers.ts";
 import { dataset, expectNamed, png, tempDir, turns, write } from "./fixtures.ts";
 
@@ -64,6 +65,35 @@ describe("data check: text", () => {
     ]);
     expect(own.record).toBeUndefined();
     expect(own.issues[0]).toMatchObject({ kind: "special-token", line: 9 });
+  });
+
+  it("with a model, refuses its own special tokens too, never the grounding tokens", async () => {
+    const dir = tempDir();
+    const model = join(dir, "model");
+    write(
+      join(model, "tokenizer_config.json"),
+      JSON.stringify({
+        added_tokens_decoder: {
+          "151650": { content: "<|vision_pad|>", special: true },
+          "151651": { content: "<ref>", special: true },
+          "151652": { content: "plainword", special: false },
+        },
+      }),
+    );
+    const reserved = reservedStrings(model);
+    expect(reserved).toContain("<|vision_pad|>");
+    expect(reserved).toContain("<IMG_CONTEXT>");
+    expect(reserved).not.toContain("<ref>");
+    expect(reserved).not.toContain("plainword");
+    const m = dataset(dir, [
+      { conversations: turns("pad <|vision_pad|> here", "ok") },
+      { conversations: turns("<ref>a plainword</ref>", "ok") },
+    ]);
+    expect((await checkMeta(m)).errorCount).toBe(0);
+    const r = await checkMeta(m, { reserved, workers: 1 });
+    expect(r.errorCount).toBe(1);
+    expectNamed(find(r.issues, "special-token", 1), "ds.jsonl", 1, "conversations[0].value");
+    expect(() => reservedStrings(join(dir, "nope"))).toThrow(/no tokenizer files/);
   });
 
   it("makes bytes that are not UTF-8 an error: the record is never trained", async () => {
