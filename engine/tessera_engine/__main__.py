@@ -26,6 +26,7 @@ JOBS = {
     "render": "render",
     "generate": "generate",
     "export": "export",
+    "sequence-logps": "sequence_logps",
 }
 
 

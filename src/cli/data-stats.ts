@@ -34,7 +34,7 @@ function block(
   const out = [
     title,
     `  records      ${num(d.records)} in the files → ${num(d.selected)} per epoch after repeat_time${d.invalid ? ` (${num(d.invalid)} unusable lines left out: run \`tessera data check\`)` : ""}`,
-    `  kinds        multimodal ${num(d.multimodal)} (video ${num(d.video)}) · text ${num(d.text)}`,
+    `  kinds        multimodal ${num(d.multimodal)} (video ${num(d.video)}) · text ${num(d.text)}${d.pairs ? ` · preference pairs ${num(d.pairs)} (tokens: both sides)` : ""}`,
     `  images/rec   ${ipr || "—"}`,
     summaryLine("width", d.width),
     summaryLine("height", d.height),

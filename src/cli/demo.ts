@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { runDemo } from "../demo/demo.ts";
+import { formatMpoReport, runMpoDemo } from "../demo/mpo.ts";
 import { formatDemoReport } from "../demo/report.ts";
 import { UserError } from "../util/errors.ts";
 
@@ -25,9 +26,31 @@ export function registerDemo(program: Command): void {
     .option("--meta <file>", "train on this meta file instead of the synthetic data (with --eval)")
     .option("--eval <file>", "held-out questions (meta file or JSONL) scored before and after")
     .option("--config <file>", "a training config (YAML) whose settings replace the demo's")
+    .option(
+      "--method <m>",
+      "sft (default) | mpo: preference optimisation continuing from the SFT demo's export",
+      "sft",
+    )
     .option("--venv <dir>", "the engine's virtual environment")
     .option("--json", "print the full report as JSON")
     .action(async (o) => {
+      if (o.method !== "sft" && o.method !== "mpo")
+        throw new UserError(`--method: expected sft or mpo, got ${o.method}`);
+      if (o.method === "mpo") {
+        const m = await runMpoDemo({
+          out: o.out,
+          steps: int(o.steps, "--steps", 1),
+          seed: int(o.seed, "--seed", 0)!,
+          fast: o.fast === true,
+          venv: o.venv,
+        });
+        process.stdout.write(
+          o.json
+            ? `${JSON.stringify({ ...m, before: { ...m.before, items: undefined }, after: { ...m.after, items: undefined }, sftReport: undefined }, null, 2)}\n`
+            : `${formatMpoReport(m)}\n`,
+        );
+        return;
+      }
       const r = await runDemo({
         out: o.out,
         steps: int(o.steps, "--steps", 1),

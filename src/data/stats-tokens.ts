@@ -6,6 +6,7 @@
 import type { SampleContext } from "../text/sample.ts";
 import { resolveMediaPath } from "./media.ts";
 import { type DatasetSpec, maxDynamicPatchOf, videoFramesOf } from "./meta.ts";
+import type { DataRecord } from "./record.ts";
 import type { LengthsFn } from "./stats.ts";
 
 export interface TokenLengthOptions {
@@ -43,11 +44,30 @@ export async function tokenLengths(
     }
     return ctx;
   };
+  const { pairConversations } = await import("./pairs.ts");
   return async (records, spec) => {
+    // A preference record is planned as one unit of both sides: its length is their sum.
+    const sides: DataRecord[] = [];
+    const owner: number[] = [];
+    records.forEach((r, i) => {
+      if (r.pair) for (const s of pairConversations(r)) sides.push({ ...s, pair: undefined });
+      else sides.push(r);
+      owner.push(i);
+      if (r.pair) owner.push(i);
+    });
     // The column path: lengths without building a sample object per record.
-    const c = await recordsToColumns(records, contextFor(spec));
+    const c = await recordsToColumns(sides, contextFor(spec));
     const lengths: (number | null)[] = new Array(records.length).fill(null);
-    for (let k = 0; k < c.count; k++) lengths[c.source[k]] = c.length[k];
+    const parts = new Array(records.length).fill(0);
+    for (let k = 0; k < c.count; k++) {
+      const i = owner[c.source[k]];
+      lengths[i] = (lengths[i] ?? 0) + c.length[k];
+      parts[i]++;
+    }
+    // a pair with a side dropped is dropped whole
+    records.forEach((r, i) => {
+      if (r.pair && parts[i] !== 2) lengths[i] = null;
+    });
     return lengths;
   };
 }

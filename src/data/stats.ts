@@ -155,6 +155,8 @@ export interface DatasetStats {
   multimodal: number;
   text: number;
   video: number;
+  /** Preference records (question, chosen, rejected); their token length is both sides'. */
+  pairs?: number;
   /** Records by image count, as "0", "1", "2", ... */
   imagesPerRecord: Record<string, number>;
   /** Over the images of the records one epoch takes. */
@@ -303,6 +305,7 @@ async function flush(
     if (rec.images.length > 0 || rec.video !== undefined) s.multimodal++;
     else s.text++;
     if (rec.video !== undefined) s.video++;
+    if (rec.pair) s.pairs = (s.pairs ?? 0) + 1;
     if (rec.imageWh) {
       c.unsized.push(0);
       for (const [w, h] of rec.imageWh) {
@@ -375,6 +378,7 @@ function totals(
     selected: sum((s) => s.selected),
     invalid: sum((s) => s.invalid),
     multimodal: sum((s) => s.multimodal),
+    ...(groups.some((x) => x.c.s.pairs) ? { pairs: sum((s) => s.pairs ?? 0) } : {}),
     text: sum((s) => s.text),
     video: sum((s) => s.video),
     imagesPerRecord,

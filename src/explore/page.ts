@@ -130,7 +130,11 @@ async function show(dataset, index) {
     (what || "no image") + ", " + tiles + " tile" + (tiles === 1 ? "" : "s") + ") · <b>" + p.learned.toLocaleString() + "</b> learned · template " + esc(p.template) +
     (p.truncated ? " · truncated from " + p.truncated.originalLength + " tokens (" + p.truncated.droppedTurns + " turns dropped)" : "");
   $("images").innerHTML = figures(p);
-  $("text").innerHTML = p.segments.map((g) => g.image ? '<span class="image">' + esc(g.text) + "</span>" : g.learned ? '<span class="learned">' + esc(g.text) + "</span>" : esc(g.text)).join("");
+  const segs = (ss) => ss.map((g) => g.image ? '<span class="image">' + esc(g.text) + "</span>" : g.learned ? '<span class="learned">' + esc(g.text) + "</span>" : esc(g.text)).join("");
+  // A preference pair: both sequences, each with its learned span.
+  $("text").innerHTML = p.rejected
+    ? "<b>chosen</b> (" + p.learned + " learned)\n" + segs(p.segments) + "\n\n<b>rejected</b> (" + p.rejected.learned + " learned)\n" + segs(p.rejected.segments)
+    : segs(p.segments);
 }
 
 init();

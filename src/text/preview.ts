@@ -1,4 +1,5 @@
 /** One sample rendered for people: special tokens visible, image tokens collapsed, learned spans marked. */
+import { pairConversations } from "../data/pairs.ts";
 import type { DataRecord } from "../data/record.ts";
 import { describeGrid } from "../vision/tiling.ts";
 import type { ModelInfo } from "./model-info.ts";
@@ -56,8 +57,33 @@ export async function previewSegments(sample: Sample, tk: TextTokenizer, model: 
   return segs;
 }
 
-/** The preview as data (`data preview --json`, the explorer): the sample and its segments. */
+/** The two sides of a preference record, each a record of its own (chosen first). */
+function pairSides(record: DataRecord): [DataRecord, DataRecord] {
+  const [c, r] = pairConversations(record);
+  return [
+    { ...c, pair: undefined },
+    { ...r, pair: undefined },
+  ];
+}
+
+/**
+ * The preview as data (`data preview --json`, the explorer): the sample and its segments; for a
+ * preference record the chosen side's, with the rejected side's under `rejected`.
+ */
 export async function previewData(record: DataRecord, pc: PreviewContext) {
+  if (record.pair) {
+    const [c, r] = pairSides(record);
+    const chosen = await previewSide(c, pc);
+    const rejected = await previewSide(r, pc);
+    if ("dropped" in chosen) return chosen;
+    if ("dropped" in rejected) return rejected;
+    const { sample: _, inputIds: __, labels: ___, ...side } = rejected;
+    return { ...chosen, rejected: side };
+  }
+  return previewSide(record, pc);
+}
+
+async function previewSide(record: DataRecord, pc: PreviewContext) {
   const sample = await recordToSample(record, pc.ctx);
   if (!sample)
     return {
@@ -90,6 +116,19 @@ export async function renderPreview(
   pc: PreviewContext,
   style: PreviewStyle | "json",
 ): Promise<string> {
+  if (record.pair) {
+    // Both answers, each with its learned span: the loss compares exactly these tokens.
+    const [c, r] = pairSides(record);
+    const a = await renderPreview(c, pc, style);
+    const b = await renderPreview(r, pc, style);
+    if (style === "json")
+      return JSON.stringify(
+        { id: record.id ?? null, pair: true, chosen: JSON.parse(a), rejected: JSON.parse(b) },
+        null,
+        2,
+      );
+    return `── chosen ──\n${a}\n\n── rejected ──\n${b}`;
+  }
   const data = await previewData(record, pc);
   if ("dropped" in data) return style === "json" ? JSON.stringify(data) : `dropped: ${data.reason}`;
   const { sample, ...shown } = data;
