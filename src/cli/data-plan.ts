@@ -43,7 +43,31 @@ export function formatPlan(p: Plan): string {
     `  steps ${n(s.steps)} (per epoch: ${s.steps_per_epoch.join(", ")}) · tokens per step ${n(s.tokens_per_step)}`,
     `  rank balance (most tokens on a rank / mean): mean ${s.rank_balance_mean.toFixed(3)}, worst ${s.rank_balance_worst.toFixed(3)}${s.empty_micro_batches ? ` · ${s.empty_micro_batches} empty micro-batches` : ""}`,
   ];
+  if (p.shards) {
+    const sh = p.shards;
+    out.push(
+      `  sequence parallel: sp ${o.spSize} × ring ${o.ringSize} = ${sh.ranks} ranks per row · data parallel ${o.dataParallel}`,
+      `  per rank and row: tokens mean ${n(s.shard_tokens_mean ?? 0)}, max ${n(s.shard_tokens_max ?? 0)} · tiles run mean ${(s.shard_tiles_mean ?? 0).toFixed(2)}, max ${s.shard_tiles_max} · padding ${n(s.shard_padding ?? 0)} tokens at rows' ends`,
+    );
+    for (const [r, row] of firstRows(p, 3))
+      out.push(`  row ${r}: ${n(p.rowTokens[r])} tokens → ranks ${row}`);
+  }
   return out.join("\n");
+}
+
+/** The first rows' shards: "tokens/learned/tiles" per rank of the row's group. */
+function firstRows(p: Plan, count: number): [number, string][] {
+  const sh = p.shards!;
+  const out: [number, string][] = [];
+  for (let r = 0; r < Math.min(count, p.rowTokens.length); r++) {
+    const parts: string[] = [];
+    for (let k = 0; k < sh.ranks; k++) {
+      const i = r * sh.ranks + k;
+      parts.push(`${sh.tokens[i]}t/${sh.learned[i]}l/${sh.tiles[i]}img`);
+    }
+    out.push([r, `${parts.join(" | ")} (tokens/learned/tiles, padded to ${sh.padded[r]})`]);
+  }
+  return out;
 }
 
 export function planJson(p: Plan): Record<string, unknown> {
@@ -52,6 +76,23 @@ export function planJson(p: Plan): Record<string, unknown> {
     cache_fingerprint: p.cacheFingerprint,
     options: p.options,
     ...p.stats,
+    ...(p.shards
+      ? {
+          first_rows_per_rank: Array.from({ length: Math.min(3, p.rowTokens.length) }, (_, r) => ({
+            row: r,
+            padded: p.shards!.padded[r],
+            tokens: Array.from(
+              p.shards!.tokens.subarray(r * p.shards!.ranks, (r + 1) * p.shards!.ranks),
+            ),
+            learned: Array.from(
+              p.shards!.learned.subarray(r * p.shards!.ranks, (r + 1) * p.shards!.ranks),
+            ),
+            tiles: Array.from(
+              p.shards!.tiles.subarray(r * p.shards!.ranks, (r + 1) * p.shards!.ranks),
+            ),
+          })),
+        }
+      : {}),
   };
 }
 
@@ -71,6 +112,8 @@ export function registerDataPlan(data: Command): void {
       "longest sample (default: pack max length, or 4096 without packing)",
     )
     .option("--world-size <n>", "ranks (processes over all nodes)", "1")
+    .option("--sp-size <n>", "sequence parallel (Ulysses) ranks per row (default 1)")
+    .option("--ring-size <n>", "ring attention ranks per row, inside each sp group (default 1)")
     .option("--micro-batch-size <n>", "rows per micro-batch", "1")
     .option("--grad-accum <n>", "micro-batches per step", "1")
     .option("--epochs <n>", "epochs", "1")
@@ -129,9 +172,15 @@ export function registerDataPlan(data: Command): void {
           maxTilesPerPack: int(o.maxTilesPerPack, "--max-tiles-per-pack"),
           window: int(o.window, "--window"),
           seed: int(o.seed, "--seed", 0)!,
+          spSize: int(o.spSize, "--sp-size"),
+          ringSize: int(o.ringSize, "--ring-size"),
         };
       } else {
-        const c = resolveConfig(arg, o.cacheDir ? { cache_dir: o.cacheDir } : {});
+        const over: Record<string, unknown> = o.cacheDir ? { cache_dir: o.cacheDir } : {};
+        // given on the command line, they override the config's
+        if (o.spSize !== undefined) over.sp_size = int(o.spSize, "--sp-size");
+        if (o.ringSize !== undefined) over.ring_size = int(o.ringSize, "--ring-size");
+        const c = resolveConfig(arg, over);
         cacheDir = c.cache_dir!;
         await prepareCache(
           prepareOptionsFromConfig(c, { workers: workersOption(o.workers), onProgress: progress }),

@@ -761,6 +761,18 @@ export function openCacheTable(
       for (const l of labels) if (l !== -100) n++;
       return n;
     },
+    tileSpanIn: (s, start, end) => {
+      const d = locate(s);
+      const k = s - d.first;
+      let t = 0;
+      for (let j = d.imgOffset[k]; j < d.imgOffset[k + 1]; j++) {
+        const a = d.ctx[j];
+        const lo = Math.max(a, start);
+        const hi = Math.min(a + d.imgTiles[j] * tpt, end);
+        if (lo < hi) t += Math.ceil((hi - a) / tpt) - Math.floor((lo - a) / tpt);
+      }
+      return t;
+    },
     tilesIn: (s, start, end) => {
       const d = locate(s);
       const k = s - d.first;

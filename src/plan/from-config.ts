@@ -41,6 +41,8 @@ export function planOptionsFromConfig(c: TrainConfig): PlanOptions {
         : (c.pack_max_length ?? (c.method === "sft" ? c.max_length : 2 * c.max_length)),
     maxTilesPerPack: c.max_tiles_per_pack,
     seed: c.seed,
+    spSize: c.sp_size,
+    ringSize: c.ring_size,
   };
 }
 

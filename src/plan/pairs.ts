@@ -94,6 +94,10 @@ export function buildPairPlan(table: SampleTable, options: PlanOptions): Plan {
     throw new UserError(
       "packing concat cuts sequences across rows, which would split a pair: use soft, first_fit, next_fit or none",
     );
+  if ((options.spSize ?? 1) * (options.ringSize ?? 1) > 1)
+    throw new UserError(
+      "preference training does not run with sequence parallelism yet: set sp_size and ring_size to 1",
+    );
   const unit = buildPlan(pairTable(table), options);
   const none = unit.options.packing === "none";
   const P = unit.pieceSample.length;

@@ -31,11 +31,19 @@ export interface SampleTable {
    * has nothing before it in its row) and tiles inside it. */
   learnedIn?: (sample: number, start: number, end: number) => number;
   tilesIn?: (sample: number, start: number, end: number) => number;
+  /** sequence parallelism: tiles whose context tokens meet [start, end) of a sample (tile by tile,
+   * where tilesIn counts whole images). */
+  tileSpanIn?: (sample: number, start: number, end: number) => number;
   cacheDir?: string;
 }
 
 export interface PlanOptions {
+  /** Ranks in all; the data-parallel world is worldSize / (spSize × ringSize). */
   worldSize: number;
+  /** Sequence parallelism: each row is cut into spSize × ringSize equal shards, one per rank of
+   * its group (Ulysses over spSize ranks, ring attention over ringSize groups of them). */
+  spSize?: number;
+  ringSize?: number;
   /** Rows (packs, or samples without packing) per micro-batch. */
   microBatchSize: number;
   /** Micro-batches per step per rank; or give globalBatchSize (rows per step, all ranks). */
@@ -74,6 +82,27 @@ export interface PlanStats {
   rank_balance_worst: number;
   empty_micro_batches: number;
   split_samples: number;
+  /** Sequence parallelism only: real tokens of a rank's shard (mean, max), tiles a rank runs
+   * for one shard (mean, max), and the padding added at rows' ends. */
+  shard_tokens_mean?: number;
+  shard_tokens_max?: number;
+  shard_tiles_mean?: number;
+  shard_tiles_max?: number;
+  shard_padding?: number;
+}
+
+/** How every row is cut across the ranks of its sequence-parallel group (absent without one). */
+export interface RowShards {
+  /** ranks per row: spSize × ringSize */
+  ranks: number;
+  /** per row: its length padded at the end to a multiple of `ranks`; shard k of the row holds
+   * tokens [k·padded/ranks, (k+1)·padded/ranks) */
+  padded: Int32Array;
+  /** per row × shard: real (unpadded) tokens, learned tokens (targets predicted from the
+   * shard's positions) and tiles its rank runs (those whose context tokens it holds) */
+  tokens: Int32Array;
+  learned: Int32Array;
+  tiles: Int32Array;
 }
 
 export interface Plan {
@@ -84,6 +113,10 @@ export interface Plan {
     Pick<PlanOptions, "worldSize" | "microBatchSize" | "sampler" | "packing" | "seed">
   > & {
     gradAccum: number;
+    spSize: number;
+    ringSize: number;
+    /** worldSize / (spSize × ringSize): the ranks that get different rows */
+    dataParallel: number;
     packMaxLength: number | null;
     maxTilesPerPack: number | null;
     window: number;
@@ -110,6 +143,7 @@ export interface Plan {
   stepSamples: Int32Array;
   stepLearnedSamples: Int32Array;
   stepSqrtLearned: Float64Array;
+  shards?: RowShards;
   stats: PlanStats;
   /** A preference plan (src/plan/pairs.ts): its per-step pair totals. */
   pairs?: PairTotals;
@@ -124,10 +158,24 @@ export interface PairTotals {
 }
 
 function normalize(table: SampleTable, o: PlanOptions): Plan["options"] {
-  const W = o.worldSize;
+  const world = o.worldSize;
   const B = o.microBatchSize;
-  if (!(Number.isInteger(W) && W >= 1))
-    throw new UserError(`world size must be a positive integer, got ${W}`);
+  if (!(Number.isInteger(world) && world >= 1))
+    throw new UserError(`world size must be a positive integer, got ${world}`);
+  const sp = o.spSize ?? 1;
+  const ring = o.ringSize ?? 1;
+  if (!(Number.isInteger(sp) && sp >= 1 && Number.isInteger(ring) && ring >= 1))
+    throw new UserError(`sp size and ring size must be positive integers, got ${sp} and ${ring}`);
+  if (world % (sp * ring) !== 0)
+    throw new UserError(
+      `sp size × ring size = ${sp} × ${ring} = ${sp * ring} must divide the world size ${world}`,
+    );
+  if (sp * ring > 1 && B !== 1)
+    throw new UserError(
+      `micro batch size ${B}: with sequence parallelism a micro-batch is one row cut across ${sp * ring} ranks; use 1`,
+    );
+  // Everything below deals rows to the data-parallel ranks; a row's sp × ring ranks share it.
+  const W = world / (sp * ring);
   if (!(Number.isInteger(B) && B >= 1))
     throw new UserError(`micro batch size must be a positive integer, got ${B}`);
   let A = o.gradAccum;
@@ -151,9 +199,12 @@ function normalize(table: SampleTable, o: PlanOptions): Plan["options"] {
   const epochs = o.epochs ?? 1;
   if (!(epochs > 0)) throw new UserError(`epochs must be above 0, got ${epochs}`);
   return {
-    worldSize: W,
+    worldSize: world,
     microBatchSize: B,
     gradAccum: A,
+    spSize: sp,
+    ringSize: ring,
+    dataParallel: W,
     sampler: o.sampler,
     packing: o.packing,
     seed: o.seed,
@@ -174,7 +225,7 @@ function epochRows(
 ): Int32Array {
   const order = epochMixture(table.datasets, opt.seed, epoch);
   const rng = new Rng(opt.seed, epoch, 0x73616d70);
-  const mega = opt.worldSize * opt.microBatchSize;
+  const mega = opt.dataParallel * opt.microBatchSize;
   const packOpts = {
     packMaxLength: opt.packMaxLength ?? 0,
     maxTilesPerPack: opt.maxTilesPerPack ?? undefined,
@@ -231,7 +282,7 @@ function epochRows(
 
 export function buildPlan(table: SampleTable, options: PlanOptions): Plan {
   const opt = normalize(table, options);
-  const W = opt.worldSize;
+  const W = opt.dataParallel;
   const A = opt.gradAccum;
   const rows = new Rows(Math.min(table.lengths.length * Math.ceil(opt.epochs) + 16, 1 << 26));
   const fullEpochs = Math.ceil(opt.epochs);
@@ -296,7 +347,7 @@ function assemble(
   totalSteps: number,
   samples: number,
 ): Plan {
-  const W = opt.worldSize;
+  const W = opt.dataParallel;
   const A = opt.gradAccum;
   const R = finalRows.length;
   let P = 0;
@@ -401,6 +452,10 @@ function assemble(
   let tokens = 0;
   for (const t of rowTokens) tokens += t;
   const fill = padded > 0 ? tokens / padded : 0;
+  const shards =
+    opt.spSize * opt.ringSize > 1
+      ? cutRows(table, opt.spSize * opt.ringSize, rowOffset, pieceSample, pieceStart, pieceLength)
+      : undefined;
   const stats: PlanStats = {
     samples,
     packs: R,
@@ -418,6 +473,7 @@ function assemble(
     rank_balance_worst: balWorst,
     empty_micro_batches: empty,
     split_samples: splitSamples,
+    ...(shards ? shardStats(shards, rowTokens) : {}),
   };
   const plan: Plan = {
     fingerprint: "",
@@ -444,10 +500,85 @@ function assemble(
     stepSamples,
     stepLearnedSamples,
     stepSqrtLearned,
+    shards,
     stats,
   };
   plan.fingerprint = planFingerprint(plan);
   return plan;
+}
+
+/**
+ * Cut every row into `ranks` equal shards: the row is padded at its end to a multiple of
+ * `ranks`, and shard k holds tokens [k·S, (k+1)·S) with S = padded / ranks. A shard learns the
+ * targets predicted from its positions: the label at row position q+1 (same piece) for each of
+ * its positions q, so a shard's last position may predict the next shard's first token.
+ */
+function cutRows(
+  table: SampleTable,
+  ranks: number,
+  rowOffset: Int32Array,
+  pieceSample: Int32Array,
+  pieceStart: Int32Array,
+  pieceLength: Int32Array,
+): RowShards {
+  if (!table.learnedIn || !table.tileSpanIn)
+    throw new Error("sequence parallelism needs the table's learnedIn and tileSpanIn");
+  const R = rowOffset.length - 1;
+  const padded = new Int32Array(R);
+  const tokens = new Int32Array(R * ranks);
+  const learned = new Int32Array(R * ranks);
+  const tiles = new Int32Array(R * ranks);
+  for (let r = 0; r < R; r++) {
+    let len = 0;
+    for (let p = rowOffset[r]; p < rowOffset[r + 1]; p++) len += pieceLength[p];
+    const S = Math.ceil(len / ranks);
+    padded[r] = S * ranks;
+    let ps = 0; // the piece's first row position
+    for (let p = rowOffset[r]; p < rowOffset[r + 1]; p++) {
+      const pe = ps + pieceLength[p];
+      const s = pieceSample[p];
+      const st = pieceStart[p];
+      // shards the piece meets: its positions [ps, pe)
+      for (let k = Math.floor(ps / S); k < ranks && k * S < pe; k++) {
+        const a = Math.max(ps, k * S);
+        const b = Math.min(pe, (k + 1) * S);
+        const i = r * ranks + k;
+        tokens[i] += b - a;
+        tiles[i] += table.tileSpanIn(s, st + a - ps, st + b - ps);
+        // labels at row positions [a+1, b+1) ∩ [ps+1, pe): sample tokens [x, y)
+        const x = Math.max(a + 1, ps + 1) - ps + st;
+        const y = Math.min(b + 1, pe) - ps + st;
+        if (x < y) learned[i] += table.learnedIn(s, x - 1, y);
+      }
+      ps = pe;
+    }
+  }
+  return { ranks, padded, tokens, learned, tiles };
+}
+
+function shardStats(sh: RowShards, rowTokens: Int32Array): Partial<PlanStats> {
+  let tokMax = 0;
+  let tilSum = 0;
+  let tilMax = 0;
+  let pad = 0;
+  for (let i = 0; i < sh.tokens.length; i++) {
+    if (sh.tokens[i] > tokMax) tokMax = sh.tokens[i];
+    tilSum += sh.tiles[i];
+    if (sh.tiles[i] > tilMax) tilMax = sh.tiles[i];
+  }
+  let tok = 0;
+  for (let r = 0; r < rowTokens.length; r++) {
+    tok += rowTokens[r];
+    pad += sh.padded[r] - rowTokens[r];
+  }
+  const n = sh.tokens.length || 1;
+  return {
+    shard_tokens_mean: tok / n,
+    shard_tokens_max: tokMax,
+    shard_tiles_mean: tilSum / n,
+    shard_tiles_max: tilMax,
+    shard_padding: pad,
+  };
 }
 
 /** The plan's arrays as written: name → [dtype, data]. */
@@ -479,6 +610,14 @@ function planColumns(p: Plan): [string, ColumnSpec["dtype"], ArrayBufferView][] 
           ],
         ] as [string, ColumnSpec["dtype"], ArrayBufferView][])
       : []),
+    ...(p.shards
+      ? ([
+          ["row_padded", "<i4", p.shards.padded],
+          ["shard_tokens", "<i4", p.shards.tokens],
+          ["shard_learned", "<i4", p.shards.learned],
+          ["shard_tiles", "<i4", p.shards.tiles],
+        ] as [string, ColumnSpec["dtype"], ArrayBufferView][])
+      : []),
   ];
 }
 
@@ -505,6 +644,10 @@ function planHeader(p: Plan) {
       max_steps: p.options.maxSteps,
       // only in preference plans, so other plans keep their fingerprints
       ...(p.pairs ? { preference: true } : {}),
+      // only with sequence parallelism, so plans without it keep their bytes and fingerprints
+      ...(p.options.spSize * p.options.ringSize > 1
+        ? { sp_size: p.options.spSize, ring_size: p.options.ringSize }
+        : {}),
     },
   };
 }

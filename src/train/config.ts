@@ -161,6 +161,12 @@ export const TrainConfigSchema = z
     node_rank: nonNegInt.default(0).describe("this node's rank"),
     master_addr: z.string().default("127.0.0.1").describe("address of node 0"),
     master_port: z.number().int().min(1).max(65535).default(29500).describe("port on node 0"),
+    sp_size: posInt
+      .default(1)
+      .describe("sequence parallel (Ulysses) ranks per row: attention heads are split over them"),
+    ring_size: posInt
+      .default(1)
+      .describe("ring attention ranks per row, inside each sequence-parallel group"),
 
     // Checkpoints, logs, export.
     checkpoint_interval: nonNegInt
@@ -316,23 +322,11 @@ export function addConfigOptions(cmd: Command): Command {
   for (const s of SEED_FLAGS)
     if (!cmd.options.some((o) => o.long === s.flags.split(" ")[0]))
       cmd.option(s.flags, s.description);
-  cmd.option("--sp-size <n>", "sequence parallel size (not supported yet)");
-  cmd.option("--ring-size <n>", "ring attention size (not supported yet)");
   return cmd;
 }
 
 /** The settings the command line gave (only those given), from commander's parsed options. */
 export function flagsToConfig(opts: Record<string, unknown>): Partial<TrainConfigInput> {
-  for (const refused of ["spSize", "ringSize"] as const) {
-    const v = opts[refused];
-    if (v !== undefined && Number(v) !== 1) {
-      const flag = refused === "spSize" ? "--sp-size" : "--ring-size";
-      throw new UserError(
-        `${flag} ${v}: sequence parallelism is not supported by tessera yet. Remove ${flag} (or set it to 1); ` +
-          "to fit long sequences in memory, use --shard-strategy zero3 with gradient checkpointing, or a lower --max-length.",
-      );
-    }
-  }
   const out: Record<string, unknown> = {};
   for (const s of SEED_FLAGS) {
     const v = opts[camel(s.flags.split(" ")[0].slice(2))];
@@ -451,10 +445,22 @@ export function resolveConfig(
 
 function validate(c: TrainConfig, where: string): void {
   const world = c.nproc_per_node * c.nnodes;
-  const perStep = world * c.micro_batch_size;
+  const perRow = c.sp_size * c.ring_size;
+  if (world % perRow !== 0)
+    throw new UserError(
+      `${where}: sp_size × ring_size = ${c.sp_size} × ${c.ring_size} = ${perRow} must divide the processes (nproc_per_node × nnodes = ${world})`,
+    );
+  if (perRow > 1 && c.micro_batch_size !== 1)
+    throw new UserError(
+      `${where}: micro_batch_size ${c.micro_batch_size}: with sequence parallelism (sp_size × ring_size = ${perRow}) a micro-batch is one row cut across ranks; set micro_batch_size to 1`,
+    );
+  const dp = world / perRow;
+  const perStep = dp * c.micro_batch_size;
   if (c.global_batch_size % perStep !== 0) {
     throw new UserError(
-      `${where}: global_batch_size ${c.global_batch_size} must be a multiple of micro_batch_size × processes = ${c.micro_batch_size} × ${world} = ${perStep}`,
+      perRow > 1
+        ? `${where}: global_batch_size ${c.global_batch_size} must be a multiple of micro_batch_size × data-parallel ranks = ${c.micro_batch_size} × ${dp} = ${perStep} (processes ${world} / (sp_size × ring_size) ${perRow})`
+        : `${where}: global_batch_size ${c.global_batch_size} must be a multiple of micro_batch_size × processes = ${c.micro_batch_size} × ${world} = ${perStep}`,
     );
   }
   if (c.node_rank >= c.nnodes)
@@ -489,7 +495,12 @@ function validate(c: TrainConfig, where: string): void {
   if (c.min_lr > c.lr) throw new UserError(`${where}: min_lr ${c.min_lr} is above lr ${c.lr}`);
 }
 
+/** Data-parallel ranks: the processes over the ranks that share one row (sp × ring). */
+export function dataParallelSize(c: TrainConfig): number {
+  return (c.nproc_per_node * c.nnodes) / (c.sp_size * c.ring_size);
+}
+
 /** Gradient accumulation steps implied by the batch sizes. */
 export function accumulationSteps(c: TrainConfig): number {
-  return c.global_batch_size / (c.micro_batch_size * c.nproc_per_node * c.nnodes);
+  return c.global_batch_size / (c.micro_batch_size * dataParallelSize(c));
 }

@@ -166,14 +166,11 @@ describe("train config", () => {
     ).toBe("modality_length");
   });
 
-  it("refuses sequence parallelism with a clear message", () => {
-    expect(() => parseFlags(["--sp-size", "2"])).toThrow(
-      /--sp-size 2: sequence parallelism is not supported/,
-    );
-    expect(() => parseFlags(["--ring-size", "4"])).toThrow(
-      /--ring-size 4: sequence parallelism is not supported/,
-    );
-    expect(parseFlags(["--sp-size", "1"])).toEqual({});
+  it("takes --sp-size and --ring-size as settings", () => {
+    expect(parseFlags(["--sp-size", "2", "--ring-size", "4"])).toEqual({
+      sp_size: 2,
+      ring_size: 4,
+    });
   });
 
   it("rejects a shard choice outside zero2|zero3|ddp and inconsistent batch sizes", () => {

@@ -346,6 +346,20 @@ class MicroBatch:
 
 
 @dataclass(frozen=True)
+class RowShards:
+    """A row cut into equal shards: shard k holds tokens [k·S, (k+1)·S), S = padded / shards."""
+
+    padded: int
+    tokens: list[int]  # real tokens per shard (the padding is at the row's end)
+    learned: list[int]  # targets predicted from each shard's positions
+    tiles: list[int]  # tiles each shard's rank runs
+
+    @property
+    def shard_len(self) -> int:
+        return self.padded // len(self.tokens)
+
+
+@dataclass(frozen=True)
 class StepTotals:
     """Totals over all ranks and micro-batches of one step: loss denominators."""
 
@@ -387,7 +401,18 @@ class TrainingPlan:
         self.pack_max_length: int | None = self.options.get("pack_max_length")
         self.stats: dict = m.get("stats", {})
         self.cols = _map_columns(self.path, m["columns"])
-        expect = self.total_steps * self.world_size * self.micro_batches_per_step + 1
+        # Sequence parallelism: each row is cut over sp_size × ring_size ranks (cp_size), so rows
+        # are dealt to world_size / cp_size data-parallel ranks.
+        self.sp_size: int = int(self.options.get("sp_size") or 1)
+        self.ring_size: int = int(self.options.get("ring_size") or 1)
+        self.cp_size: int = self.sp_size * self.ring_size
+        if self.world_size % self.cp_size:
+            raise CacheFormatError(f"{self.path}: sp_size × ring_size = {self.cp_size} does not divide "
+                                   f"world_size {self.world_size}")
+        self.dp_size: int = self.world_size // self.cp_size
+        if self.cp_size > 1 and "shard_tokens" not in self.cols:
+            raise CacheFormatError(f"{self.path}: planned with sequence parallelism but has no shard columns")
+        expect = self.total_steps * self.dp_size * self.micro_batches_per_step + 1
         if self.cols.count("mb_offset") != expect:
             raise CacheFormatError(f"{self.path}: mb_offset has {self.cols.count('mb_offset')} entries, expected {expect}")
 
@@ -462,12 +487,23 @@ class TrainingPlan:
             learned_tokens=int(c["mb_learned"][index]),
         )
 
+    def row_shards(self, index: int) -> RowShards:
+        """How row `index` is cut over the cp_size ranks of its group (sequence parallelism)."""
+        c, n = self.cols, self.cp_size
+        return RowShards(
+            padded=int(c["row_padded"][index]),
+            tokens=[int(x) for x in c["shard_tokens"][index * n:(index + 1) * n]],
+            learned=[int(x) for x in c["shard_learned"][index * n:(index + 1) * n]],
+            tiles=[int(x) for x in c["shard_tiles"][index * n:(index + 1) * n]],
+        )
+
     def micro_batches(self, rank: int, epoch: int, step: int) -> list[MicroBatch]:
-        if not 0 <= rank < self.world_size:
-            raise IndexError(f"rank {rank} out of range [0, {self.world_size})")
+        """`rank` is the data-parallel rank (the rank itself without sequence parallelism)."""
+        if not 0 <= rank < self.dp_size:
+            raise IndexError(f"data-parallel rank {rank} out of range [0, {self.dp_size})")
         g = self.global_step(epoch, step)
         a = self.micro_batches_per_step
-        base = (g * self.world_size + rank) * a
+        base = (g * self.dp_size + rank) * a
         return [self.micro_batch(base + k) for k in range(a)]
 
     def step_totals(self, epoch: int, step: int) -> StepTotals:

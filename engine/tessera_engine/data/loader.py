@@ -31,12 +31,16 @@ class Tiling:
 class _PlanSlice(Dataset):
     """Micro-batch k of this rank, counted from the resume position."""
 
-    def __init__(self, cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling):
+    def __init__(self, cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling,
+                 shard: int | None = None):
         self.cache_dir, self.plan_dir = cache_dir, plan_dir
         self.rank, self.g0, self.tiling = rank, start_global_step, tiling
         plan = TrainingPlan(plan_dir)
         self.per_step = plan.micro_batches_per_step
-        self.world = plan.world_size
+        # rows are dealt to data-parallel ranks; with sequence parallelism `shard` says which
+        # part of each row this rank holds
+        self.world = plan.dp_size
+        self.shard = shard
         self.n = (plan.total_steps - start_global_step) * self.per_step
         self._cache: PreparedCache | None = None
         self._plan: TrainingPlan | None = None
@@ -59,6 +63,12 @@ class _PlanSlice(Dataset):
         mb = plan.micro_batch((g * self.world + self.rank) * self.per_step + slot)
         item = {"epoch": epoch, "step": step, "global_step": g, "slot": slot, "index": mb.index, "empty": mb.empty}
         if mb.empty:
+            return item
+        if self.shard is not None:
+            from .shards import shard_item
+
+            videos: dict = {}
+            item.update(shard_item(cache, plan, mb, self.shard, lambda im, s: self._tiles(cache, s, im, videos)))
             return item
         # Rows of different lengths are padded into one [rows, longest] batch; padding is
         # learned nowhere and attends only to itself (packed_forward's segments).
@@ -86,20 +96,7 @@ class _PlanSlice(Dataset):
                 # features [token_lo, token_hi) of the image's tiles (all tiles still run).
                 spans.append((im.tiles, pim.token_lo, pim.token_hi))
                 cut = cut or pim.token_lo != 0 or pim.token_hi != im.tiles * cache.tokens_per_tile
-                if im.frame is not None:
-                    pixels.append(self._frame(cache, pim.sample, im, videos))
-                    tiles.append(im.tiles)
-                    continue
-                n_images = len(cache.images(pim.sample))
-                # The grid is the plan's; it is checked against the budget the planner used for
-                # this sample's dataset (its own max_dynamic_patch), never re-decided here.
-                budget = cache.dataset_of(pim.sample).max_dynamic_patch or t.max_num
-                check_grid(
-                    im.wh, im.cols, im.rows, im.thumbnail, im.tiles, tile=t.tile, min_num=t.min_num,
-                    max_num=max(1, budget // n_images), use_thumbnail=t.use_thumbnail,
-                    where=f"sample {pim.sample} image {im.path}",
-                )
-                pixels.append(load_tiles(im.path, im.wh, im.cols, im.rows, im.thumbnail, t.tile))
+                pixels.append(self._tiles(cache, pim.sample, im, videos))
                 tiles.append(im.tiles)
         item.update(
             input_ids=ids,
@@ -116,6 +113,22 @@ class _PlanSlice(Dataset):
         )
         return item
 
+
+    def _tiles(self, cache: PreparedCache, sample: int, im, videos: dict) -> np.ndarray:
+        """(tiles, 3, tile, tile): an image's tiles (checked against the plan) or a video frame."""
+        if im.frame is not None:
+            return self._frame(cache, sample, im, videos)
+        t = self.tiling
+        n_images = len(cache.images(sample))
+        # The grid is the plan's; it is checked against the budget the planner used for
+        # this sample's dataset (its own max_dynamic_patch), never re-decided here.
+        budget = cache.dataset_of(sample).max_dynamic_patch or t.max_num
+        check_grid(
+            im.wh, im.cols, im.rows, im.thumbnail, im.tiles, tile=t.tile, min_num=t.min_num,
+            max_num=max(1, budget // n_images), use_thumbnail=t.use_thumbnail,
+            where=f"sample {sample} image {im.path}",
+        )
+        return load_tiles(im.path, im.wh, im.cols, im.rows, im.thumbnail, t.tile)
 
     def _frame(self, cache: PreparedCache, sample: int, im, videos: dict) -> np.ndarray:
         """(1, 3, tile, tile): planned frame `im.frame` of its video; all of a sample's frames
@@ -138,10 +151,12 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def micro_batches(
-    cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling, num_workers: int = 2, seed: int = 0
+    cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling, num_workers: int = 2, seed: int = 0,
+    shard: int | None = None,
 ) -> DataLoader:
-    """This rank's micro-batches from `start_global_step` on, in plan order."""
-    ds = _PlanSlice(cache_dir, plan_dir, rank, start_global_step, tiling)
+    """This rank's micro-batches from `start_global_step` on, in plan order. `rank` is the
+    data-parallel rank; with sequence parallelism, `shard` is this rank's shard of each row."""
+    ds = _PlanSlice(cache_dir, plan_dir, rank, start_global_step, tiling, shard)
     return DataLoader(
         ds,
         batch_size=None,  # a micro-batch is already one packed row

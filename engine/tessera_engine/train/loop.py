@@ -31,6 +31,7 @@ from ..data.cache import PreparedCache, StepTotals, TrainingPlan
 from ..data.loader import Tiling, micro_batches
 from ..protocol import emit
 from . import checkpoint, lora, parallel, preference
+from . import sequence_parallel as seqpar
 from .optim import build_optimizer, build_scheduler
 
 
@@ -122,11 +123,12 @@ class TrainModule(nn.Module):
     trainable parameter gets a gradient.
     """
 
-    def __init__(self, model: nn.Module, tile: int, reduction: str):
+    def __init__(self, model: nn.Module, tile: int, reduction: str, sp: "seqpar.SequenceParallel | None" = None):
         super().__init__()
         self.model = model
         self.tile = tile
         self.reduction = reduction
+        self.sp = sp  # sequence parallelism: this rank runs its shard of each row
         # learned tokens of the last micro-batch, checked against the plan's totals
         self.learned_seen = 0
 
@@ -148,6 +150,9 @@ class TrainModule(nn.Module):
             cu = torch.tensor([0, 1], dtype=torch.int32, device=device)
             out = packed_forward(self.model, ids, ids.clone(), cu, None, torch.zeros(1, dtype=torch.long, device=device))
             loss = _touch(out.token_losses) * 0.0
+        elif self.sp is not None:
+            loss, self.learned_seen = seqpar.shard_loss(self.model, self.sp, item, pixels, _global_norm(totals),
+                                                        self.reduction, device)
         else:
             out = packed_forward(
                 self.model,
@@ -239,6 +244,7 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
     if plan.world_size != world.size:
         raise RuntimeError(f"the plan was made for {plan.world_size} ranks, this run has {world.size}")
     checkpoint.agree(plan.fingerprint, world, "plan fingerprint")
+    sp = seqpar.setup(world, plan.sp_size, plan.ring_size)
 
     # Model: float32 master weights; the same seed on every rank makes LoRA start identical.
     torch.manual_seed(s.seed)
@@ -250,12 +256,18 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         if d.context_id >= 0 and d.context_id != info.img_context_token_id:
             raise RuntimeError(f"dataset {d.name}: the cache's image context token is {d.context_id}, "
                                f"the model's {info.img_context_token_id}; prepare the cache with this model")
+    if sp is not None:
+        seqpar.prepare_model(model, sp)
+        emit("log", level="info", message=seqpar.attention_check(sp))
     freeze(model, s)
     dtype = compute_dtype(s, device)
     tiling = Tiling(tile=info.tile_size, min_num=info.min_dynamic_patch,
                     max_num=int(job.get("max_dynamic_patch") or info.max_dynamic_patch),
                     use_thumbnail=info.use_thumbnail)
     pref = preference.PreferenceSettings.from_config(job["config"])
+    if pref is not None and sp is not None:
+        raise RuntimeError("preference training does not run with sequence parallelism yet: "
+                           "set sp_size and ring_size to 1")
     reference = None
     if pref is not None:
         # Before LoRA and sharding: the reference is the model as loaded.
@@ -272,7 +284,7 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
     if s.gradient_checkpointing:
         parallel.apply_ac(model)
     if pref is None:
-        train_module = TrainModule(model, info.tile_size, s.loss_reduction)
+        train_module = TrainModule(model, info.tile_size, s.loss_reduction, sp)
     else:
         train_module = preference.PreferenceModule(model, info.tile_size, pref, plan)
         train_module.reference = reference
@@ -325,7 +337,8 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         emit("checkpoint", step=steps_done, path=path, reason=reason)
         return path
 
-    loader = micro_batches(job["cache_dir"], job["plan_dir"], world.rank, start, tiling, s.num_workers, s.seed)
+    loader = micro_batches(job["cache_dir"], job["plan_dir"], sp.dp_rank if sp else world.rank, start, tiling,
+                           s.num_workers, s.seed, shard=sp.shard if sp else None)
     batches = iter(loader)
     per_step = plan.micro_batches_per_step
     pack_len = plan.pack_max_length or 0
