@@ -27,6 +27,7 @@ JOBS = {
     "generate": "generate",
     "export": "export",
     "sequence-logps": "sequence_logps",
+    "decode-images": "decode_images",
 }
 
 

@@ -1,6 +1,7 @@
 /** `tessera data check META`: validate records, placeholders, image_wh and media files. */
 import type { Command } from "commander";
 import { type CheckReport, checkMeta } from "../data/check.ts";
+import { DEEP_SAMPLE } from "../data/decode.ts";
 import { formatIssue } from "../data/issues.ts";
 import { MEDIA_ROOT_HELP, META_ARG_HELP } from "../data/meta.ts";
 import { byteProgress } from "../data/progress.ts";
@@ -30,6 +31,14 @@ export function formatCheckReport(r: CheckReport): string {
         `  ${d.missingImageWh} image records have no image_wh (needed for length grouping and packing): run \`tessera data fill-wh\``,
       );
   }
+  if (r.decode)
+    out.push(
+      r.decode.skipped
+        ? `images not decoded: ${r.decode.skipped}`
+        : r.decode.sampled
+          ? `decoded a sample of ${r.decode.decoded} of ${r.decode.of} images as training will (--deep decodes all)`
+          : `decoded all ${r.decode.decoded} images as training will`,
+    );
   out.push(
     `${r.errorCount} error(s), ${r.warningCount} warning(s) in ${r.datasets.length} dataset(s)${r.stoppedEarly ? " (stopped at the first error: --fail-fast)" : ""}`,
   );
@@ -49,6 +58,11 @@ export function registerDataCheck(data: Command): void {
     .option("--allow-outside-media-root", "accept media paths outside media_root")
     .option("--concurrency <n>", "image headers read at once", "64")
     .option("--workers <n>", "threads for large meta files (default: one per idle core)")
+    .option(
+      "--deep",
+      `decode every image fully, as training will (default: all up to ${DEEP_SAMPLE.toLocaleString("en-US")} distinct images, a sample of that many above)`,
+    )
+    .option("--no-deep", "read image headers only, decode nothing")
     .option(
       "--model <dir>",
       "also refuse the model's own special tokens in record text (read from its tokenizer files)",
@@ -75,6 +89,11 @@ export function registerDataCheck(data: Command): void {
           concurrency,
           workers,
           reserved: o.model ? reservedStrings(o.model) : undefined,
+          deep: o.deep === true ? "all" : o.deep === false ? "off" : "sample",
+          onDecodeProgress: (d, t) => {
+            if (!o.json && process.stderr.isTTY)
+              process.stderr.write(`\r\x1b[2Kdecoding images ${d}/${t}${d === t ? "\n" : ""}`);
+          },
           onProgress: (d, t) => bar.update(d, t),
         });
       } finally {

@@ -6,6 +6,7 @@ import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { HeaderReader, headerProblem, ImageHeaderError } from "../vision/headers.ts";
+import { DEEP_SAMPLE, type DecodeEntry, DecodeSample } from "./decode.ts";
 import { type DataIssue, issue } from "./issues.ts";
 import { displayPath, lineAlignedRanges, readRecordBatches } from "./jsonl.ts";
 import { MediaPathError, resolveMediaPath } from "./media.ts";
@@ -49,6 +50,8 @@ export interface CheckReport {
   truncated: boolean;
   /** True when --fail-fast stopped the check at the first error. */
   stoppedEarly: boolean;
+  /** The decoding pass (`deep`), when asked for. */
+  decode?: DecodeSummary;
 }
 
 export interface CheckOptions {
@@ -78,6 +81,29 @@ export interface CheckOptions {
   onProgress?: (done: number, total: number) => void;
   /** Strings record text must not hold (default RESERVED_STRINGS; `--model` adds the model's special tokens). */
   reserved?: readonly string[];
+  /**
+   * Decode images fully in the engine, as training will: "all", "sample" (all up to
+   * `deepSample` distinct images, a sample of that many above) or "off" (default: headers only).
+   */
+  deep?: "all" | "sample" | "off";
+  /** Size of the "sample" (default DEEP_SAMPLE). */
+  deepSample?: number;
+  /** The engine's python for `deep` (default: the set-up engine; none: no decoding, said in the report). */
+  python?: string;
+  /** Progress of the decoding pass. */
+  onDecodeProgress?: (done: number, total: number) => void;
+}
+
+/** What the decoding pass did. */
+export interface DecodeSummary {
+  /** Distinct images decoded. */
+  decoded: number;
+  /** Distinct images whose headers were read (decoded ones among them). */
+  of: number;
+  /** True when a sample was decoded. */
+  sampled: boolean;
+  /** Why nothing was decoded, when so. */
+  skipped?: string;
 }
 
 /** Keeps the first `max` problems in (dataset, line) order while counting all of them. */
@@ -214,7 +240,13 @@ const EXPECTED: Record<string, string> = {
   "missing-video": "a video file",
 };
 
-type RangeOptions = CheckOptions & { onBytes?: (n: number) => void; start?: number; end?: number };
+type RangeOptions = CheckOptions & {
+  onBytes?: (n: number) => void;
+  start?: number;
+  end?: number;
+  /** Where images whose header passed are offered for decoding. */
+  decode?: DecodeSample;
+};
 
 /**
  * Checks one dataset, or the byte range [start, end) of its file (line numbers then count
@@ -265,6 +297,7 @@ export async function checkRange(
       );
       return;
     }
+    if (opts.decode && field !== "video") opts.decode.offer(r.abs, d, line, field);
     if (wh && (wh[0] !== r.w || wh[1] !== r.h))
       add(
         issue(
@@ -344,6 +377,8 @@ export interface RangeResult {
   errors: number;
   warnings: number;
   truncated: boolean;
+  /** Images offered for decoding (their lines count from the range's first line). */
+  decode?: DecodeEntry[];
 }
 
 /** The worker side: check one range with its own problem list. */
@@ -353,14 +388,28 @@ export async function checkRangeJob(
 ): Promise<RangeResult> {
   const list = new IssueList(job.opts.maxErrors ?? 100);
   threadMedia ??= new MediaChecker(job.opts.concurrency ?? 64);
-  const summary = await checkRange(job.spec, 0, list, { ...job.opts, onBytes }, threadMedia);
+  const decode = deepLimit(job.opts) ? new DecodeSample(deepLimit(job.opts)) : undefined;
+  const summary = await checkRange(
+    job.spec,
+    0,
+    list,
+    { ...job.opts, onBytes, decode },
+    threadMedia,
+  );
   return {
     summary,
     issues: list.result(),
     errors: list.errors,
     warnings: list.warnings,
     truncated: list.truncated,
+    decode: decode?.entries(),
   };
+}
+
+/** Distinct images the decoding pass keeps: 0 when it is off. */
+function deepLimit(o: CheckOptions): number {
+  if (!o.deep || o.deep === "off") return 0;
+  return o.deep === "all" ? Number.POSITIVE_INFINITY : (o.deepSample ?? DEEP_SAMPLE);
 }
 
 /** Below this many bytes in all, a meta file is checked in this thread. */
@@ -528,6 +577,8 @@ function plainOptions(o: RangeOptions, start: number, end: number): RangeOptions
     allowOutside: o.allowOutside,
     concurrency: o.concurrency,
     reserved: o.reserved,
+    deep: o.deep,
+    deepSample: o.deepSample,
     start,
     end,
   };
@@ -539,6 +590,7 @@ function mergeRanges(
   d: number,
   list: IssueList,
   results: RangeResult[],
+  decode?: DecodeSample,
 ): DatasetSummary {
   const s = newSummary(spec);
   let offset = 0;
@@ -559,6 +611,7 @@ function mergeRanges(
     for (const [k, n] of Object.entries(x.errors)) s.errors[k] = (s.errors[k] ?? 0) + n;
     for (const [k, n] of Object.entries(x.warnings)) s.warnings[k] = (s.warnings[k] ?? 0) + n;
     list.merge(d, r, offset);
+    if (r.decode && decode) decode.merge(r.decode, d, offset);
     // CRLF is noted once per file: a later range repeats it.
     if (x.warnings.crlf) {
       if (crlfSeen)
@@ -598,7 +651,7 @@ async function checkParallel(
         );
       }),
     );
-    return perFile.map((results, d) => mergeRanges(specs[d], d, list, results));
+    return perFile.map((results, d) => mergeRanges(specs[d], d, list, results, opts.decode));
   } finally {
     await pool.close();
   }
@@ -725,16 +778,23 @@ export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Prom
     opts.onProgress?.(done, total);
   };
   const workers = opts.workers ?? defaultWorkers();
+  const limit = deepLimit(opts);
+  const decode = limit && opts.checkMedia !== false ? new DecodeSample(limit) : undefined;
   if (workers >= 2 && !opts.failFast && total >= (opts.parallelMinBytes ?? PARALLEL_MIN_BYTES)) {
-    datasets.push(...(await checkParallel(specs, sizes, list, workers, { ...opts, onBytes })));
+    datasets.push(
+      ...(await checkParallel(specs, sizes, list, workers, { ...opts, onBytes, decode })),
+    );
   } else {
     const media = new MediaChecker(opts.concurrency ?? 64);
     for (let d = 0; d < specs.length && !stoppedEarly; d++) {
       const before = list.errors;
-      datasets.push(await checkRange(specs[d], d, list, { ...opts, onBytes }, media));
+      datasets.push(await checkRange(specs[d], d, list, { ...opts, onBytes, decode }, media));
       if (opts.failFast && list.errors > before) stoppedEarly = true;
     }
   }
+  let decodeSummary: DecodeSummary | undefined;
+  if (decode && !stoppedEarly)
+    decodeSummary = await decodePass(decode, limit, datasets, list, opts);
   if (!stoppedEarly) await checkLengths(metaPath, specs, datasets, list, metaSummary);
   return {
     meta: displayPath(metaSummary.annotation),
@@ -744,5 +804,48 @@ export async function checkMeta(metaPath: string, opts: CheckOptions = {}): Prom
     warningCount: list.warnings,
     truncated: list.truncated,
     stoppedEarly,
+    ...(decodeSummary ? { decode: decodeSummary } : {}),
+  };
+}
+
+/** Decodes the chosen images in the engine; each failure is an error at the first record naming it. */
+async function decodePass(
+  decode: DecodeSample,
+  limit: number,
+  datasets: DatasetSummary[],
+  list: IssueList,
+  opts: CheckOptions,
+): Promise<DecodeSummary> {
+  const { decodeInEngine, enginePython } = await import("./decode.ts");
+  const entries = decode.entries();
+  const of = datasets.reduce((a, s) => a + s.distinctImages, 0);
+  const python = opts.python ?? (await enginePython());
+  if (!python)
+    return {
+      decoded: 0,
+      of,
+      sampled: false,
+      skipped:
+        "the engine is not set up (`tessera setup`); image headers were read, pixels not decoded",
+    };
+  for (const f of await decodeInEngine(entries, python, opts.onDecodeProgress)) {
+    const e = f.entry;
+    list.add(
+      e.d,
+      issue(
+        datasets[e.d].annotation,
+        e.line,
+        e.field,
+        "undecodable-image",
+        `the image cannot be decoded as training decodes it (Pillow): ${e.abs}`,
+        { expected: "an image that decodes fully", found: f.message },
+      ),
+      datasets[e.d],
+    );
+  }
+  return {
+    decoded: entries.length,
+    of: Math.max(of, entries.length),
+    sampled: entries.length >= limit && of > limit,
   };
 }

@@ -6,6 +6,7 @@ import { checkMeta } from "../../src/data/check.ts";
 import type { DataIssue } from "../../src/data/issues.ts";
 import { MAX_LINE_CHARS, readRecords } from "../../src/data/jsonl.ts";
 import { validateRecord } from "../../src/data/record.ts";
+import { ensureEngine } from "../../src/engine/setup.ts";
 import { reservedStrings } from "../../src/text/reserved.ts";
 import { MAX_IMAGE_PIXELS } from "../../src/vision/headers.ts";
 import { dataset, expectNamed, png, tempDir, turns, write } from "./fixtures.ts";
@@ -168,5 +169,47 @@ describe("data check: image headers", () => {
     expect(b.expected).toBe(`at most ${MAX_IMAGE_PIXELS.toLocaleString("en-US")} pixels`);
     const svg = expectNamed(find(r.issues, "not-raster"), "ds.jsonl", 3, "image");
     expect(svg.found).toBe("svg");
+  });
+});
+
+describe("data check --deep", () => {
+  it("decodes each image once in the engine: a truncated PNG is named by file:line and path", async () => {
+    const python = await ensureEngine({ quiet: true });
+    const dir = tempDir();
+    const whole = png(64, 48);
+    // The header and the start of the pixel data: the header reads fine, decoding fails.
+    const truncated = whole.subarray(0, whole.length - 30);
+    const m = dataset(
+      dir,
+      [
+        { image: "ok.png", conversations: turns() },
+        { image: "cut.png", conversations: turns() },
+        { image: "ok.png", conversations: turns() },
+        { image: "cut.png", conversations: turns() },
+      ],
+      { "ok.png": png(8, 8), "cut.png": truncated },
+    );
+    // Headers alone pass it.
+    expect((await checkMeta(m)).errorCount).toBe(0);
+    const r = await checkMeta(m, { deep: "all", python });
+    expect(r.decode).toEqual({ decoded: 2, of: 2, sampled: false });
+    expect(r.errorCount).toBe(1);
+    const i = expectNamed(find(r.issues, "undecodable-image"), "ds.jsonl", 2, "image");
+    expect(i.found).toMatch(/truncated/i);
+    expect(i.message).toContain(join(dir, "images", "cut.png"));
+    // Worker threads find the same, at the same line.
+    const par = await checkMeta(m, {
+      deep: "all",
+      python,
+      workers: 2,
+      parallelMinBytes: 0,
+      rangeBytes: 200,
+    });
+    expect(par.issues).toEqual(r.issues);
+    // A sample of 1 decodes one of the two (the same one every time).
+    const s1 = await checkMeta(m, { deep: "sample", deepSample: 1, python });
+    const s2 = await checkMeta(m, { deep: "sample", deepSample: 1, python });
+    expect(s1.decode).toMatchObject({ decoded: 1, of: 2, sampled: true });
+    expect(s1.errorCount).toBe(s2.errorCount);
   });
 });

@@ -7,6 +7,8 @@ ImageNet normalisation. The grid is recomputed from (w, h) only to check the pla
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image
 
@@ -77,6 +79,23 @@ def tiles_of(img: Image.Image, cols: int, rows: int, thumbnail: bool, tile: int)
     if thumbnail:
         out[-1] = _normalise(img.resize((tile, tile), Image.Resampling.BICUBIC))
     return out
+
+
+def decode_problem(path: str) -> str | None:
+    """Why training could not decode the image at `path` (None: it decodes). Opens and fully
+    decodes it with Pillow, as the loader does: a truncated file, a corrupt stream or a
+    decompression bomb are found here rather than hours into a run."""
+    try:
+        with warnings.catch_warnings():
+            # Above MAX_IMAGE_PIXELS Pillow only warns (it refuses above twice that): refused here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+    except FileNotFoundError:
+        return "image not found"
+    except Exception as e:  # any decoder failure is the answer, named with its type
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def load_tiles(path: str, wh: tuple[int, int], cols: int, rows: int, thumbnail: bool, tile: int) -> np.ndarray:
