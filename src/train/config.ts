@@ -10,6 +10,13 @@ import { z } from "zod";
 import { DEFAULT_VIDEO_FRAMES } from "../text/types.ts";
 import { UserError } from "../util/errors.ts";
 import {
+  addOfficialOptions,
+  checkModelSettings,
+  type ModelCheck,
+  officialFromOptions,
+  parseBool,
+} from "./official.ts";
+import {
   OFFICIAL_PREFERENCE_FLAGS,
   PREFERENCE_CONFIG_SHAPE,
   resolvePreference,
@@ -58,6 +65,13 @@ export const TrainConfigSchema = z
       .default("tessera-run")
       .describe("where the config, metrics, checkpoints and export go"),
     cache_dir: z.string().optional().describe("prepared cache folder (default: WORK_DIR/cache)"),
+    init_from: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "start from the weights of a checkpoint (or a run's work dir: its latest) with a new plan",
+      ),
 
     // Lengths, packing, sampling.
     max_length: posInt.default(4096).describe("longest sample in tokens"),
@@ -223,7 +237,15 @@ export type TrainConfigInput = z.input<typeof TrainConfigSchema>;
 export type ConfigKey = keyof TrainConfig;
 
 /** Settings that name files; relative ones resolve against the config file's folder. */
-const PATH_KEYS = ["model", "meta", "media_root", "work_dir", "cache_dir", "eval_meta"] as const;
+const PATH_KEYS = [
+  "model",
+  "meta",
+  "media_root",
+  "work_dir",
+  "cache_dir",
+  "eval_meta",
+  "init_from",
+] as const;
 
 /** The zod type of a key with its wrappers (optional, default) removed. */
 function innerType(t: z.ZodType): z.ZodType {
@@ -302,14 +324,29 @@ function num(v: unknown, flag: string): number {
   return n;
 }
 
-/** Add one flag per setting, the seed launcher's flags, and the refused ones, to a command. */
+/**
+ * What the command line gives: settings, plus what only the resolver can settle (the official
+ * --gradient_accumulation_steps needs the world size; model settings are checked against the
+ * model folder) and remarks to print.
+ */
+export type ConfigFlags = Partial<TrainConfigInput> & {
+  gradient_accumulation_steps?: number;
+  model_checks?: ModelCheck[];
+  notes?: string[];
+};
+
+/**
+ * Add one flag per setting, the seed launcher's flags, the official script's arguments (both
+ * spellings), and the refused ones, to a command.
+ */
 export function addConfigOptions(cmd: Command): Command {
   for (const key of CONFIG_KEYS) {
     const flag = flagOf(key);
     const desc = TrainConfigSchema.shape[key].description ?? key;
     switch (kindOf(key)) {
       case "boolean":
-        cmd.option(`--${flag}`, desc);
+        // An optional value, so the official spelling `--freeze-llm True` works too.
+        cmd.option(`--${flag} [bool]`, desc);
         cmd.option(`--no-${flag}`, `do not: ${desc}`);
         break;
       case "array":
@@ -322,12 +359,15 @@ export function addConfigOptions(cmd: Command): Command {
   for (const s of SEED_FLAGS)
     if (!cmd.options.some((o) => o.long === s.flags.split(" ")[0]))
       cmd.option(s.flags, s.description);
+  addOfficialOptions(cmd);
   return cmd;
 }
 
 /** The settings the command line gave (only those given), from commander's parsed options. */
-export function flagsToConfig(opts: Record<string, unknown>): Partial<TrainConfigInput> {
-  const out: Record<string, unknown> = {};
+export function flagsToConfig(opts: Record<string, unknown>, cwd = process.cwd()): ConfigFlags {
+  // The official arguments first: tessera's own spelling of a setting wins over them.
+  const official = officialFromOptions(opts, cwd);
+  const out: Record<string, unknown> = { ...official.settings };
   for (const s of SEED_FLAGS) {
     const v = opts[camel(s.flags.split(" ")[0].slice(2))];
     if (v !== undefined && v !== false) Object.assign(out, s.apply(v));
@@ -338,7 +378,7 @@ export function flagsToConfig(opts: Record<string, unknown>): Partial<TrainConfi
     const flag = `--${flagOf(key)}`;
     switch (kindOf(key)) {
       case "boolean":
-        out[key] = Boolean(v);
+        out[key] = parseBool(v, flag);
         break;
       case "number":
         out[key] = num(v, flag);
@@ -353,7 +393,10 @@ export function flagsToConfig(opts: Record<string, unknown>): Partial<TrainConfi
         out[key] = String(v);
     }
   }
-  return out as Partial<TrainConfigInput>;
+  if (official.gradAccum !== undefined) out.gradient_accumulation_steps = official.gradAccum;
+  if (official.modelChecks.length) out.model_checks = official.modelChecks;
+  if (official.notes.length) out.notes = official.notes;
+  return out as ConfigFlags;
 }
 
 function formatIssues(err: z.ZodError, where: string): string {
@@ -403,9 +446,15 @@ export function readConfigFile(path: string): Partial<TrainConfigInput> {
  */
 export function resolveConfig(
   file: string | undefined,
-  flags: Partial<TrainConfigInput>,
+  allFlags: ConfigFlags,
   cwd = process.cwd(),
 ): TrainConfig {
+  const {
+    gradient_accumulation_steps: gradAccum,
+    model_checks,
+    notes: _notes,
+    ...flags
+  } = allFlags;
   const fromFile = file ? readConfigFile(file) : {};
   const merged: Record<string, unknown> = { ...fromFile };
   for (const [k, v] of Object.entries(flags)) {
@@ -417,6 +466,16 @@ export function resolveConfig(
   }
   if (merged.work_dir === undefined) merged.work_dir = resolve(cwd, "tessera-run");
   const where = file ? `${file} (with command-line flags)` : "command line";
+  if (gradAccum !== undefined) {
+    // The official batch: per-device batch × accumulation × GPUs over all nodes.
+    const world = Number(merged.nproc_per_node ?? 1) * Number(merged.nnodes ?? 1);
+    const global = gradAccum * Number(merged.micro_batch_size ?? 1) * world;
+    if (flags.global_batch_size !== undefined && flags.global_batch_size !== global)
+      throw new UserError(
+        `${where}: --global-batch-size ${flags.global_batch_size} contradicts --gradient_accumulation_steps ${gradAccum} (× micro batch × processes = ${global}): give one of them`,
+      );
+    merged.global_batch_size = global;
+  }
   const parsed = TrainConfigSchema.safeParse(merged);
   if (!parsed.success) {
     const missing = parsed.error.issues.filter(
@@ -440,6 +499,7 @@ export function resolveConfig(
   if (c.vit_lora_rank > 0) c.vit_lora_alpha ??= 2 * c.vit_lora_rank;
   resolvePreference(c, where);
   validate(c, where);
+  if (model_checks) checkModelSettings(c.model, model_checks, where);
   return c;
 }
 

@@ -40,6 +40,8 @@ export interface TrainOptions {
   handleSignals?: boolean;
   /** Serve the live dashboard on this port while training (0: any free port). */
   dashboardPort?: number;
+  /** The command that started the run, for messages that suggest another one. */
+  command?: string;
 }
 
 export interface TrainResult {
@@ -119,6 +121,42 @@ function hasCheckpoints(workDir: string): boolean {
   return existsSync(dir) && readdirSync(dir).some((n) => /^step-\d{8}$/.test(n));
 }
 
+/** The latest complete checkpoint of a work dir (one with its meta.json), or null. */
+export function latestCheckpoint(workDir: string): string | null {
+  const dir = join(workDir, "checkpoints");
+  if (!existsSync(dir)) return null;
+  const names = readdirSync(dir)
+    .filter((n) => /^step-\d{8}$/.test(n) && existsSync(join(dir, n, "meta.json")))
+    .sort();
+  return names.length ? join(dir, names[names.length - 1]) : null;
+}
+
+function checkpointMeta(path: string): { plan_fingerprint?: string; steps_done?: number } {
+  try {
+    return JSON.parse(readFileSync(join(path, "meta.json"), "utf8"));
+  } catch (e) {
+    throw new UserError(`${path}/meta.json: cannot read it: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * The checkpoint that `init_from` names: a checkpoint folder, or a run's work dir (its latest
+ * checkpoint). An exported model folder is a model: it goes in as --model.
+ */
+export function initCheckpoint(initFrom: string): string {
+  if (existsSync(join(initFrom, "meta.json")) && existsSync(join(initFrom, ".metadata")))
+    return initFrom;
+  const latest = latestCheckpoint(initFrom);
+  if (latest) return latest;
+  if (existsSync(join(initFrom, "config.json")))
+    throw new UserError(
+      `init_from ${initFrom} is a model folder: give it as --model (init_from takes a checkpoint or a run's work dir)`,
+    );
+  throw new UserError(
+    `init_from ${initFrom}: neither a checkpoint (step-N folder with meta.json) nor a work dir holding checkpoints`,
+  );
+}
+
 const fmt = (x: unknown, digits = 4) =>
   typeof x === "number" && Number.isFinite(x) ? x.toPrecision(digits) : "-";
 
@@ -163,15 +201,31 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
         `Slurm gives ${c.nnodes} node(s) × ${c.nproc_per_node} process(es): global_batch_size ${c.global_batch_size} must be a multiple of ${per}`,
       );
   }
-  await writeFileAtomic(join(workDir, "config.yaml"), toYaml(c));
-  const python = opts.python ?? (await ensureEngine({ venv: opts.venv, log }));
-
+  const initFrom = c.init_from && !opts.resume ? initCheckpoint(c.init_from) : undefined;
   const { plan } = await prepareAndPlan(
     c,
     opts.prepareWorkers !== undefined ? { workers: opts.prepareWorkers } : {},
   );
+  if (opts.resume) {
+    // A checkpoint continues only the plan it was written for: refused here, before the model
+    // loads and before this run's config or plan replace the ones on disk.
+    const last = latestCheckpoint(workDir);
+    const was = last ? checkpointMeta(last).plan_fingerprint : undefined;
+    if (last && was !== undefined && was !== plan.fingerprint) {
+      const again = (opts.command ?? "tessera train ...")
+        .replace(/\s--resume\b/, "")
+        .replace(/\s--work[-_]dir(=|\s+)\S+/, "");
+      throw new UserError(
+        `--resume: the plan changed since ${last} was written (its plan ${was}, this config's plan ${plan.fingerprint}); ` +
+          "a checkpoint resumes only the plan it was made for. To go on from its weights with the new plan, start a new run:\n" +
+          `  ${again} --init-from ${last} --work-dir ${workDir}-continued`,
+      );
+    }
+  }
+  await writeFileAtomic(join(workDir, "config.yaml"), toYaml(c));
   const dir = planDir(c);
   await writePlan(plan, dir);
+  const python = opts.python ?? (await ensureEngine({ venv: opts.venv, log }));
   const s = plan.stats;
   log(
     `plan ${plan.fingerprint.slice(0, 12)}: ${s.steps} steps · ${s.samples} samples · ` +
@@ -244,6 +298,7 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
       work_dir: workDir,
       config: c,
       resume: Boolean(opts.resume),
+      init_from: initFrom ?? null,
       max_dynamic_patch: c.max_dynamic_patch,
     },
     {

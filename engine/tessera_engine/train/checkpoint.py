@@ -120,6 +120,18 @@ def load(path: str, world: World, model: nn.Module, optimizer: torch.optim.Optim
     return meta
 
 
+def load_weights(path: str, model: nn.Module) -> None:
+    """Only the weights of a checkpoint (for a new plan): no optimizer, schedule, RNG or position.
+    The model must have the same trainable structure (LoRA layers) as the run that wrote it."""
+    state = {"model": get_model_state_dict(model)}
+    try:
+        dcp.load(state, checkpoint_id=path)
+    except Exception as e:  # DCP names the keys it could not find
+        raise RuntimeError(f"--init-from {path}: its weights do not fit this model ({e}); "
+                           "the LoRA settings must be those of the run that wrote it") from e
+    set_model_state_dict(model, state["model"])
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every weight gathered whole on CPU (on every rank; only rank 0 needs to use it)."""
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -321,6 +321,10 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         # The driver cuts metrics.jsonl back to this step: the steps after it are logged again.
         emit("resume", step=start, path=path)
     else:
+        if job.get("init_from"):
+            # A new plan from trained weights: the optimizer, schedule and position start afresh.
+            checkpoint.load_weights(job["init_from"], root)
+            emit("log", level="info", message=f"starting from the weights of {job['init_from']}")
         torch.manual_seed(s.seed + world.rank)
 
     emit("log", level="info", message=f"training {trainable:,} parameters over {total} steps "
