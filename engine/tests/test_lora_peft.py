@@ -104,6 +104,12 @@ def test_peft_adapter_with_projector_applied_to_native_base_equals_merged_export
         trained.eval()
         t = trained(input_ids=ids, pixel_values=px).logits
     assert (a - untrained).abs().max() > 0.1  # the adapter changes something
+    from tessera_engine.jobs.generate import load_model  # chat/eval --adapter: the original folder + adapter
+
+    with torch.no_grad():
+        c = load_model({"model": str(src), "adapter": str(adapter), "device": "cpu"}).model(
+            input_ids=ids, pixel_values=px).logits
+    torch.testing.assert_close(c, b, atol=1e-4, rtol=0)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     torch.testing.assert_close(t, b, atol=1e-4, rtol=0)
 

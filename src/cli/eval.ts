@@ -34,6 +34,7 @@ export function registerEval(program: Command): void {
       "--video-frames <n>",
       "frames per video, as in training (a dataset's own video_frames wins; default 8)",
     )
+    .option("--adapter <dir>", "a PEFT adapter applied to the model (a LoRA run's export/adapter)")
     .option("--venv <dir>", "the engine's virtual environment")
     .option("--show <n>", "print the first n answers next to the expected ones", "0")
     .option("--json", "print the full result (every answer) as JSON")
@@ -47,6 +48,7 @@ export function registerEval(program: Command): void {
         maxNewTokens: posInt(o.maxNewTokens, "--max-new-tokens"),
         maxDynamicPatch: posInt(o.maxDynamicPatch, "--max-dynamic-patch"),
         videoFrames: posInt(o.videoFrames, "--video-frames"),
+        adapter: o.adapter,
         onEvent: (e) => {
           if (!o.json && e.event === "progress" && e.stage === "generate" && process.stderr.isTTY)
             process.stderr.write(`\r\x1b[2K  answering ${e.done}/${e.total}`);

@@ -37,6 +37,8 @@ export interface RunEngineOptions {
   signal?: AbortSignal;
   /** Command to run instead of `python -m tessera_engine` (e.g. torchrun); JOB path appended. */
   command?: string[];
+  /** Give the engine a stdin pipe (`child.stdin`) for requests to a serving job. */
+  stdin?: boolean;
 }
 
 export class EngineError extends Error {
@@ -73,7 +75,7 @@ export async function startEngine(job: Job, opts: RunEngineOptions): Promise<Eng
     : [opts.python, "-m", "tessera_engine", jobPath];
   const child = spawn(argv[0], argv.slice(1), {
     cwd: opts.cwd,
-    stdio: ["ignore", "pipe", "pipe", "pipe"],
+    stdio: [opts.stdin ? "pipe" : "ignore", "pipe", "pipe", "pipe"],
     env: {
       ...process.env,
       ...opts.env,

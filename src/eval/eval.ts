@@ -5,9 +5,15 @@
  * `type` field (else its dataset's name). Prompts are built exactly as in training, and the
  * engine's generate job answers them in batches.
  */
-import { resolve } from "node:path";
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { readRecords } from "../data/jsonl.ts";
-import { MediaPathError, mediaErrorText, withHeaderSizes } from "../data/media.ts";
+import {
+  MediaPathError,
+  mediaErrorText,
+  resolveMediaPath,
+  withHeaderSizes,
+} from "../data/media.ts";
 import { isLoneJsonl, loadMeta, videoFramesOf } from "../data/meta.ts";
 import type { DataRecord } from "../data/record.ts";
 import { type EngineEvent, runEngine } from "../engine/protocol.ts";
@@ -31,6 +37,8 @@ export interface EvalOptions {
   maxDynamicPatch?: number;
   /** Frames per video (a dataset's own `video_frames` wins), as in training. */
   videoFrames?: number;
+  /** A PEFT adapter folder applied to the model (a LoRA run's export/adapter). */
+  adapter?: string;
   onEvent?: (e: EngineEvent) => void;
 }
 
@@ -77,6 +85,8 @@ export interface Question {
   dataset: string;
   record: DataRecord;
   answer: string;
+  /** file:line of the record. */
+  where: string;
 }
 
 export interface EvalResult extends ScoreReport {
@@ -134,35 +144,38 @@ export async function loadQuestions(
         dataset: spec.name,
         record: { ...r, conversations: r.conversations.slice(0, last) },
         answer: r.conversations[last].value,
+        where: `${spec.annotation}:${item.line}`,
       });
       n++;
     }
   }
-  await readMissingSizes(questions, mediaRoots);
+  await checkImages(questions, mediaRoots);
   return { questions, skipped, mediaRoots, videoFrames };
 }
 
 /**
- * Image sizes that the records do not give (no image_wh, width/height), read from the image
- * headers: questions need no `data fill-wh` first, and a missing image is named before the
- * model loads.
+ * Every image's header read before the model loads: a missing or unreadable image is named
+ * (file:line, question, path) at once, and sizes the records do not give (no image_wh,
+ * width/height) come from the headers, so questions need no `data fill-wh` first.
  */
-async function readMissingSizes(
-  questions: Question[],
-  mediaRoots: Map<string, string>,
-): Promise<void> {
+async function checkImages(questions: Question[], mediaRoots: Map<string, string>): Promise<void> {
   const reader = new HeaderReader(64);
   await Promise.all(
     questions.map(async (q) => {
+      const spec = { mediaRoot: mediaRoots.get(q.dataset)! };
       try {
-        q.record = await withHeaderSizes(
-          q.record,
-          { mediaRoot: mediaRoots.get(q.dataset)! },
-          reader,
-        );
+        const sized = await withHeaderSizes(q.record, spec, reader);
+        if (sized === q.record)
+          await Promise.all(q.record.images.map((rel) => reader.get(resolveMediaPath(spec, rel))));
+        q.record = sized;
+        const video = q.record.video;
+        if (video !== undefined && !existsSync(resolveMediaPath(spec, video)))
+          throw new UserError(
+            `${q.where}: question ${q.id} (${q.dataset}): video ${video}: ${resolveMediaPath(spec, video)} does not exist`,
+          );
       } catch (e) {
         if (e instanceof ImageHeaderError || e instanceof MediaPathError)
-          throw new UserError(`question ${q.id} (${q.dataset}): ${mediaErrorText(e)}`);
+          throw new UserError(`${q.where}: question ${q.id} (${q.dataset}): ${mediaErrorText(e)}`);
         throw e;
       }
     }),
@@ -176,6 +189,10 @@ export async function evaluate(
   opts: EvalOptions,
 ): Promise<EvalResult> {
   const modelDir = resolve(model);
+  if (opts.adapter !== undefined && !existsSync(join(resolve(opts.adapter), "adapter_config.json")))
+    throw new UserError(
+      `--adapter ${resolve(opts.adapter)}: no adapter_config.json (a PEFT adapter folder)`,
+    );
   const info = loadModelInfo(
     modelDir,
     opts.maxDynamicPatch ? { maxDynamicPatch: opts.maxDynamicPatch } : {},
@@ -217,6 +234,7 @@ export async function evaluate(
       prompts: order.map((i) => prompts[i]),
       batch_size: opts.batchSize ?? 16,
       max_new_tokens: opts.maxNewTokens ?? 8,
+      ...(opts.adapter ? { adapter: resolve(opts.adapter) } : {}),
     },
     { python: opts.python, onEvent: opts.onEvent },
   );

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { formatEval, loadQuestions } from "../../src/eval/eval.ts";
 import { isExactMatch, normalizeAnswer, scoreAnswers } from "../../src/eval/score.ts";
+import { png } from "../data/fixtures.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "tessera-eval-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -40,6 +41,7 @@ describe("exact-match scoring", () => {
 describe("questions", () => {
   it("asks everything up to the last answer; type from the record, else the dataset", async () => {
     const a = join(dir, "a.jsonl");
+    writeFileSync(join(dir, "x.png"), png(10, 10));
     writeFileSync(
       a,
       [
@@ -97,5 +99,25 @@ describe("questions", () => {
       JSON.stringify({ chat: { media_root: "", annotation: "a.jsonl", video_frames: 3 } }),
     );
     expect((await loadQuestions(meta, { videoFrames: 5 })).videoFrames.get("chat")).toBe(3);
+    // every image is checked before a model loads, sizes given or not: named by file:line and path
+    rmSync(join(dir, "x.png"));
+    await expect(loadQuestions(a)).rejects.toThrow(
+      /a\.jsonl:1: question 1 \(questions\): image .*x\.png: the file does not exist/,
+    );
+    const v = join(dir, "v.jsonl");
+    writeFileSync(
+      v,
+      `${JSON.stringify({
+        id: 7,
+        video: "nope.mp4",
+        conversations: [
+          { from: "human", value: "<video>\nWhat?" },
+          { from: "gpt", value: "x" },
+        ],
+      })}\n`,
+    );
+    await expect(loadQuestions(v)).rejects.toThrow(
+      /v\.jsonl:1: question 7 \(questions\): video nope\.mp4: .*nope\.mp4 does not exist/,
+    );
   });
 });
