@@ -15,6 +15,8 @@ import { type DatasetSpec, isLoneJsonl, loadMetaChecked } from "./meta.ts";
 export interface FillWhOptions {
   /** With a lone JSONL: the folder its media paths are relative to. */
   mediaRoot?: string;
+  /** Where official-style relative paths resolve (default: the working directory). */
+  cwd?: string;
   /** Inserted before the extension of each output file: `x.jsonl` → `x_wh.jsonl`. */
   outSuffix?: string;
   /** Header reads in flight at once. */
@@ -213,7 +215,10 @@ export async function fillWh(metaPath: string, opts: FillWhOptions = {}): Promis
     throw new UserError(
       `--meta-out must differ from the input meta file (${metaPath}): fill-wh never overwrites its input`,
     );
-  const { specs, issues } = await loadMetaChecked(metaPath, { mediaRoot: opts.mediaRoot });
+  const { specs, issues } = await loadMetaChecked(metaPath, {
+    mediaRoot: opts.mediaRoot,
+    cwd: opts.cwd,
+  });
   // A lone JSONL becomes a meta file of one dataset; a meta file's entries are kept as written.
   const doc: Record<string, Record<string, unknown>> = specs.length === 1 && isLoneJsonl(specs[0])
     ? { [specs[0].name]: {} }

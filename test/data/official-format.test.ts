@@ -6,6 +6,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { checkMeta } from "../../src/data/check.ts";
+import { fillWh } from "../../src/data/fillwh.ts";
 import { loadMeta, loadMetaChecked } from "../../src/data/meta.ts";
 import { validateRecord } from "../../src/data/record.ts";
 import { openCacheTable, prepareCache } from "../../src/plan/cache.ts";
@@ -253,6 +254,34 @@ describe("the official meta format", () => {
     expect(img.message).toContain(
       `relative to the meta file it would be ${join(work, "shell/data/playground/data/docs/0.png")}`,
     );
+  });
+
+  it("fill-wh writes a tessera-style meta file for an official one: root becomes media_root", async () => {
+    const { work, official } = twoStyles();
+    // Records without sizes: fill-wh reads them from the image headers.
+    const single = join(work, "playground/opensource/single.jsonl");
+    const stripped = readFileSync(single, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => {
+        const { width: _w, height: _h, ...r } = JSON.parse(l);
+        return JSON.stringify(r);
+      });
+    writeFileSync(single, `${stripped.join("\n")}\n`);
+    const r = await fillWh(official, { cwd: work });
+    expect(r.errorCount).toBe(0);
+    const entry = r.meta.single as Record<string, unknown>;
+    expect(entry.root).toBeUndefined();
+    expect(entry).toMatchObject({
+      media_root: join(work, "playground/data/docs"),
+      annotation: join(work, "playground/opensource/single_wh.jsonl"),
+      data_augment: false,
+      length: 12,
+    });
+    const out = write(join(work, "filled.json"), JSON.stringify(r.meta));
+    const again = await checkMeta(out, { workers: 1 });
+    expect(again.errorCount).toBe(0);
+    expect(again.datasets[0].missingImageWh).toBe(0);
   });
 
   it("refuses root together with media_root", async () => {
