@@ -511,9 +511,6 @@ const BY_NAME = new Map(FLAGS.map((f) => [f.name, f]));
 const kebab = (s: string) => s.replaceAll("_", "-");
 const camel = (s: string) => s.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 
-/** The official arguments this module knows, with how each maps (for --help and docs). */
-export const OFFICIAL_FLAG_NAMES = FLAGS.map((f) => f.name);
-
 /** HfArgumentParser's reading of a boolean: yes/no, true/false, t/f, y/n, 1/0. */
 export function parseBool(v: unknown, flag: string): boolean {
   if (typeof v === "boolean") return v;
@@ -566,7 +563,7 @@ function applyOne(
  */
 export function addOfficialOptions(cmd: Command): Command {
   for (const f of FLAGS) {
-    const arg = f.kind === "bool" ? "[bool]" : f.kind === "list" ? "<values...>" : "<value>";
+    const arg = f.kind === "bool" ? "[bool]" : f.kind === "list" ? "<list>" : "<value>";
     const help = `official argument: ${f.help}`;
     for (const spelled of [f.name, kebab(f.name)]) {
       if (cmd.options.some((o) => o.long === `--${spelled}`)) continue;
