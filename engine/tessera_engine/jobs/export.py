@@ -50,10 +50,14 @@ def run(job: dict) -> dict:
         else:
             if fmt == "adapter":
                 raise ValueError(f"{job['model']} is a model folder, not a LoRA checkpoint: no adapter to export")
+            from ..model.export import export_native, export_original, parse_dtype, source_dtype
             from ..model.load import load_internvl
 
+            # A model folder converts as it is: one copy in memory, in float32 until written.
             plain = load_internvl(job["model"], dtype=torch.float32, device="cpu").model
-            result = loop.write_exports(plain.state_dict(), s, tmp, job["model"], fmt=fmt)
+            dtype = parse_dtype(s.export_dtype) or source_dtype(job["model"])
+            (export_original if fmt == "original" else export_native)(plain, tmp, job["model"], dtype=dtype)
+            result = {"format": fmt, "dtype": str(dtype).removeprefix("torch.")}
         if os.path.exists(out):
             shutil.rmtree(out)
         os.replace(tmp, out)
