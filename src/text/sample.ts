@@ -14,7 +14,13 @@ import { perImageMaxNum, planTiles, SINGLE_TILE, type TileGrid } from "../vision
 import type { ModelInfo } from "./model-info.ts";
 import { pyStrip } from "./pystrip.ts";
 import { type ChatTemplate, getTemplate } from "./templates.ts";
-import { IMG_CONTEXT, IMG_END, IMG_START, type TextTokenizer } from "./tokenizer.ts";
+import {
+  type AddedTokenFlags,
+  IMG_CONTEXT,
+  IMG_END,
+  IMG_START,
+  type TextTokenizer,
+} from "./tokenizer.ts";
 import {
   FLAG_MULTIMODAL,
   FLAG_TRUNCATED,
@@ -69,6 +75,11 @@ interface Prepared {
   imgStart: number | null;
   imgEnd: number | null;
   imgContext: number | null;
+  /** Tokens that strip whitespace beside them (lstrip/rstrip), null when none do. */
+  stripping: Stripping | null;
+  /** One `▁` before the whole text (`legacy: false`), unless it starts with one of specialIds. */
+  prefixFirst: boolean;
+  specialIds: ReadonlySet<number>;
 }
 
 export interface SampleContext extends Prepared {
@@ -87,6 +98,10 @@ function pieces(s: string, tk: TextTokenizer, template: string): Piece[] {
       if (id === undefined)
         throw new UserError(
           `${tk.dir}: template ${template} needs the token ${part}, which the tokenizer does not have`,
+        );
+      if (tk.flags.get(id)?.singleWord)
+        throw new UserError(
+          `${tk.dir}: tokenizer_config.json marks ${part} single_word, which template ${template} cannot honour (a role token glued to the text around it)`,
         );
       out.push({ tok: id, ids: [id] });
     } else out.push({ text: part });
@@ -134,6 +149,13 @@ export function makeSampleContext(opts: SampleContextOptions): SampleContext {
     imgStart: tk.tokenId(IMG_START) ?? null,
     imgEnd: tk.tokenId(IMG_END) ?? null,
     imgContext: tk.tokenId(IMG_CONTEXT) ?? null,
+    stripping: [...tk.flags.values()].some((f) => f.lstrip || f.rstrip)
+      ? { flags: tk.flags, isSpace: tk.isStripSpace }
+      : null,
+    prefixFirst: tk.prefixFirst,
+    specialIds: new Set(
+      [...tk.allSpecial].map((t) => tk.tokenId(t)).filter((x): x is number => x !== undefined),
+    ),
   };
 }
 
@@ -177,10 +199,32 @@ function recordName(r: DataRecord): string {
 /** Collects items; adjacent texts merge into one unit (they are one segment for the tokenizer). */
 type TextItem = Extract<Item, { k: "text" }>;
 
+/** Whitespace a token strips beside it, as the tokenizer would strip it in the whole text. */
+interface Stripping {
+  flags: ReadonlyMap<number, AddedTokenFlags>;
+  isSpace: (code: number) => boolean;
+}
+
+function lstripWith(s: string, isSpace: (c: number) => boolean): string {
+  let i = 0;
+  while (i < s.length && isSpace(s.charCodeAt(i))) i++;
+  return i ? s.slice(i) : s;
+}
+
+function rstripWith(s: string, isSpace: (c: number) => boolean): string {
+  let j = s.length;
+  while (j > 0 && isSpace(s.charCodeAt(j - 1))) j--;
+  return j < s.length ? s.slice(0, j) : s;
+}
+
 class ItemBuilder {
   items: Item[] = [];
   private pending: TextItem | null = null;
   private imageIndex = 0;
+  /** The last token strips whitespace on its right (`rstrip`): from the text that follows it. */
+  private stripNext = false;
+
+  constructor(private readonly strip: Stripping | null = null) {}
 
   flush(): void {
     const p = this.pending;
@@ -188,13 +232,50 @@ class ItemBuilder {
     this.pending = null;
   }
 
-  tok(ids: readonly number[], learn: boolean, round: number): void {
+  /** Around a token: its `lstrip` strips the text before it, its `rstrip` the text after it. */
+  private beside(first: number, last: number): void {
+    this.stripNext = false;
+    const st = this.strip;
+    if (!st) {
+      this.flush();
+      return;
+    }
+    const p = this.pending;
+    if (p && st.flags.get(first)?.lstrip) {
+      p.text = rstripWith(p.text, st.isSpace);
+      if (!p.text && p.learn) {
+        // The learned text was all whitespace: what is left is the unlearned prefix.
+        p.text = rstripWith(p.prefix, st.isSpace);
+        p.prefix = "";
+        p.learn = false;
+        p.fixed = p.prefixFixed;
+      }
+    }
     this.flush();
+    this.stripNext = st.flags.get(last)?.rstrip === true;
+  }
+
+  private lead(s: string): string {
+    if (!this.stripNext || !s) return s;
+    const t = lstripWith(s, (this.strip as Stripping).isSpace);
+    if (t) this.stripNext = false;
+    return t;
+  }
+
+  tok(ids: readonly number[], learn: boolean, round: number): void {
+    this.beside(ids[0], ids[ids.length - 1]);
     this.items.push({ k: "ids", ids, learn, round });
   }
 
+  /** An image block: `<img>`, its context tokens, `</img>`. */
+  image(round: number, start: number, end: number): void {
+    this.beside(start, end);
+    this.items.push({ k: "image", index: this.imageIndex++, round });
+  }
+
   /** Text not learned (template text, user text); `fixed` when it recurs in every record. */
-  text(s: string, round: number, fixed = false): void {
+  text(raw: string, round: number, fixed = false): void {
+    const s = this.lead(raw);
     if (!s) return;
     const p = this.pending;
     if (p && !p.learn && p.round === round) {
@@ -215,7 +296,8 @@ class ItemBuilder {
   }
 
   /** Learned text: continues the pending unlearned unit, whose text becomes its prefix. */
-  learned(s: string, round: number): void {
+  learned(raw: string, round: number): void {
+    const s = this.lead(raw);
     if (!s) return;
     const p = this.pending;
     if (p && !p.learn)
@@ -249,12 +331,11 @@ class ItemBuilder {
   }
 
   /** User text with its `<image>` placeholders as image items. */
-  userText(s: string, round: number): void {
+  userText(s: string, round: number, imgStart: number, imgEnd: number): void {
     let from = 0;
     for (let at = s.indexOf(IMAGE); at !== -1; at = s.indexOf(IMAGE, from)) {
       this.text(s.slice(from, at), round);
-      this.flush();
-      this.items.push({ k: "image", index: this.imageIndex++, round });
+      this.image(round, imgStart, imgEnd);
       from = at + IMAGE.length;
     }
     this.text(s.slice(from), round);
@@ -327,9 +408,15 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
       `${ctx.tokenizer.dir}: the tokenizer lacks ${IMG_START}, ${IMG_END} or ${IMG_CONTEXT}`,
     );
 
-  const b = new ItemBuilder();
+  const b = new ItemBuilder(ctx.stripping);
 
   if (ctx.bosIds !== null) b.tok(ctx.bosIds, false, 0);
+  // `legacy: false` (LlamaTokenizer): one `▁` before the whole text, unless it starts with a
+  // token of the special-tokens map.
+  if (ctx.prefixFirst) {
+    const first = (system !== null && tpl.systemMessage !== null ? ctx.system : ctx.user)[0];
+    if (!first || !("tok" in first) || !ctx.specialIds.has(first.tok)) b.text("\u2581", 0, true);
+  }
   if (system !== null && tpl.systemMessage !== null) {
     b.template(ctx.system, 0);
     b.text(tpl.stripTurns ? pyStrip(system) : system, 0, true);
@@ -340,7 +427,7 @@ function planRecord(record: DataRecord, ctx: Prepared, generation: boolean): Pla
   for (let r = 0; r < rounds; r++) {
     const q = tpl.stripTurns ? pyStrip(values[2 * r]) : values[2 * r];
     b.template(ctx.user, r);
-    b.userText(q, r);
+    b.userText(q, r, ctx.imgStart ?? -1, ctx.imgEnd ?? -1);
     if (tpl.endUserTurns && (q || !tpl.emptyTurnsRoleOnly)) {
       b.tok(ctx.end, false, r);
       b.text(ctx.after, r, true);

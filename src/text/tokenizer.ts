@@ -14,6 +14,7 @@ import { runEngine } from "../engine/protocol.ts";
 import { ensureEngine } from "../engine/setup.ts";
 import { UserError } from "../util/errors.ts";
 import { FastByteLevelBpe, IdBuffer } from "./fast-bpe.ts";
+import { isPySpace, pyLstrip, pyRstrip } from "./pystrip.ts";
 
 /** Tokens InternVL2 adds to every LLM tokenizer. */
 export const IMG_START = "<img>";
@@ -32,7 +33,7 @@ export const INTERNVL_SPECIAL_TOKENS = [
 ];
 
 /** Bump when the conversion changes, so cached conversions are redone. */
-const CONVERTER_VERSION = "1";
+const CONVERTER_VERSION = "2";
 
 export function cacheRoot(): string {
   return resolve(process.env.TESSERA_CACHE ?? join(homedir(), ".cache", "tessera"));
@@ -63,6 +64,85 @@ const tokenContent = (v: unknown): string | undefined =>
       ? ((v as Obj).content as string)
       : undefined;
 
+/** An added token's flags, as tokenizer_config.json (or tokenizer.json) gives them. */
+export interface AddedTokenFlags {
+  id: number;
+  content: string;
+  lstrip: boolean;
+  rstrip: boolean;
+  singleWord: boolean;
+}
+
+/** Unicode White_Space, what the Rust `tokenizers` strips beside an lstrip/rstrip added token. */
+const isUnicodeSpace = (c: number) => c === 0x85 || (isPySpace(c) && (c < 0x1c || c > 0x1f));
+
+const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+/**
+ * How the slow (Python) tokenizers that the official training uses (`use_fast=False`) split a
+ * text on added tokens: `PreTrainedTokenizer.tokenize`. Longest token first, then each token's
+ * flags, in order: `rstrip` strips Python whitespace from the text on its right, `lstrip` from
+ * the text on its left, and a `single_word` token not bordered by a space is glued to its
+ * neighbour and tokenized as text. The pieces that are added tokens become their ids; the rest
+ * are text segments, each encoded on its own.
+ */
+export class SlowSplitter {
+  private readonly re: RegExp | null;
+  private readonly byContent: Map<string, AddedTokenFlags>;
+
+  constructor(tokens: readonly AddedTokenFlags[]) {
+    this.byContent = new Map(tokens.map((t) => [t.content, t]));
+    const sorted = [...this.byContent.keys()].sort((a, b) => b.length - a.length);
+    this.re = sorted.length ? new RegExp(sorted.map(escapeRe).join("|"), "g") : null;
+  }
+
+  /** True when the text holds no added token (one segment, as it is). */
+  plain(text: string): boolean {
+    if (!this.re) return true;
+    this.re.lastIndex = 0;
+    return !this.re.test(text);
+  }
+
+  /** Text segments (strings, never empty) and added tokens (ids), in order. */
+  split(text: string): (string | number)[] {
+    const parts: string[] = [];
+    if (this.re) {
+      let last = 0;
+      for (const m of text.matchAll(this.re)) {
+        if (m.index > last) parts.push(text.slice(last, m.index));
+        parts.push(m[0]);
+        last = m.index + m[0].length;
+      }
+      if (last < text.length) parts.push(text.slice(last));
+    } else if (text) parts.push(text);
+    const tok = this.byContent;
+    for (let i = 0; i < parts.length; i++) {
+      const t = tok.get(parts[i]);
+      if (!t) continue;
+      const left = i > 0 ? parts[i - 1] : "";
+      const right = i < parts.length - 1 ? parts[i + 1] : "";
+      if (t.rstrip && right) parts[i + 1] = pyLstrip(right);
+      if (t.lstrip && left) parts[i - 1] = pyRstrip(left);
+      if (t.singleWord) {
+        if (left && left[left.length - 1] !== " ") {
+          parts[i - 1] += parts[i];
+          parts[i] = "";
+        } else if (right && right[0] !== " ") {
+          parts[i + 1] = parts[i] + parts[i + 1];
+          parts[i] = "";
+        }
+      }
+    }
+    const out: (string | number)[] = [];
+    for (const p of parts) {
+      if (!p) continue;
+      const t = tok.get(p);
+      out.push(t ? t.id : p);
+    }
+    return out;
+  }
+}
+
 export class TextTokenizer {
   /** Whether a sequence starts with BOS (tokenizer_config `add_bos_token`, else the post-processor). */
   readonly addBos: boolean;
@@ -71,6 +151,26 @@ export class TextTokenizer {
   readonly padId: number | null;
   readonly bosToken: string | null;
   readonly eosToken: string | null;
+  /** tokenizer_config `add_eos_token` (never used for samples: the official training turns it off). */
+  readonly addEos: boolean;
+  /**
+   * Slow-tokenizer semantics (SentencePiece folders): texts are split on added tokens here, as
+   * `PreTrainedTokenizer.tokenize` does, and each segment is encoded by `segments`.
+   */
+  readonly slow: SlowSplitter | null = null;
+  /** The converted tokenizer without its added tokens: encodes the segments `slow` splits off. */
+  private readonly segments: Tokenizer | null = null;
+  /**
+   * `legacy: false` (LlamaTokenizer): one `▁` before the whole text instead of a dummy prefix
+   * on every segment; dropped when the text starts with one of `allSpecial`.
+   */
+  readonly prefixFirst: boolean;
+  /** The special tokens of the special-tokens map (bos, eos, unk, pad, ..., additional_special_tokens). */
+  readonly allSpecial: ReadonlySet<string>;
+  /** Added tokens with their lstrip/rstrip/single_word flags, by id. */
+  readonly flags: ReadonlyMap<number, AddedTokenFlags>;
+  /** Whitespace stripped beside an lstrip/rstrip token: Python's (slow tokenizers) or Unicode's (`tokenizers`). */
+  readonly isStripSpace: (code: number) => boolean;
   private cache = new Map<string, Int32Array>();
   /** Where encodeFlat collects ids (reused from batch to batch). */
   private readonly scratch = new IdBuffer(1 << 16);
@@ -84,6 +184,9 @@ export class TextTokenizer {
     private readonly cacheSize = 200_000,
     /** The JavaScript byte-level BPE encoder, when the tokenizer has that shape. */
     readonly fast: FastByteLevelBpe | null = null,
+    /** The tokenizer.json as loaded (for its added tokens), and the folder's special-tokens map. */
+    json: Obj = {},
+    specialMap: Obj = {},
   ) {
     this.bosToken = tokenContent(config.bos_token) ?? null;
     this.eosToken = tokenContent(config.eos_token) ?? null;
@@ -94,6 +197,37 @@ export class TextTokenizer {
     if (typeof config.add_bos_token === "boolean")
       this.addBos = config.add_bos_token && this.bosId !== null;
     else this.addBos = false;
+    this.addEos = config.add_eos_token === true && this.eosId !== null;
+    this.flags = addedTokenFlags(json, config);
+    const special = new Set<string>();
+    for (const src of [specialMap, config]) {
+      for (const k of [
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "sep_token",
+        "pad_token",
+        "cls_token",
+        "mask_token",
+      ]) {
+        const c = tokenContent(src[k]);
+        if (c) special.add(c);
+      }
+      for (const t of Array.isArray(src.additional_special_tokens)
+        ? src.additional_special_tokens
+        : []) {
+        const c = tokenContent(t);
+        if (c) special.add(c);
+      }
+    }
+    this.allSpecial = special;
+    const slow = source.kind === "sentencepiece";
+    this.isStripSpace = slow ? isPySpace : isUnicodeSpace;
+    this.prefixFirst = slow && config.legacy === false && config.add_prefix_space !== false;
+    if (slow) {
+      this.slow = new SlowSplitter([...this.flags.values()]);
+      this.segments = Tokenizer.fromString(JSON.stringify({ ...json, added_tokens: [] }));
+    }
   }
 
   /** Finish construction: where the config is silent, ask the post-processor whether it adds BOS. */
@@ -204,9 +338,8 @@ export class TextTokenizer {
     }
     offsets[n] = buf.length;
     if (todo && slot) {
-      const encs = await this.native.encodeBatch(todo, { addSpecialTokens: false });
-      native = encs.map((e, k) => {
-        const ids = Int32Array.from(e.getIds());
+      const encoded = this.slow ? await this.encodeSlow(todo) : await this.encodeNative(todo);
+      native = encoded.map((ids, k) => {
         this.remember((todo as string[])[k], ids);
         return ids;
       });
@@ -226,9 +359,53 @@ export class TextTokenizer {
     return { ids: buf.data.slice(0, buf.length), offsets };
   }
 
+  private async encodeNative(texts: string[]): Promise<Int32Array[]> {
+    const encs = await this.native.encodeBatch(texts, { addSpecialTokens: false });
+    return encs.map((e) => Int32Array.from(e.getIds()));
+  }
+
+  /** The slow tokenizer's way: split on added tokens here, encode all segments in one batch. */
+  private async encodeSlow(texts: string[]): Promise<Int32Array[]> {
+    const slow = this.slow as SlowSplitter;
+    const splits = texts.map((t) => slow.split(t));
+    const segs: string[] = [];
+    for (const parts of splits) for (const p of parts) if (typeof p === "string") segs.push(p);
+    const encs = segs.length
+      ? await (this.segments as Tokenizer).encodeBatch(segs, { addSpecialTokens: false })
+      : [];
+    let k = 0;
+    return splits.map((parts) => {
+      const ids: number[] = [];
+      for (const p of parts)
+        if (typeof p === "number") ids.push(p);
+        else for (const id of encs[k++].getIds()) ids.push(id);
+      return Int32Array.from(ids);
+    });
+  }
+
+  /**
+   * A whole text as `tokenizer(text).input_ids` gives it: BOS and EOS as tokenizer_config says,
+   * and, for `legacy: false`, the one `▁` before the text. (Samples are assembled from parts
+   * instead; this is the same rule for one text.)
+   */
+  async encodeText(text: string): Promise<Int32Array> {
+    let t = text;
+    if (this.prefixFirst && t) {
+      const first = this.slow?.split(t)[0];
+      const startsSpecial =
+        typeof first === "number" && this.allSpecial.has(this.idToToken(first) ?? "");
+      if (!startsSpecial) t = `\u2581${t.replaceAll("\u2581", " ")}`;
+    }
+    const ids = Array.from(await this.encode(t));
+    if (this.addBos && this.bosId !== null) ids.unshift(this.bosId);
+    if (this.addEos && this.eosId !== null) ids.push(this.eosId);
+    return Int32Array.from(ids);
+  }
+
   /** Ids and the start of each token in code points of `text` (for the rare label boundary inside a token). */
   async encodeWithStarts(text: string): Promise<{ ids: Int32Array; starts: Int32Array }> {
-    const e = await this.native.encode(text, null, { addSpecialTokens: false });
+    const tk = this.slow?.plain(text) && this.segments ? this.segments : this.native;
+    const e = await tk.encode(text, null, { addSpecialTokens: false });
     return {
       ids: Int32Array.from(e.getIds()),
       starts: Int32Array.from(e.getOffsets().map((o) => o[0])),
@@ -244,6 +421,25 @@ export class TextTokenizer {
   async decode(ids: ArrayLike<number>, skipSpecialTokens = false): Promise<string> {
     return this.native.decode(Array.from(ids), skipSpecialTokens);
   }
+}
+
+/** Flags of every added token: tokenizer_config's `added_tokens_decoder` first, then tokenizer.json's. */
+function addedTokenFlags(json: Obj, config: Obj): Map<number, AddedTokenFlags> {
+  const out = new Map<number, AddedTokenFlags>();
+  const put = (id: number, t: Obj) => {
+    if (typeof t?.content !== "string" || out.has(id)) return;
+    out.set(id, {
+      id,
+      content: t.content,
+      lstrip: t.lstrip === true,
+      rstrip: t.rstrip === true,
+      singleWord: t.single_word === true,
+    });
+  };
+  for (const [id, t] of Object.entries((config.added_tokens_decoder as Record<string, Obj>) ?? {}))
+    put(Number(id), t);
+  for (const t of (json.added_tokens as Obj[]) ?? []) put(Number(t.id), t);
+  return out;
 }
 
 function hashFiles(dir: string, names: string[]): string {
@@ -265,10 +461,10 @@ function hashFiles(dir: string, names: string[]): string {
 function withAddedTokens(path: string, dir: string): { native: Tokenizer; json: Obj } {
   const json = JSON.parse(readFileSync(path, "utf8")) as Obj;
   const cfg = readJson(join(dir, "tokenizer_config.json"));
-  const wanted = new Map<number, { content: string; special: boolean }>();
+  const wanted = new Map<number, { content: string; special: boolean; spec?: Obj }>();
   for (const [id, spec] of Object.entries((cfg.added_tokens_decoder as Record<string, Obj>) ?? {}))
     if (typeof spec?.content === "string")
-      wanted.set(Number(id), { content: spec.content, special: spec.special !== false });
+      wanted.set(Number(id), { content: spec.content, special: spec.special !== false, spec });
   for (const [content, id] of Object.entries(readJson(join(dir, "added_tokens.json"))))
     if (typeof id === "number" && !wanted.has(id)) wanted.set(id, { content, special: true });
   const native = Tokenizer.fromFile(path);
@@ -288,10 +484,10 @@ function withAddedTokens(path: string, dir: string): { native: Tokenizer; json: 
     added.push({
       id,
       content: t.content,
-      single_word: false,
-      lstrip: false,
-      rstrip: false,
-      normalized: false,
+      single_word: t.spec?.single_word === true,
+      lstrip: t.spec?.lstrip === true,
+      rstrip: t.spec?.rstrip === true,
+      normalized: t.spec?.normalized === true,
       special: t.special,
     });
   const fixed = Tokenizer.fromString(JSON.stringify(json));
@@ -357,5 +553,7 @@ export async function loadTokenizer(
     config,
     opts.segmentCacheSize,
     fast,
+    loaded.json,
+    readJson(join(abs, "special_tokens_map.json")),
   ).init(config);
 }

@@ -9,13 +9,19 @@ import os
 
 def load_tokenizer(d: str):
     """The folder's tokenizer.json exactly as written (transformers 5 rebuilds some classes, e.g.
-    LlamaTokenizer, from its own defaults instead); AutoTokenizer for folders without one."""
+    LlamaTokenizer, from its own defaults instead); the slow tokenizer the official training runs
+for SentencePiece folders; AutoTokenizer for vocab.json + merges.txt folders."""
     import json
 
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = os.path.join(d, "tokenizer.json")
     if not os.path.exists(path):
+        if os.path.exists(os.path.join(d, "tokenizer.model")):
+            # What the official training loads (use_fast=False): the slow SentencePiece tokenizer.
+            from ..reference.slow_tokenizer import load
+
+            return load(d)
         return AutoTokenizer.from_pretrained(d)
     cfg_path = os.path.join(d, "tokenizer_config.json")
     cfg = json.load(open(cfg_path, encoding="utf-8")) if os.path.exists(cfg_path) else {}
@@ -52,6 +58,11 @@ def run(job: dict) -> dict:
         if op == "encode":  # transformers' tokenizer on whole texts, without BOS/EOS
             t = hf(q["dir"])
             out.append([t(s, add_special_tokens=False).input_ids for s in q["texts"]])
+        elif op == "encode_full":  # tokenizer(text).input_ids: BOS/EOS as the folder says
+            t = hf(q["dir"])
+            out.append([t(s).input_ids for s in q["texts"]])
+        elif op == "spm_from_vocab":  # a SentencePiece BPE model holding a tokenizer.json's vocabulary
+            out.append(_spm_from_vocab(q["tokenizer_json"], q["out"]))
         elif op == "spm_encode":
             p = sp(q["model"])
             out.append([p.encode(s) for s in q["texts"]])
@@ -68,6 +79,7 @@ def run(job: dict) -> dict:
             out.append(os.path.join(q["dir"], "tokenizer.model"))
         elif op == "preprocess":
             t = hf(q["dir"])
+            internvl.add_internvl_tokens(t)
             results = []
             for case in q["cases"]:
                 conv = internvl.normalize_record(case["conversations"], case.get("num_images", 0), case.get("video_frames"))
@@ -100,3 +112,37 @@ def run(job: dict) -> dict:
         else:
             raise ValueError(f"unknown question {op!r}")
     return {"answers": out}
+
+
+def _spm_from_vocab(tokenizer_json: str, out: str) -> str:
+    """Write a SentencePiece BPE model (Llama style: identity normalization, dummy prefix, byte
+    fallback) whose pieces are a Llama-2 style tokenizer.json's vocabulary, in id order, scored by
+    rank: a SentencePiece folder with that real vocabulary, as Phi-3's is."""
+    import json
+
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    pb = import_protobuf()
+    with open(tokenizer_json, encoding="utf-8") as f:
+        t = json.load(f)
+    m = pb.ModelProto()
+    for piece, i in sorted(t["model"]["vocab"].items(), key=lambda kv: kv[1]):
+        p = m.pieces.add()
+        p.piece = piece
+        if piece == t["model"].get("unk_token"):
+            p.type = 2
+        elif piece in ("<s>", "</s>"):
+            p.type = 3
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            p.type = 6
+        else:
+            p.type, p.score = 1, -float(i)
+    ts = m.trainer_spec
+    ts.model_type, ts.vocab_size, ts.byte_fallback, ts.split_digits = 2, len(m.pieces), True, True
+    ts.unk_id, ts.bos_id, ts.eos_id, ts.pad_id = 0, 1, 2, -1
+    ns = m.normalizer_spec
+    ns.name, ns.add_dummy_prefix, ns.remove_extra_whitespaces, ns.escape_whitespaces = "identity", True, False, True
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "wb") as f:
+        f.write(m.SerializeToString())
+    return out

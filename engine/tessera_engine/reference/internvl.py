@@ -86,6 +86,13 @@ def _expand(text: str, tokens_per_image: list[int]) -> str:
     return text
 
 
+def add_internvl_tokens(tok) -> None:
+    """What the official fine-tuning script does to the tokenizer before building the dataset
+    (a no-op for a folder that already has them)."""
+    tok.add_tokens([IMG_START, IMG_END, IMG_CONTEXT, "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"],
+                   special_tokens=True)
+
+
 def preprocess(template: str, source: list[dict], tok, tokens_per_image: list[int]) -> dict:
     """input_ids, labels and whether the official offsets broke (mismatch)."""
     if template == "internvl2_5":
@@ -98,7 +105,9 @@ def preprocess(template: str, source: list[dict], tok, tokens_per_image: list[in
     ids = list(tok(text).input_ids)
     target = list(ids)
     n = lambda s: len(tok(s).input_ids)  # noqa: E731
-    total = len(ids)
+    # The official code counts the tokens that are not padding (`target.ne(pad_token_id).sum()`).
+    pad = tok.pad_token_id
+    total = sum(1 for t in ids if t != pad) if pad is not None else len(ids)
     if template == "Hermes-2":
         cur = _mask_mpt(text, conv, target, n, start=0, bos_adjust=False)
     elif template == "phi3-chat":
@@ -113,7 +122,10 @@ def preprocess(template: str, source: list[dict], tok, tokens_per_image: list[in
     mismatch = cur != total
     if mismatch:
         target = [IGNORE] * len(target)
-    return {"input_ids": ids, "labels": target, "mismatch": mismatch, "text": text}
+    # conversation.py writes an empty message as its role alone (no separator): the official
+    # offsets then count turns wrongly, and may even add up to the right total by chance.
+    role_only = any(not m for _, m in msgs)
+    return {"input_ids": ids, "labels": target, "mismatch": mismatch, "role_only": role_only, "text": text}
 
 
 def _mask_mpt(text, conv, target, n, start, bos_adjust):
