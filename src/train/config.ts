@@ -358,7 +358,8 @@ export function addConfigOptions(cmd: Command): Command {
   }
   for (const s of SEED_FLAGS)
     if (!cmd.options.some((o) => o.long === s.flags.split(" ")[0]))
-      cmd.option(s.flags, s.description);
+      // A switch takes an optional true/false, as the official spellings pass them.
+      cmd.option(s.flags.includes(" ") ? s.flags : `${s.flags} [bool]`, s.description);
   addOfficialOptions(cmd);
   return cmd;
 }
@@ -369,8 +370,11 @@ export function flagsToConfig(opts: Record<string, unknown>, cwd = process.cwd()
   const official = officialFromOptions(opts, cwd);
   const out: Record<string, unknown> = { ...official.settings };
   for (const s of SEED_FLAGS) {
-    const v = opts[camel(s.flags.split(" ")[0].slice(2))];
-    if (v !== undefined && v !== false) Object.assign(out, s.apply(v));
+    const name = s.flags.split(" ")[0];
+    const v = opts[camel(name.slice(2))];
+    if (v === undefined || v === false) continue;
+    if (!s.flags.includes(" ") && !parseBool(v, name)) continue;
+    Object.assign(out, s.apply(v));
   }
   for (const key of CONFIG_KEYS) {
     const v = opts[camel(flagOf(key))];

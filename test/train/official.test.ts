@@ -38,6 +38,8 @@ writeFileSync(stage1, JSON.stringify({ zero_optimization: { stage: 1 } }));
 function resolved(argv: string[]) {
   const cmd = addConfigOptions(new Command("train").exitOverride().argument("[config]"));
   cmd.parse(["--model", model, "--meta", meta, ...argv], { from: "user" });
+  // Every value went to its flag: none was taken for the config file.
+  expect(cmd.args).toEqual([]);
   return resolveConfig(undefined, flagsToConfig(cmd.opts(), dir), dir);
 }
 
