@@ -35,6 +35,10 @@ const GROUPS = [
   ["peak memory (GiB)", ["peak_memory_gib"]],
   ["samples/s", ["samples_per_s"]],
   ["tokens per step", ["tokens"]],
+  // preference runs (--method dpo|mpo)
+  ["rewards", ["rewards_chosen", "rewards_rejected", "reward_margin"]],
+  ["reward accuracy", ["reward_accuracy"]],
+  ["preference loss terms", ["loss_sigmoid", "loss_bco_pair", "loss_ipo", "loss_hinge", "nll_loss"]],
 ];
 const SKIP = new Set(["step", "total", "time", "rank", "epoch", "event", "peak_memory"]);
 const CARDS = ["step", "loss", "lr", "tokens_per_s_per_gpu", "pack_fill"];

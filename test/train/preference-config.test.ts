@@ -65,3 +65,47 @@ describe("preference settings", () => {
     expect(() => parse(["--method", "ppo"])).toThrow(/method/);
   });
 });
+
+describe("the MPO demo's pairs and reward accuracy", () => {
+  it("makes colour and style pairs from the colour questions", async () => {
+    const { colourPairs } = await import("../../src/demo/mpo.ts");
+    const recs = Array.from({ length: 6 }, (_, i) => ({
+      id: `c-${i}`,
+      type: "colour" as const,
+      image: `c/${i}.png`,
+      image_wh: [[56, 56]] as [number, number][],
+      conversations: [
+        {
+          from: "human" as const,
+          value: "<image>\nWhat colour is the circle? Answer with one word.",
+        },
+        { from: "gpt" as const, value: "red" },
+      ],
+    }));
+    const pairs = colourPairs(recs, 0, 1);
+    expect(pairs.map((p) => p.kind)).toEqual([
+      "colour",
+      "colour",
+      "style",
+      "colour",
+      "colour",
+      "style",
+    ]);
+    for (const p of pairs) {
+      expect(p.chosen).toBe("red");
+      expect(p.rejected).not.toBe("red");
+    }
+    expect(pairs[2].rejected).toBe("The circle in the picture is red.");
+    expect(colourPairs(recs, 0, 1)).toEqual(pairs);
+  });
+
+  it("scores a pair by its rewards against the reference; ties count half", async () => {
+    const { rewardAccuracy } = await import("../../src/demo/mpo.ts");
+    // pair 1: chosen reward 0.1·(−1 + 2) = 0.1 > rejected 0.1·(−5 + 4) = −0.1 → right
+    // pair 2: policy = reference → both rewards 0 → half
+    const r = rewardAccuracy([-1, -5, -3, -3], [-2, -4, -3, -3], ["colour", "style"], 0.1);
+    expect(r.accuracy).toBeCloseTo(0.75);
+    expect(r.byKind).toEqual({ colour: 1, style: 0.5 });
+    expect(r.margin).toBeCloseTo(0.1);
+  });
+});
