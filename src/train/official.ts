@@ -507,6 +507,41 @@ const FLAGS: OfficialFlag[] = [
   },
 ];
 
+// internvl_chat_mpo.py's own arguments (the preference settings, docs/preference.md).
+FLAGS.push(
+  {
+    name: "loss_type",
+    kind: "str",
+    help: "preference loss terms (sigmoid, bco_pair, ipo, hinge; comma-separated) → loss_type",
+    apply: set("loss_type"),
+  },
+  {
+    name: "sigmoid_loss_weight",
+    kind: "float",
+    help: "weight of the sigmoid term → sigmoid_loss_weight",
+    apply: set("sigmoid_loss_weight"),
+  },
+  {
+    name: "bco_pair_loss_weight",
+    kind: "float",
+    help: "weight of the bco_pair term → bco_pair_loss_weight",
+    apply: set("bco_pair_loss_weight"),
+  },
+  {
+    name: "rpo_alpha",
+    kind: "float",
+    help: "weight of the NLL term on the chosen answers → rpo_alpha",
+    apply: set("rpo_alpha"),
+  },
+  { name: "beta", kind: "float", help: "preference beta → beta", apply: set("beta") },
+  {
+    name: "label_smoothing",
+    kind: "float",
+    help: "label smoothing of the sigmoid term → label_smoothing",
+    apply: set("label_smoothing"),
+  },
+);
+
 const BY_NAME = new Map(FLAGS.map((f) => [f.name, f]));
 const kebab = (s: string) => s.replaceAll("_", "-");
 const camel = (s: string) => s.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
@@ -814,9 +849,9 @@ export async function importScript(
     const scriptAt = argv.findIndex((w) => w.endsWith(".py"));
     if (scriptAt < 0) continue;
     const entry = argv[scriptAt];
-    if (!/internvl_chat_(finetune|pretrain)\.py$/.test(entry))
+    if (!/internvl_chat_(finetune|pretrain|mpo)\.py$/.test(entry))
       throw new UserError(
-        `${where}: ${entry} is not the official fine-tuning script (internvl_chat_finetune.py); tessera imports that one`,
+        `${where}: ${entry} is not the official fine-tuning script (internvl_chat_finetune.py) or the MPO one (internvl_chat_mpo.py); tessera imports those`,
       );
     const launcher = launcherSettings(argv.slice(launcherAt, scriptAt), where);
     const args = argv.slice(scriptAt + 1);
@@ -839,6 +874,8 @@ export async function importScript(
       );
     }
     officialFromArgs(args, cwd, where, out);
+    // The MPO script trains on pairs with the recipe's loss unless its arguments say otherwise.
+    if (/internvl_chat_mpo\.py$/.test(entry)) out.settings.method = "mpo";
     return { ...out, launcher, entry };
   }
   throw new UserError(

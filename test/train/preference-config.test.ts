@@ -109,3 +109,33 @@ describe("the MPO demo's pairs and reward accuracy", () => {
     expect(r.margin).toBeCloseTo(0.1);
   });
 });
+
+describe("the official MPO shell script", () => {
+  it("imports with --method mpo and its loss arguments", async () => {
+    const { mkdtempSync, writeFileSync } = await import("node:fs");
+    const { tmpdir } = await import("node:os");
+    const { join } = await import("node:path");
+    const { importScript } = await import("../../src/train/official.ts");
+    const dir = mkdtempSync(join(tmpdir(), "tessera-mpo-script-"));
+    const script = join(dir, "mpo.sh");
+    writeFileSync(
+      script,
+      [
+        "torchrun --nproc_per_node=8 internvl/train/internvl_chat_mpo.py \\",
+        "  --model_name_or_path ./InternVL2-8B --meta_path ./mmpr.json --output_dir out \\",
+        "  --loss_type sigmoid,bco_pair --sigmoid_loss_weight 0.8 --bco_pair_loss_weight 0.2 \\",
+        "  --rpo_alpha 1 --beta 0.1 --learning_rate 5e-7 --lr_scheduler_type cosine",
+        "",
+      ].join("\n"),
+    );
+    const s = await importScript(script, {}, dir);
+    expect(s.settings).toMatchObject({
+      method: "mpo",
+      loss_type: "sigmoid,bco_pair",
+      sigmoid_loss_weight: 0.8,
+      bco_pair_loss_weight: 0.2,
+      rpo_alpha: 1,
+      beta: 0.1,
+    });
+  });
+});
