@@ -165,3 +165,20 @@ def test_a_truncated_column_is_refused(written: Path, tmp_path: Path):
         f.truncate(8)
     with pytest.raises(CacheFormatError, match="bytes"):
         PreparedCache(str(cache_dir))
+
+
+def test_a_flipped_byte_in_a_cached_labels_file_is_refused_on_load(written: Path, tmp_path: Path):
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(written / "cache", cache_dir)  # copies change mtimes: every file is hashed
+    PreparedCache(str(cache_dir), check="fast")  # as written: accepted
+    ds = next(p for p in cache_dir.iterdir() if p.name.startswith("ds-text"))
+    info = json.loads((ds / "dataset.json").read_text())
+    assert all(len(c["sha256"]) == 64 for c in info["columns"].values())
+    labels = ds / info["columns"]["labels"]["file"]
+    raw = bytearray(labels.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    labels.write_bytes(bytes(raw))
+    with pytest.raises(CacheFormatError, match=rf"{labels.name}: its sha256 differs"):
+        PreparedCache(str(cache_dir), check="fast")
+    # without checks (a loader worker re-opening a checked cache) only sizes are compared
+    PreparedCache(str(cache_dir))

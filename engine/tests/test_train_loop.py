@@ -32,7 +32,7 @@ def _weights(ckpt: str) -> dict[str, torch.Tensor]:
 
     out = Path(ckpt).parent.parent / f"{Path(ckpt).name}.pt"
     dcp_to_torch_save(ckpt, str(out))
-    return torch.load(out, weights_only=False)["model"]
+    return torch.load(out, weights_only=True)["model"]
 
 
 def test_overfits_32_samples(data):
@@ -148,7 +148,7 @@ def test_weights_only_checkpoints_still_resume(data):
     assert meta["has_optimizer"] is False and meta["steps_done"] == 3
     assert "rng-rank0.pt" in names
     assert _weights(r["checkpoint"])  # the weights are there, the optimizer is not:
-    assert "optim" not in torch.load(Path(r["checkpoint"]).parent.parent / "step-00000003.pt", weights_only=False)
+    assert "optim" not in torch.load(Path(r["checkpoint"]).parent.parent / "step-00000003.pt", weights_only=True)
     # Resuming from step 1's weights-only checkpoint: a fresh optimizer, the plan position kept.
     for later in ("step-00000002", "step-00000003"):
         shutil.rmtree(Path(r["checkpoint"]).parent / later)

@@ -50,7 +50,12 @@ def _special(model: Path) -> dict[str, int]:
 def _col(folder: Path, name: str, arr: np.ndarray, ext: str) -> dict:
     arr = np.ascontiguousarray(arr)
     (folder / f"{name}.{ext}").write_bytes(arr.tobytes())
-    return {"file": f"{name}.{ext}", "dtype": arr.dtype.str, "count": int(arr.size)}
+    from tessera_engine import integrity
+
+    # as the TypeScript writer records it: size, mtime (a decimal string) and sha256
+    rec = integrity.record(str(folder / f"{name}.{ext}"))
+    return {"file": f"{name}.{ext}", "dtype": arr.dtype.str, "count": int(arr.size),
+            **rec, "mtime_ns": str(rec["mtime_ns"])}
 
 
 def write_video(path: Path, colours: list[tuple[int, int, int]], size: tuple[int, int] = (40, 30)) -> Path:

@@ -42,6 +42,10 @@ export function registerTrain(program: Command): void {
       "--from-script <file>",
       "an official InternVL fine-tuning shell script (torchrun or srun): print the equivalent config, or train with it when --work-dir is given",
     )
+    .option(
+      "--verify",
+      "hash every checkpoint and cache file against its manifest (default: changed and small files only)",
+    )
     .option("--venv <dir>", "the engine's virtual environment")
     .option("--no-progress", "log lines instead of a progress bar")
     .option("--dashboard [port]", "serve the live dashboard while training (default port 8686)");
@@ -66,6 +70,7 @@ export function registerTrain(program: Command): void {
     for (const n of notes) process.stderr.write(`note: ${n}\n`);
     const r = await train(c, {
       resume: Boolean(o.resume),
+      verify: Boolean(o.verify),
       venv: o.venv as string | undefined,
       progress: o.progress === false ? false : undefined,
       handleSignals: true,

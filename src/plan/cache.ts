@@ -446,7 +446,7 @@ async function prepareLocked(o: PrepareOptions): Promise<PrepareResult> {
           (d.videos === 0 || d.video_frames === frames),
       );
       let entry: Omit<CacheDatasetEntry, "first_sample" | "repeat_time">;
-      if (prev && existsSync(join(dsDir, "dataset.json"))) {
+      if (prev && existsSync(join(dsDir, "dataset.json")) && hasChecksums(dsDir)) {
         entry = prev;
         reused.push(spec.name);
         o.onProgress?.({
@@ -498,6 +498,18 @@ async function prepareLocked(o: PrepareOptions): Promise<PrepareResult> {
     }
   }
   return { manifest, rebuilt, reused };
+}
+
+/** True when every column of a dataset folder carries its checksum (older caches are rebuilt). */
+function hasChecksums(dsDir: string): boolean {
+  try {
+    const info = JSON.parse(readFileSync(join(dsDir, "dataset.json"), "utf8")) as {
+      columns: Record<string, ColumnSpec>;
+    };
+    return Object.values(info.columns).every((c) => typeof c.sha256 === "string");
+  } catch {
+    return false;
+  }
 }
 
 async function buildDataset(

@@ -1,7 +1,9 @@
 /** Flat little-endian column files: written whole or streamed, read whole into typed arrays. */
+import { createHash, type Hash } from "node:crypto";
 import { closeSync, openSync, readSync, statSync } from "node:fs";
 import { type FileHandle, open, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { UserError } from "../util/errors.ts";
 
 export type Dtype = "<i4" | "<i8" | "|u1" | "<f8";
 
@@ -9,6 +11,13 @@ export interface ColumnSpec {
   file: string;
   dtype: Dtype;
   count: number;
+  /**
+   * Written with the file, checked on load: bytes, modification time (ns, as a decimal
+   * string), sha256. Absent in caches written before checksums.
+   */
+  size?: number;
+  mtime_ns?: string;
+  sha256?: string;
 }
 
 const EXT: Record<Dtype, string> = { "<i4": "i32", "<i8": "i64", "|u1": "u8", "<f8": "f64" };
@@ -43,6 +52,7 @@ export class ColumnWriter {
   private used = 0;
   count = 0;
   private fh?: FileHandle;
+  private readonly hash: Hash = createHash("sha256");
   readonly file: string;
   constructor(
     readonly dir: string,
@@ -61,6 +71,7 @@ export class ColumnWriter {
     if (this.used === 0) return;
     const chunk = new Uint8Array(this.buf.slice(0, this.used));
     this.used = 0;
+    this.hash.update(chunk);
     await this.fh!.write(chunk);
   }
   /** Append values (numbers; int64 columns take numbers below 2^53). */
@@ -87,8 +98,10 @@ export class ColumnWriter {
   async pushArray(a: ArrayBufferView): Promise<void> {
     const b = bytesOf(a);
     if (this.used + b.byteLength > this.buf.byteLength) await this.flush();
-    if (b.byteLength > this.buf.byteLength) await this.fh!.write(b);
-    else {
+    if (b.byteLength > this.buf.byteLength) {
+      this.hash.update(b);
+      await this.fh!.write(b);
+    } else {
       new Uint8Array(this.buf, this.used, b.byteLength).set(b);
       this.used += b.byteLength;
     }
@@ -98,11 +111,22 @@ export class ColumnWriter {
     await this.flush();
     await this.fh!.sync();
     await this.fh!.close();
-    return { file: this.file, dtype: this.dtype, count: this.count };
+    return {
+      file: this.file,
+      dtype: this.dtype,
+      count: this.count,
+      ...fileRecord(join(this.dir, this.file), this.hash),
+    };
   }
   async abort(): Promise<void> {
     await this.fh?.close().catch(() => {});
   }
+}
+
+/** What a manifest keeps of a file just written: size, mtime and the sha256 of its bytes. */
+function fileRecord(path: string, hash: Hash): Pick<ColumnSpec, "size" | "mtime_ns" | "sha256"> {
+  const st = statSync(path, { bigint: true });
+  return { size: Number(st.size), mtime_ns: st.mtimeNs.toString(), sha256: hash.digest("hex") };
 }
 
 /** Read a whole column into a typed array (int64 columns as Float64Array of exact integers). */
@@ -124,6 +148,11 @@ export function readColumn(dir: string, spec: ColumnSpec): Int32Array | Float64A
   } finally {
     closeSync(fd);
   }
+  // The bytes are in memory already: the full check costs one hash.
+  if (spec.sha256 !== undefined && createHash("sha256").update(u8).digest("hex") !== spec.sha256)
+    throw new UserError(
+      `${path}: its sha256 differs from the one recorded when it was written: the file is corrupt or was changed (run \`tessera data prepare\` again)`,
+    );
   switch (spec.dtype) {
     case "<i4":
       return new Int32Array(buf);

@@ -42,6 +42,11 @@ export interface TrainOptions {
   dashboardPort?: number;
   /** The command that started the run, for messages that suggest another one. */
   command?: string;
+  /**
+   * Hash every checkpoint and cache file against its manifest before use (default: only files
+   * whose size or modification time changed, and small files).
+   */
+  verify?: boolean;
 }
 
 export interface TrainResult {
@@ -299,6 +304,7 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
       config: c,
       resume: Boolean(opts.resume),
       init_from: initFrom ?? null,
+      verify: Boolean(opts.verify),
       max_dynamic_patch: c.max_dynamic_patch,
     },
     {

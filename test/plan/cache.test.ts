@@ -11,14 +11,20 @@ beforeAll(() => {
   model = tinyModel();
 });
 
-/** Every file of a cache folder, as bytes (dataset folders named by fingerprint). */
+/**
+ * Every file of a cache folder, as bytes (dataset folders named by fingerprint); the times
+ * files were written (recorded for the fast integrity check) left out.
+ */
 function cacheBytes(dir: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const d of readdirSync(dir).sort()) {
     if (d === "manifest.json") out[d] = readFileSync(join(dir, d), "utf8");
     else
       for (const f of readdirSync(join(dir, d)).sort())
-        out[`${d}/${f}`] = readFileSync(join(dir, d, f)).toString("base64");
+        out[`${d}/${f}`] =
+          f === "dataset.json"
+            ? readFileSync(join(dir, d, f), "utf8").replace(/"mtime_ns": "\d+"/g, "")
+            : readFileSync(join(dir, d, f)).toString("base64");
   }
   return out;
 }
@@ -167,6 +173,30 @@ describe("prepared cache", () => {
     ).rejects.toThrow(/img\.jsonl:31: image_wh is required/);
     expect(cacheBytes(cacheDir)).toEqual(before);
     expect(openCacheTable(cacheDir).manifest.fingerprint).toBe(ok.manifest.fingerprint);
+  });
+
+  it("a flipped byte in a cached column is refused on load, naming the file", async () => {
+    const { root, meta } = writeDatasets([{ name: "t", n: 30, kind: "text" }]);
+    const cacheDir = join(root, "cache");
+    const r = await prepareCache({
+      meta,
+      model,
+      maxLength: 4096,
+      cacheDir,
+      workers: 0,
+      makerModule: CHAR_MAKER,
+    });
+    const dir = join(cacheDir, r.manifest.datasets[0].dir);
+    const info = JSON.parse(readFileSync(join(dir, "dataset.json"), "utf8"));
+    for (const c of Object.values(info.columns) as { sha256: string }[])
+      expect(c.sha256).toMatch(/^[0-9a-f]{64}$/);
+    const file = join(dir, info.columns.length.file);
+    const raw = readFileSync(file);
+    raw[5] ^= 0x01;
+    writeFileSync(file, raw);
+    expect(() => openCacheTable(cacheDir)).toThrow(
+      new RegExp(`${info.columns.length.file}: its sha256 differs`),
+    );
   });
 
   it("a prepare killed mid-write leaves the old cache readable; the next one cleans up", async () => {

@@ -18,6 +18,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .. import integrity
+
 IGNORE_INDEX = -100
 FLAG_MULTIMODAL = 1
 FLAG_TRUNCATED = 2
@@ -35,7 +37,9 @@ class _Columns(Mapping):
     read, which matters for mixtures of many datasets.
     """
 
-    def __init__(self, folder: str, columns: dict):
+    def __init__(self, folder: str, columns: dict, check: str | None = None, need_sums: bool = False):
+        """`check`: None (sizes only), "fast" (sha256 of files whose size or mtime changed, and
+        of small files) or "full" (every file hashed). `need_sums`: refuse columns without one."""
         self._specs: dict[str, tuple[str, np.dtype, int]] = {}
         self._maps: dict[str, np.ndarray] = {}
         for name, col in columns.items():
@@ -47,6 +51,15 @@ class _Columns(Mapping):
                 raise CacheFormatError(
                     f"{path}: {size} bytes, manifest says {count} × {dtype.itemsize} = {count * dtype.itemsize}"
                 )
+            if check is not None:
+                if "sha256" in col:
+                    try:
+                        integrity.check(path, col, verify=check == "full")
+                    except integrity.IntegrityError as e:
+                        raise CacheFormatError(f"{e} (run `tessera data prepare` again)") from None
+                elif need_sums:
+                    raise CacheFormatError(f"{path}: no checksum recorded (prepared by an older tessera): "
+                                           "run `tessera data prepare` again")
             self._specs[name] = (path, dtype, count)
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -68,8 +81,8 @@ class _Columns(Mapping):
         return self._specs[name][2]
 
 
-def _map_columns(folder: str, columns: dict) -> _Columns:
-    return _Columns(folder, columns)
+def _map_columns(folder: str, columns: dict, check: str | None = None, need_sums: bool = False) -> _Columns:
+    return _Columns(folder, columns, check, need_sums)
 
 
 @dataclass(frozen=True)
@@ -103,7 +116,7 @@ class Sample:
 
 
 class _Dataset:
-    def __init__(self, root: str, entry: dict):
+    def __init__(self, root: str, entry: dict, check: str | None = None):
         self.name: str = entry["name"]
         self.first: int = int(entry["first_sample"])
         self.count: int = int(entry["samples"])
@@ -112,7 +125,7 @@ class _Dataset:
             self.info = json.load(f)
         if self.info["fingerprint"] != entry["fingerprint"]:
             raise CacheFormatError(f"{self.folder}: fingerprint differs from manifest.json")
-        self.cols = _map_columns(self.folder, self.info["columns"])
+        self.cols = _map_columns(self.folder, self.info["columns"], check, need_sums=True)
         #: the id of the image context runs the stored tokens leave out (-1: no image)
         self.context_id: int = int(entry["img_context_id"])
         #: the tile budget this dataset's grids were planned with (its own max_dynamic_patch in
@@ -126,7 +139,10 @@ class _Dataset:
 class PreparedCache:
     """Random access by global sample index to what `tessera data prepare` wrote."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, check: str | None = None):
+        """`check`: compare every column file with the checksum recorded when it was written
+        ("fast": files whose size or mtime changed, and small files; "full": all), naming a
+        file that differs. None checks sizes only (a process re-opening a checked cache)."""
         self.path = os.path.abspath(path)
         with open(os.path.join(self.path, "manifest.json"), encoding="utf-8") as f:
             self.manifest = json.load(f)
@@ -137,7 +153,7 @@ class PreparedCache:
         self.fingerprint: str = self.manifest["fingerprint"]
         self.tokens_per_tile: int = int(self.manifest["tokens_per_tile"])
         self.max_length: int = int(self.manifest["max_length"])
-        self.datasets = [_Dataset(self.path, d) for d in self.manifest["datasets"]]
+        self.datasets = [_Dataset(self.path, d, check) for d in self.manifest["datasets"]]
         self._firsts = np.array([d.first for d in self.datasets], dtype=np.int64)
         self._total = int(self.manifest["samples"])
 

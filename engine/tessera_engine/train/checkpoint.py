@@ -2,13 +2,21 @@
 every rank's RNG states and the plan position, written under a temporary name and renamed
 into place when complete, so a crash never leaves a checkpoint that looks whole.
 
-Layout: WORK_DIR/checkpoints/step-00000042/{*.distcp, .metadata, meta.json, rng-rank<r>.pt}
+Layout: WORK_DIR/checkpoints/step-00000042/{*.distcp, .metadata, meta.json, rng-rank<r>.pt,
+manifest.json}
+
+Loading one never runs code from it: RNG states are tensors read with `weights_only=True`;
+DCP's `.metadata` (a pickle) is read by an unpickler that only knows DCP's own metadata
+classes, after its sha256 was checked against manifest.json. The manifest records every
+file's sha256 (with size and mtime, the fast path) at save; a changed file is refused on load,
+naming it, and so is a meta.json whose step count does not match the folder's name.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -17,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -25,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from .. import integrity
 from .parallel import World, barrier, broadcast_object
 
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -34,19 +44,173 @@ def checkpoint_dir(work_dir: str) -> str:
     return os.path.join(work_dir, "checkpoints")
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+class CheckpointError(ValueError):
+    """A checkpoint that is not loaded: changed, incomplete, or not written by tessera."""
+
+
+MANIFEST = "manifest.json"
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG states as tensors only (loadable with weights_only=True)."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python_version": torch.tensor(version, dtype=torch.int64),
+        "python_mt": torch.tensor(mt, dtype=torch.int64),
+        "python_gauss": torch.tensor([0.0 if gauss is None else gauss, float(gauss is not None)],
+                                     dtype=torch.float64),
+        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "numpy_pos": torch.tensor([pos, has_gauss], dtype=torch.int64),
+        "numpy_gauss": torch.tensor(cached, dtype=torch.float64),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        for i, t in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda{i}"] = t
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    gauss, has = state["python_gauss"].tolist()
+    random.setstate((int(state["python_version"]), tuple(state["python_mt"].tolist()), gauss if has else None))
+    pos, has_gauss = state["numpy_pos"].tolist()
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss,
+                         float(state["numpy_gauss"])))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = [state[f"cuda{i}"] for i in range(sum(k.startswith("cuda") for k in state))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _read_rng(path: str) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses anything but tensors and plain values, unrun
+        raise CheckpointError(f"{path}: refused: not an RNG state of tensors (loading it would run code "
+                              f"it carries, or it was written by an older tessera): {e.__class__.__name__}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: refused: not an RNG state of tensors")
+    return state
+
+
+# What DCP's .metadata pickle may name: its metadata classes and a few torch values.
+_DCP_CLASSES = {
+    ("torch.distributed.checkpoint.metadata", n)
+    for n in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+              "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata only: any other global (a function to call) is refused, unrun."""
+
+    def __init__(self, f, path: str):
+        super().__init__(f)
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _DCP_CLASSES:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise CheckpointError(f"{self.path}: refused: it names {module}.{name}, which checkpoint "
+                              "metadata never holds (loading it would run code)")
+
+
+def _read_metadata(path: str, f=None):
+    try:
+        if f is None:
+            with open(path, "rb") as f2:
+                return _MetadataUnpickler(f2, str(path)).load()
+        return _MetadataUnpickler(f, str(path)).load()
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: not DCP metadata ({e.__class__.__name__}: {e})") from None
+
+
+class SafeReader(FileSystemReader):
+    """DCP's file reader with .metadata read by _MetadataUnpickler instead of pickle.load."""
+
+    def read_metadata(self, *args, **kwargs):
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as f:
+            metadata = _read_metadata(str(path), f)
+        if getattr(metadata, "storage_meta", None) is None:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's planner with its non-tensor values (optimizer settings) read with weights_only=True."""
+
+    def load_bytes(self, read_item, value) -> None:
+        try:
+            obj = torch.load(value, weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{read_item.dest_index.fqn}: refused: not plain values (loading it "
+                                  f"would run code it carries): {e.__class__.__name__}") from None
+        if self.flatten_state_dict:
+            from torch.distributed.checkpoint._traverse import set_element
+
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def write_manifest(folder: str) -> None:
+    """sha256, size and mtime of every file of a complete checkpoint folder."""
+    files = {n: integrity.record(os.path.join(folder, n)) for n in sorted(os.listdir(folder))
+             if n != MANIFEST and os.path.isfile(os.path.join(folder, n))}
+    with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump({"format": "tessera-checkpoint", "version": 1, "files": files}, f, indent=1)
+
+
+def verify(path: str, full: bool = False) -> dict:
+    """Check a checkpoint folder against its manifest before anything in it is read; its meta."""
+    mpath = os.path.join(path, MANIFEST)
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {MANIFEST} (written by an older tessera, or not by tessera): "
+                              "its files cannot be checked, so it is not loaded") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{mpath}: unreadable ({e})") from None
+    on_disk = {n for n in os.listdir(path) if n != MANIFEST}
+    extra = sorted(on_disk - set(files))
+    if extra:
+        raise CheckpointError(f"{os.path.join(path, extra[0])}: not written with this checkpoint "
+                              f"(not in {MANIFEST})")
+    for name, rec in files.items():
+        try:
+            integrity.check(os.path.join(path, name), rec, verify=full)
+        except integrity.IntegrityError as e:
+            raise CheckpointError(str(e)) from None
+    for name in files:
+        if name.endswith(".metadata"):  # DCP's pickles: read here, by the restricted unpickler
+            _read_metadata(os.path.join(path, name))
+    with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    m = _NAME.match(os.path.basename(os.path.normpath(path)))
+    if m and int(meta.get("steps_done", -1)) != int(m.group(1)):
+        raise CheckpointError(f"{os.path.join(path, 'meta.json')}: steps_done {meta.get('steps_done')!r} "
+                              f"does not match the checkpoint's step {int(m.group(1))}")
+    return meta
 
 
 def save(
@@ -74,6 +238,7 @@ def save(
                 "scheduler": scheduler.state_dict() if scheduler is not None else None}
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
             json.dump(full, f, indent=2)
+        write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in list_checkpoints(work_dir)[:-keep]:
@@ -100,23 +265,44 @@ def latest(work_dir: str) -> str | None:
     return found[-1] if found else None
 
 
-def load(path: str, world: World, model: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler) -> dict:
-    """Restore a checkpoint into the (already parallelised) model and optimizer; returns its meta."""
+def load(path: str, world: World, model: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler,
+         full_check: bool = False) -> dict:
+    """Restore a checkpoint into the (already parallelised) model and optimizer; returns its meta.
+
+    Rank 0 checks the folder against its manifest first (every rank waits for its verdict).
+    """
+    problem = None
+    if world.is_main:
+        try:
+            verify(path, full=full_check)
+        except CheckpointError as e:
+            problem = str(e)
+    problem = broadcast_object(problem, world)
+    if problem:
+        raise CheckpointError(problem)
     with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
+    rng_path = os.path.join(path, f"rng-rank{world.rank}.pt")
+    rng = _read_rng(rng_path) if os.path.exists(rng_path) else None
     state = {"model": get_model_state_dict(model)}
     want_optim = optimizer is not None and meta.get("has_optimizer", False)
     if want_optim:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
-    dcp.load(state, checkpoint_id=path)
+    try:
+        dcp.load(state, storage_reader=SafeReader(path), planner=SafeLoadPlanner())
+    except dcp.api.CheckpointException as e:  # DCP wraps what a rank raised
+        inner = [v[0] if isinstance(v, tuple) else v for v in e.failures.values()]
+        inner = [v for v in inner if isinstance(v, CheckpointError)]
+        if inner:
+            raise inner[0] from None
+        raise
     set_model_state_dict(model, state["model"])
     if want_optim:
         set_optimizer_state_dict(model, optimizer, state["optim"])
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
-    rng = os.path.join(path, f"rng-rank{world.rank}.pt")
-    if os.path.exists(rng) and meta.get("world_size") == world.size:
-        set_rng_state(torch.load(rng, weights_only=False))
+    if rng is not None and meta.get("world_size") == world.size:
+        set_rng_state(rng)
     return meta
 
 

@@ -239,7 +239,7 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
     from ..model.load import load_internvl
 
     # Data: the plan must be the same file on every rank and fit this world.
-    cache = PreparedCache(job["cache_dir"])
+    cache = PreparedCache(job["cache_dir"], check="full" if job.get("verify") else "fast")
     plan = TrainingPlan(job["plan_dir"], cache=cache)
     if plan.world_size != world.size:
         raise RuntimeError(f"the plan was made for {plan.world_size} ranks, this run has {world.size}")
@@ -310,7 +310,8 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         path = checkpoint.latest(work_dir)
         if path is None:
             raise RuntimeError(f"--resume: no checkpoint in {checkpoint.checkpoint_dir(work_dir)}")
-        meta = checkpoint.load(path, world, root, None if s.checkpoint_drop_optimizer else optimizer, scheduler)
+        meta = checkpoint.load(path, world, root, None if s.checkpoint_drop_optimizer else optimizer, scheduler,
+                               full_check=bool(job.get("verify")))
         if meta["plan_fingerprint"] != plan.fingerprint:
             raise RuntimeError(f"{path} was written for another plan ({meta['plan_fingerprint'][:12]}); "
                                f"this run's plan is {plan.fingerprint[:12]}")
