@@ -52,6 +52,11 @@ def main(argv: list[str]) -> int:
         emit("error", message="interrupted")
         return 130
     except Exception as e:  # report, then fail: the supervisor shows it to the user
+        if getattr(e, "user_facing", False):
+            # About the user's files: the message names the file; a traceback would only hide it.
+            emit("error", message=str(e), user=True)
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         emit("error", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         traceback.print_exc()
         return 1

@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import os
 
+from .errors import FileProblem
+
 #: Files up to this size are hashed on every load (meta.json, .metadata, RNG states).
 ALWAYS_HASH_BELOW = 1 << 20
 
 
-class IntegrityError(ValueError):
+class IntegrityError(FileProblem):
     """A file differs from what its manifest recorded."""
 
 

@@ -155,3 +155,39 @@ def test_a_pickle_among_the_saved_values_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises((CheckpointError, dcp.api.CheckpointException), match="refused"):
         dcp.load(state, storage_reader=checkpoint.SafeReader(str(folder)), planner=checkpoint.SafeLoadPlanner())
     assert not marker.exists()
+
+
+def test_disk_full_while_saving_is_named_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    def to_full_disk(obj, path):  # a real ENOSPC: /dev/full refuses every write
+        with open("/dev/full", "wb") as f:
+            f.write(b"\0" * (1 << 20))
+
+    monkeypatch.setattr(checkpoint.torch, "save", to_full_disk)
+    with pytest.raises(CheckpointError, match=r"disk full while writing .*\.tmp-step-00000003"):
+        _save(tmp_path / "run")
+    assert os.listdir(tmp_path / "run" / "checkpoints") == []
+
+
+def test_a_garbage_weights_file_is_reported_by_path_without_a_traceback(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from tessera_engine import __main__ as engine_main
+    from tessera_engine import protocol
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import train_fixtures as F
+
+    model = F.tiny_model(tmp_path / "model")
+    (model / "model.safetensors").write_bytes(b"not a safetensors file" * 50)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"protocol": 1, "kind": "generate", "model": str(model), "prompts": [],
+                               "device": "cpu"}))
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv("TESSERA_EVENTS", f"file:{events}")
+    monkeypatch.setattr(protocol, "_channel", None)
+    assert engine_main.main(["tessera_engine", str(job)]) == 1
+    protocol.channel().close()
+    err = [json.loads(line) for line in events.read_text().splitlines()][-1]
+    assert err["event"] == "error" and err.get("user") is True
+    assert err["message"].startswith(f"{model / 'model.safetensors'}: not a readable safetensors file")
+    assert "traceback" not in err and "Traceback" not in capsys.readouterr().err

@@ -150,6 +150,11 @@ export function superviseEngine(
         : "";
       if (code === 0 && sawDone) return resolvePromise(result ?? {});
       let why: string;
+      // An error about the user's files names the file: shown alone, without the traceback.
+      if (engineError?.user === true)
+        return reject(
+          new EngineError(String(engineError.message), code, signal, lastLines, engineError),
+        );
       if (engineError) why = `the engine failed: ${engineError.message}`;
       else if (signal) why = `the engine was killed by ${signal}`;
       else if (code === 0) why = "the engine exited without reporting done";

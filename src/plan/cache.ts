@@ -14,7 +14,7 @@ import { displayPath, MAX_LINE_CHARS, readLineBatches } from "../data/jsonl.ts";
 import { type DatasetSpec, loadMeta, maxDynamicPatchOf, videoFramesOf } from "../data/meta.ts";
 import { loadModelInfo, type ModelInfo } from "../text/model-info.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
-import { UserError } from "../util/errors.ts";
+import { namedWriteError, UserError } from "../util/errors.ts";
 import { lockFolder } from "../util/lock.ts";
 import { type ColumnSpec, ColumnWriter, type Dtype, readColumn, readInt32At } from "./columns.ts";
 import { hashJson } from "./fingerprint.ts";
@@ -635,8 +635,9 @@ async function buildDataset(
     await rename(tmp, dsDir);
   } catch (e) {
     await w.abort();
+    // The partial folder goes, whatever failed (a full disk would otherwise keep it).
     await rm(tmp, { recursive: true, force: true });
-    throw e;
+    throw namedWriteError(e, `${tmp} (dataset ${spec.name}; the partial folder was removed)`);
   }
   o.onProgress?.({ dataset: spec.name, records, samples: w.samples, done: true });
   return {

@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { mkdir, rename, rm } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { writeFileAtomic } from "../util/atomic.ts";
-import { UserError } from "../util/errors.ts";
+import { namedWriteError, UserError } from "../util/errors.ts";
 import { IntVec, Rng } from "./arrays.ts";
 import { type ColumnSpec, writeColumn } from "./columns.ts";
 import { canonicalJson, updateArray } from "./fingerprint.ts";
@@ -693,6 +693,6 @@ export async function writePlan(plan: Plan, dir: string): Promise<void> {
     if (hadOld) await rm(old, { recursive: true, force: true });
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
-    throw e;
+    throw namedWriteError(e, `${tmp} (the plan; the partial folder was removed)`);
   }
 }

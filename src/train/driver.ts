@@ -14,7 +14,7 @@ import { ensureEngine } from "../engine/setup.ts";
 import { planDir, prepareAndPlan } from "../plan/from-config.ts";
 import { writePlan } from "../plan/plan.ts";
 import { writeFileAtomic, writeFileAtomicSync } from "../util/atomic.ts";
-import { UserError } from "../util/errors.ts";
+import { namedWriteError, UserError } from "../util/errors.ts";
 import { lockFolder } from "../util/lock.ts";
 import type { TrainConfig } from "./config.ts";
 
@@ -264,9 +264,16 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
       )
     : undefined;
   let barStarted = false;
+  let metricsError: unknown;
   const onEvent = (e: EngineEvent) => {
     if (e.event === "metric" && (e.rank ?? 0) === 0) {
-      appendFileSync(metricsPath, `${metricLine(e)}\n`);
+      try {
+        appendFileSync(metricsPath, `${metricLine(e)}\n`);
+      } catch (err) {
+        // Reported when the run ends (this handler cannot throw into the event stream).
+        if (!metricsError) log(`tessera: ${(namedWriteError(err, metricsPath) as Error).message}`);
+        metricsError ??= namedWriteError(err, metricsPath);
+      }
       if (bar) {
         const values = {
           loss: fmt(e.loss),
@@ -359,6 +366,7 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
       process.off("SIGTERM", onSignal);
     }
   }
+  if (metricsError) throw metricsError;
   return {
     workDir,
     startStep: Number(res.start_step ?? 0),

@@ -9,6 +9,7 @@ import {
 } from "node:fs";
 import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { namedWriteError } from "./errors.ts";
 
 /** A temporary name beside `path`, so the final rename stays on one filesystem. */
 export function tempPathFor(path: string): string {
@@ -27,7 +28,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
     await rename(tmp, path);
   } catch (e) {
     await rm(tmp, { force: true });
-    throw e;
+    throw namedWriteError(e, path);
   }
 }
 
@@ -40,7 +41,7 @@ export function writeFileAtomicSync(path: string, data: string | Uint8Array): vo
     renameSync(tmp, path);
   } catch (e) {
     rmSync(tmp, { force: true });
-    throw e;
+    throw namedWriteError(e, path);
   }
 }
 

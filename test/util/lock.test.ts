@@ -8,14 +8,18 @@ import { PACKAGE_ROOT } from "../../src/util/paths.ts";
 
 const LOCK_MODULE = join(PACKAGE_ROOT, "src", "util", "lock.ts");
 
-/** A node process that takes the lock, says so, holds it for `holdMs`, then exits. */
-function contender(dir: string, holdMs: number): Promise<{ code: number | null; out: string }> {
+/**
+ * A node process that takes the lock and holds it until `release` exists, or says it was
+ * refused and exits (code 3).
+ */
+function contender(dir: string, release: string): Promise<{ code: number | null; out: string }> {
   const code = `
+    const { existsSync } = await import("node:fs");
     const { lockFolder } = await import(${JSON.stringify(LOCK_MODULE)});
     try {
       lockFolder(${JSON.stringify(dir)}, "work dir", "tessera train");
       console.log("locked " + process.pid);
-      await new Promise((r) => setTimeout(r, ${holdMs}));
+      while (!existsSync(${JSON.stringify(release)})) await new Promise((r) => setTimeout(r, 20));
     } catch (e) {
       console.log("refused: " + e.message);
       process.exitCode = 3;
@@ -34,7 +38,12 @@ function contender(dir: string, holdMs: number): Promise<{ code: number | null; 
 describe("folder locks", () => {
   it("lets one of two concurrent processes in and refuses the other, naming pid and host", async () => {
     const dir = mkdtempSync(join(tmpdir(), "tessera-lock-"));
-    const [a, b] = await Promise.all([contender(dir, 1500), contender(dir, 1500)]);
+    const release = join(dir, "release");
+    const runs = [contender(dir, release), contender(dir, release)];
+    // The refused one ends by itself; the holder keeps the lock until told to let go.
+    await Promise.race(runs);
+    writeFileSync(release, "");
+    const [a, b] = await Promise.all(runs);
     const won = [a, b].filter((r) => r.code === 0);
     const lost = [a, b].filter((r) => r.code === 3);
     expect(won).toHaveLength(1);

@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import integrity
+from ..errors import FileProblem
 
 IGNORE_INDEX = -100
 FLAG_MULTIMODAL = 1
@@ -26,7 +27,7 @@ FLAG_TRUNCATED = 2
 CACHE_VERSION = 2
 
 
-class CacheFormatError(ValueError):
+class CacheFormatError(FileProblem):
     """The files on disk do not match what their manifest says."""
 
 

@@ -80,10 +80,22 @@ def read_original_config(folder: str | os.PathLike) -> dict:
 def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a folder: model.safetensors, sharded safetensors, or .bin (single or sharded)."""
     folder = Path(folder)
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file as _load_safetensors
+
+    from ..errors import FileProblem
+
+    def load_file(p: Path) -> dict[str, torch.Tensor]:
+        try:
+            return _load_safetensors(p)
+        except Exception as e:  # safetensors' own errors do not name the file
+            raise FileProblem(f"{p}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
     def load_bin(p: Path) -> dict[str, torch.Tensor]:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise FileProblem(f"{p}: not a readable PyTorch weights file of tensors "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
     for index_name, loader in (("model.safetensors.index.json", load_file),
                                ("pytorch_model.bin.index.json", load_bin)):

@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from .. import integrity
+from ..errors import FileProblem, is_disk_full
 from .parallel import World, barrier, broadcast_object
 
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -44,7 +45,7 @@ def checkpoint_dir(work_dir: str) -> str:
     return os.path.join(work_dir, "checkpoints")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FileProblem):
     """A checkpoint that is not loaded: changed, incomplete, or not written by tessera."""
 
 
@@ -230,15 +231,25 @@ def save(
     state = {"model": get_model_state_dict(model)}
     if optimizer is not None:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
-    dcp.save(state, checkpoint_id=tmp)
-    torch.save(rng_state(), os.path.join(tmp, f"rng-rank{world.rank}.pt"))
-    barrier(world)
+    try:
+        dcp.save(state, checkpoint_id=tmp)
+        torch.save(rng_state(), os.path.join(tmp, f"rng-rank{world.rank}.pt"))
+        barrier(world)
+        if world.is_main:
+            full = {**meta, "world_size": world.size, "has_optimizer": optimizer is not None,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None}
+            with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+                json.dump(full, f, indent=2)
+            write_manifest(tmp)
+    except BaseException as e:
+        # Nothing half-written stays behind (a full disk would otherwise keep the partial folder).
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e, root) or any(is_disk_full(v[0] if isinstance(v, tuple) else v, root)
+                                        for v in getattr(e, "failures", {}).values()):
+            raise CheckpointError(f"disk full while writing {tmp} (checkpoint after step "
+                                  f"{meta['steps_done']}); the partial checkpoint was removed") from None
+        raise
     if world.is_main:
-        full = {**meta, "world_size": world.size, "has_optimizer": optimizer is not None,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None}
-        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump(full, f, indent=2)
-        write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in list_checkpoints(work_dir)[:-keep]:
