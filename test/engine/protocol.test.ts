@@ -55,6 +55,15 @@ describe("engine protocol", () => {
     expect(seen.some((e) => e.event === "done")).toBe(false);
   });
 
+  it("shows an error about a user's file as its message alone, without the traceback", async () => {
+    const err = await runEngine(
+      { kind: "echo", file_problem: "/data/model.safetensors: not a readable safetensors file" },
+      { python },
+    ).catch((e) => e);
+    expect(err).toBeInstanceOf(EngineError);
+    expect(err.message).toBe("/data/model.safetensors: not a readable safetensors file");
+  });
+
   it("surfaces the engine's own error message and traceback for a failing job", async () => {
     const err = await runEngine({ kind: "no-such-job" }, { python }).catch((e) => e);
     expect(err).toBeInstanceOf(EngineError);
