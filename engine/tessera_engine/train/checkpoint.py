@@ -320,10 +320,15 @@ def load(path: str, world: World, model: nn.Module, optimizer: torch.optim.Optim
 def load_weights(path: str, model: nn.Module) -> None:
     """Only the weights of a checkpoint (for a new plan): no optimizer, schedule, RNG or position.
     The model must have the same trainable structure (LoRA layers) as the run that wrote it."""
+    verify(path)  # checked against its manifest first; nothing in it runs code
     state = {"model": get_model_state_dict(model)}
     try:
-        dcp.load(state, checkpoint_id=path)
+        dcp.load(state, storage_reader=SafeReader(path), planner=SafeLoadPlanner())
     except Exception as e:  # DCP names the keys it could not find
+        inner = [v[0] if isinstance(v, tuple) else v for v in getattr(e, "failures", {}).values()]
+        inner = [v for v in inner if isinstance(v, CheckpointError)]
+        if inner:
+            raise inner[0] from None
         raise RuntimeError(f"--init-from {path}: its weights do not fit this model ({e}); "
                            "the LoRA settings must be those of the run that wrote it") from e
     set_model_state_dict(model, state["model"])
