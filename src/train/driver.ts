@@ -79,6 +79,17 @@ export const METRIC_FIELDS = [
   "peak_memory",
   "pack_fill",
   "time",
+  // preference runs (docs/preference.md)
+  "rewards_chosen",
+  "rewards_rejected",
+  "reward_margin",
+  "reward_accuracy",
+  "loss_sigmoid",
+  "loss_bco_pair",
+  "loss_ipo",
+  "loss_hinge",
+  "nll_loss",
+  "bco_baseline",
 ] as const;
 
 export function metricLine(e: EngineEvent): string {

@@ -139,3 +139,37 @@ describe("the official MPO shell script", () => {
     });
   });
 });
+
+describe("metrics.jsonl of a preference run", () => {
+  it("keeps the rewards, accuracy and each loss term", async () => {
+    const { metricLine } = await import("../../src/train/driver.ts");
+    const line = JSON.parse(
+      metricLine({
+        event: "metric",
+        step: 3,
+        loss: 0.6,
+        reward_accuracy: 0.75,
+        reward_margin: 0.2,
+        rewards_chosen: 0.1,
+        rewards_rejected: -0.1,
+        loss_sigmoid: 0.55,
+        loss_bco_pair: 0.7,
+        nll_loss: 1.2,
+        bco_baseline: 0.01,
+        rank: 0,
+      }),
+    );
+    expect(line).toEqual({
+      step: 3,
+      loss: 0.6,
+      reward_accuracy: 0.75,
+      reward_margin: 0.2,
+      rewards_chosen: 0.1,
+      rewards_rejected: -0.1,
+      loss_sigmoid: 0.55,
+      loss_bco_pair: 0.7,
+      nll_loss: 1.2,
+      bco_baseline: 0.01,
+    });
+  });
+});
