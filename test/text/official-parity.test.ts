@@ -276,6 +276,17 @@ describe("parity with the official preprocess, every template family", () => {
       ),
     );
 
+    flagDirs.push(
+      spmFolder(
+        "phi3-no-prefix-space",
+        "phi3-chat",
+        phiModel,
+        phi3Config((c) => {
+          c.add_prefix_space = false;
+        }),
+      ),
+    );
+
     const loaded = await Promise.all(
       [...setups.map((s) => s.dir), ...flagDirs.slice(1)].map((d) =>
         loadTokenizer(d, { cacheDir }),
@@ -351,13 +362,19 @@ describe("parity with the official preprocess, every template family", () => {
       ours.push(row);
     }
     expect(ours).toEqual(flagAnswers);
-    const [base, legacy, flipped] = ours;
+    const [base, legacy, flipped, noPrefix] = ours;
     const idx = (t: string) => flagTexts.indexOf(t);
     // legacy: a dummy prefix on every segment instead of one `▁` before the text.
     expect(legacy[idx("<|user|>\n  hello <|end|>")]).not.toEqual(
       base[idx("<|user|>\n  hello <|end|>")],
     );
-    expect(base[idx("\n<|system|>\nsys")].slice(0, 2)).toEqual([1, flagTk[0].tokenId("▁")]);
+    const space = flagTk[0].tokenId("▁");
+    expect(base[idx("\n<|system|>\nsys")].slice(0, 2)).toEqual([1, space]);
+    // ... except before a token of the special-tokens map.
+    expect(base[idx("<s> bos in text")].slice(0, 2)).toEqual([1, 1]);
+    // add_prefix_space off: no `▁` before the text.
+    expect(noPrefix[idx("\n<|system|>\nsys")][1]).not.toBe(space);
+    expect(noPrefix[idx("plain words")]).not.toEqual(base[idx("plain words")]);
     // add_bos_token off, add_eos_token on.
     const inner = (ids: number[], bos: boolean, eos: boolean) =>
       ids.slice(bos ? 1 : 0, eos ? -1 : undefined);
