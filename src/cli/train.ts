@@ -86,6 +86,9 @@ export function registerTrain(program: Command): void {
         (r.checkpoint ? `checkpoint: ${r.checkpoint}\n` : "") +
         (r.export ? `model: ${r.export.adapter ?? r.export.dir}\n` : "") +
         `metrics: ${r.metricsPath}\n` +
+        (r.skipped
+          ? `skipped ${r.skipped} sample(s) whose media could not be loaded: ${r.skipListPath}\n`
+          : "") +
         (r.stopped ? "continue with: tessera train ... --resume\n" : ""),
     );
   });

@@ -170,6 +170,12 @@ export const TrainConfigSchema = z
       .describe("auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32"),
     device: z.enum(["auto", "cpu", "cuda"]).default("auto").describe("auto | cpu | cuda"),
     num_workers: nonNegInt.default(2).describe("data loader worker processes per rank"),
+    bad_sample_policy: z
+      .enum(["skip", "stop"])
+      .default("skip")
+      .describe(
+        "a sample whose image or video cannot be loaded: skip (masked, counted, in WORK_DIR/skipped.jsonl) | stop the run",
+      ),
     nproc_per_node: posInt.default(1).describe("processes (GPUs) per node"),
     nnodes: posInt.default(1).describe("nodes"),
     node_rank: nonNegInt.default(0).describe("this node's rank"),

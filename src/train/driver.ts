@@ -61,6 +61,9 @@ export interface TrainResult {
   stopped: boolean;
   metricsPath: string;
   trainableParameters: number | null;
+  /** Samples in the skip list (WORK_DIR/skipped.jsonl) at the end of the run. */
+  skipped: number;
+  skipListPath: string;
 }
 
 /** The fields of a metric event that go to metrics.jsonl. */
@@ -252,6 +255,12 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
   );
 
   const metricsPath = join(workDir, "metrics.jsonl");
+  // The skip list: samples whose media could not be loaded. A resumed run passes it back to
+  // the engine, which masks them without loading them: the same pieces as the unbroken run.
+  const skipPath = join(workDir, SKIP_LIST);
+  const skips = new SkipList(skipPath, plan.fingerprint, Boolean(opts.resume));
+  if (skips.size)
+    log(`skip list: ${skips.size} sample(s) of earlier runs are masked (${skipPath})`);
   let dashboard: Dashboard | undefined;
   if (opts.dashboardPort !== undefined) {
     dashboard = await startDashboard({ workDir, port: opts.dashboardPort }).catch(() =>
@@ -300,6 +309,13 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
           `step ${e.step}/${e.total} · loss ${fmt(e.loss)} · lr ${fmt(e.lr, 3)} · ${Math.round(Number(e.tokens_per_s_per_gpu ?? 0))} tok/s/gpu`,
         );
       }
+    } else if (e.event === "bad_sample") {
+      const where = `dataset ${e.dataset}, ${e.file ? `${e.file}:${e.line}` : `line ${e.line}`}, ${e.path}: ${e.reason}`;
+      if (c.bad_sample_policy === "skip" && skips.add(e)) {
+        if (bar && barStarted) bar.stop();
+        log(`skipped a sample at step ${e.step} (${skips.size} so far): ${where}`);
+        barStarted = false;
+      }
     } else if (e.event === "resume" && (e.rank ?? 0) === 0) {
       cutMetrics(metricsPath, Number(e.step));
     } else if (e.event === "log" && (e.rank ?? 0) === 0) {
@@ -324,6 +340,7 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
       init_from: initFrom ?? null,
       verify: Boolean(opts.verify),
       max_dynamic_patch: c.max_dynamic_patch,
+      skip_samples: skips.entries(),
     },
     {
       python,
@@ -390,5 +407,70 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
     metricsPath,
     trainableParameters:
       typeof res.trainable_parameters === "number" ? res.trainable_parameters : null,
+    skipped: skips.size,
+    skipListPath: skipPath,
   };
+}
+
+/** The skip list's file in the work dir. */
+export const SKIP_LIST = "skipped.jsonl";
+
+/**
+ * WORK_DIR/skipped.jsonl: one line per (sample, media path) that could not be loaded, with its
+ * dataset, file, line and reason, and the plan it belongs to. A fresh run starts it over; a
+ * resumed one keeps the lines of its plan.
+ */
+export class SkipList {
+  private readonly seen = new Map<string, { sample: number; path: string }>();
+  constructor(
+    private readonly path: string,
+    private readonly plan: string,
+    resume: boolean,
+  ) {
+    if (!resume) {
+      if (existsSync(path)) writeFileAtomicSync(path, "");
+      return;
+    }
+    if (!existsSync(path)) return;
+    const lines = readFileSync(path, "utf8").split("\n");
+    for (let i = 0; i < lines.length; i++) {
+      if (!lines[i].trim()) continue;
+      let x: { plan?: unknown; sample?: unknown; path?: unknown };
+      try {
+        x = JSON.parse(lines[i]);
+      } catch (e) {
+        throw new UserError(`${path}:${i + 1}: not a JSON line (${(e as Error).message})`);
+      }
+      if (typeof x.sample !== "number" || typeof x.path !== "string")
+        throw new UserError(`${path}:${i + 1}: a skip needs "sample" (a number) and "path"`);
+      if (x.plan === plan)
+        this.seen.set(`${x.sample}\0${x.path}`, { sample: x.sample, path: x.path });
+    }
+  }
+  get size(): number {
+    return this.seen.size;
+  }
+  /** Records a bad_sample event; false when it was listed already. */
+  add(e: EngineEvent): boolean {
+    const sample = Number(e.sample);
+    const path = String(e.path);
+    const key = `${sample}\0${path}`;
+    if (this.seen.has(key)) return false;
+    this.seen.set(key, { sample, path });
+    const line = {
+      plan: this.plan,
+      sample,
+      path,
+      dataset: e.dataset,
+      file: e.file,
+      line: e.line,
+      step: e.step,
+      reason: e.reason,
+    };
+    appendFileSync(this.path, `${JSON.stringify(line)}\n`);
+    return true;
+  }
+  entries(): { sample: number; path: string }[] {
+    return [...this.seen.values()];
+  }
 }

@@ -5,7 +5,9 @@
 import { spawn, spawnSync } from "node:child_process";
 import {
   appendFileSync,
+  copyFileSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -379,6 +381,68 @@ describe("tessera train", () => {
     expect(tiles).toHaveLength(12);
     expect(Math.max(...tiles)).toBe(3);
   });
+
+  it("skips and counts a sample whose image cannot be loaded, or stops on it by policy", async () => {
+    // The colours dataset with its 90×30 image cut short: the header reads, the pixels do not.
+    const media = join(root, "media-cut");
+    mkdirSync(media, { recursive: true });
+    for (const f of ["0.png", "1.png", "2.png", "3.png"])
+      copyFileSync(join(root, "media", f), join(media, f));
+    const whole = readFileSync(join(media, "2.png"));
+    writeFileSync(join(media, "2.png"), whole.subarray(0, Math.ceil(whole.length / 2)));
+    const cutMeta = join(root, "cut-meta.json");
+    writeFileSync(
+      cutMeta,
+      JSON.stringify({ colours: { media_root: media, annotation: join(root, "colours.jsonl") } }),
+    );
+    const config = (work: string, policy: "skip" | "stop") =>
+      resolveConfig(undefined, {
+        model,
+        meta: cutMeta,
+        work_dir: join(root, work),
+        cache_dir: join(root, "cut-cache"),
+        max_length: 128,
+        pack_max_length: 128,
+        global_batch_size: 4,
+        steps: 3,
+        lr: 0.002,
+        num_workers: 0,
+        gradient_checkpointing: false,
+        checkpoint_interval: 0,
+        device: "cpu",
+        export: "none",
+        bad_sample_policy: policy,
+      });
+    const common = {
+      python,
+      progress: false,
+      prepareWorkers: 0,
+      env: { OMP_NUM_THREADS: "1" },
+    };
+    const logs: string[] = [];
+    const r = await train(config("cut-skip", "skip"), { ...common, log: (l) => logs.push(l) });
+    expect(r.stepsDone).toBe(3);
+    // Records 3, 7 and 11 name 2.png: each is skipped, named by dataset, file, line and path.
+    expect(r.skipped).toBe(3);
+    const skipped = readFileSync(r.skipListPath, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(skipped.map((x) => x.line).sort((a, b) => a - b)).toEqual([3, 7, 11]);
+    for (const x of skipped)
+      expect(x).toMatchObject({
+        dataset: "colours",
+        file: join(root, "colours.jsonl"),
+        path: join(media, "2.png"),
+      });
+    expect(skipped[0].reason).toMatch(/truncated/);
+    expect(
+      logs.some((l) => /skipped a sample at step \d+ .*colours\.jsonl:\d+, .*2\.png/.test(l)),
+    ).toBe(true);
+    await expect(train(config("cut-stop", "stop"), { ...common, log: () => {} })).rejects.toThrow(
+      /dataset colours, .*colours\.jsonl:(3|7|11), .*2\.png: .*truncated/,
+    );
+  }, 300_000);
 
   it("chats with the exported model: the prompt is built as in training, the engine answers", async () => {
     const exported = join(root, "run", "export");

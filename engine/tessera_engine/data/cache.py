@@ -119,6 +119,8 @@ class Sample:
 class _Dataset:
     def __init__(self, root: str, entry: dict, check: str | None = None):
         self.name: str = entry["name"]
+        #: the annotation file the samples came from (absent in older caches)
+        self.annotation: str | None = entry.get("annotation")
         self.first: int = int(entry["first_sample"])
         self.count: int = int(entry["samples"])
         self.folder = os.path.join(root, entry["dir"])
@@ -171,6 +173,11 @@ class PreparedCache:
     def dataset_of(self, i: int) -> "_Dataset":
         """The dataset sample i belongs to."""
         return self._locate(i)[0]
+
+    def origin(self, i: int) -> dict:
+        """Where sample i came from: its dataset, annotation file and 1-based line."""
+        ds, k = self._locate(i)
+        return {"sample": int(i), "dataset": ds.name, "file": ds.annotation, "line": int(ds.cols["line"][k])}
 
     def _column(self, name: str) -> np.ndarray:
         parts = [d.cols[name] for d in self.datasets]

@@ -32,8 +32,10 @@ class _PlanSlice(Dataset):
     """Micro-batch k of this rank, counted from the resume position."""
 
     def __init__(self, cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling,
-                 shard: int | None = None):
+                 shard: int | None = None, skip: frozenset[tuple[int, str]] = frozenset()):
         self.cache_dir, self.plan_dir = cache_dir, plan_dir
+        #: (sample, media path) pairs of the run's skip list: not loaded, their pieces masked
+        self.skip = skip
         self.rank, self.g0, self.tiling = rank, start_global_step, tiling
         plan = TrainingPlan(plan_dir)
         self.per_step = plan.micro_batches_per_step
@@ -68,7 +70,17 @@ class _PlanSlice(Dataset):
             from .shards import shard_item
 
             videos: dict = {}
-            item.update(shard_item(cache, plan, mb, self.shard, lambda im, s: self._tiles(cache, s, im, videos)))
+
+            def tiles_of(im, s):
+                # Sharded rows cannot mask one sample: a bad sample stops the run.
+                try:
+                    return self._tiles(cache, s, im, videos)
+                except PixelError:
+                    raise
+                except Exception as e:
+                    raise BadSampleError(describe_bad({**cache.origin(s), "path": im.path, "reason": _reason(e)})) from e
+
+            item.update(shard_item(cache, plan, mb, self.shard, tiles_of))
             return item
         # Rows of different lengths are padded into one [rows, longest] batch; padding is
         # learned nowhere and attends only to itself (packed_forward's segments).
@@ -80,8 +92,13 @@ class _PlanSlice(Dataset):
         pos = torch.arange(width, dtype=torch.int64).repeat(n, 1)
         cu = []
         t = self.tiling
-        pixels, tiles, spans = [], [], []
+        pixels, tiles, spans, owners = [], [], [], []
         videos: dict[tuple[int, str], dict[int, np.ndarray]] = {}
+        # A piece with an image that cannot be loaded (or that the skip list names) is masked:
+        # its tiles are zeros and none of its tokens is learned; the batch keeps its planned
+        # shape. Decided per image, so a resumed run masks exactly the pieces an unbroken one did.
+        bad: dict[tuple[int, str], dict] = {}
+        masked: set[tuple[int, int]] = set()  # (row, sample)
         cut = False
         for b, row in enumerate(packed):
             L = len(row.input_ids)
@@ -96,8 +113,31 @@ class _PlanSlice(Dataset):
                 # features [token_lo, token_hi) of the image's tiles (all tiles still run).
                 spans.append((im.tiles, pim.token_lo, pim.token_hi))
                 cut = cut or pim.token_lo != 0 or pim.token_hi != im.tiles * cache.tokens_per_tile
-                pixels.append(self._tiles(cache, pim.sample, im, videos))
+                px = None
+                key = (pim.sample, im.path)
+                if key not in self.skip and key not in bad:
+                    self._check(cache, pim.sample, im)
+                    try:
+                        px = self._load(cache, pim.sample, im, videos)
+                    except Exception as e:  # the file: missing, truncated, undecodable, another size
+                        bad[key] = {**cache.origin(pim.sample), "path": im.path, "reason": _reason(e)}
+                if px is None:
+                    masked.add((b, pim.sample))
+                pixels.append(px)
+                owners.append((b, pim.sample))
                 tiles.append(im.tiles)
+        masked_learned = 0
+        if masked:
+            for k, (b, s) in enumerate(owners):
+                if (b, s) in masked:
+                    pixels[k] = np.zeros((tiles[k], 3, t.tile, t.tile), dtype=np.float32)
+            for b, r in enumerate(mb.rows):
+                at = 0
+                for s, length, learned in zip(r.samples.tolist(), r.lengths.tolist(), r.learned.tolist()):
+                    if (b, s) in masked:
+                        labels[b, at : at + length] = -100
+                        masked_learned += int(learned)
+                    at += length
         item.update(
             input_ids=ids,
             labels=labels,
@@ -110,14 +150,29 @@ class _PlanSlice(Dataset):
             learned=mb.learned_tokens,
             pieces=int(sum(len(r.samples) for r in mb.rows)),
             rows=n,
+            bad=list(bad.values()),
+            masked_learned=masked_learned,
         )
         return item
 
 
     def _tiles(self, cache: PreparedCache, sample: int, im, videos: dict) -> np.ndarray:
         """(tiles, 3, tile, tile): an image's tiles (checked against the plan) or a video frame."""
+        self._check(cache, sample, im)
+        return self._load(cache, sample, im, videos)
+
+    def _load(self, cache: PreparedCache, sample: int, im, videos: dict) -> np.ndarray:
         if im.frame is not None:
             return self._frame(cache, sample, im, videos)
+        t = self.tiling
+        return load_tiles(im.path, im.wh, im.cols, im.rows, im.thumbnail, t.tile)
+
+    def _check(self, cache: PreparedCache, sample: int, im) -> None:
+        """The plan's grid against the tiling rule (a disagreement is the plan's fault: it stops the run)."""
+        if im.frame is not None:
+            if im.tiles != 1 or im.thumbnail:
+                raise PixelError(f"sample {sample} video {im.path}: a frame is one tile, the plan says {im.tiles}")
+            return
         t = self.tiling
         n_images = len(cache.images(sample))
         # The grid is the plan's; it is checked against the budget the planner used for
@@ -128,7 +183,6 @@ class _PlanSlice(Dataset):
             max_num=max(1, budget // n_images), use_thumbnail=t.use_thumbnail,
             where=f"sample {sample} image {im.path}",
         )
-        return load_tiles(im.path, im.wh, im.cols, im.rows, im.thumbnail, t.tile)
 
     def _frame(self, cache: PreparedCache, sample: int, im, videos: dict) -> np.ndarray:
         """(1, 3, tile, tile): planned frame `im.frame` of its video; all of a sample's frames
@@ -143,6 +197,20 @@ class _PlanSlice(Dataset):
         return videos[key][im.frame][None]
 
 
+class BadSampleError(RuntimeError):
+    """A sample whose media cannot be loaded, when the run stops on one."""
+
+
+def _reason(e: BaseException) -> str:
+    return str(e) if isinstance(e, PixelError) else f"{type(e).__name__}: {e}"
+
+
+def describe_bad(b: dict) -> str:
+    """`dataset d, file:line, path: reason`: how a bad sample is named in messages."""
+    where = f"{b['file']}:{b['line']}" if b.get("file") else f"line {b['line']}"
+    return f"dataset {b['dataset']}, {where}, {b['path']}: {b['reason']}"
+
+
 def _worker_init(_worker_id: int) -> None:
     # Ctrl-C reaches the whole process group; the main process decides how to stop, and
     # workers dying on it would break the checkpoint it is about to write.
@@ -152,11 +220,11 @@ def _worker_init(_worker_id: int) -> None:
 
 def micro_batches(
     cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling, num_workers: int = 2, seed: int = 0,
-    shard: int | None = None,
+    shard: int | None = None, skip: frozenset[tuple[int, str]] = frozenset(),
 ) -> DataLoader:
     """This rank's micro-batches from `start_global_step` on, in plan order. `rank` is the
     data-parallel rank; with sequence parallelism, `shard` is this rank's shard of each row."""
-    ds = _PlanSlice(cache_dir, plan_dir, rank, start_global_step, tiling, shard)
+    ds = _PlanSlice(cache_dir, plan_dir, rank, start_global_step, tiling, shard, skip)
     return DataLoader(
         ds,
         batch_size=None,  # a micro-batch is already one packed row

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..data.cache import PreparedCache, StepTotals, TrainingPlan
-from ..data.loader import Tiling, micro_batches
+from ..data.loader import BadSampleError, Tiling, describe_bad, micro_batches
 from ..protocol import emit
 from . import checkpoint, lora, parallel, preference
 from . import sequence_parallel as seqpar
@@ -68,6 +68,7 @@ class TrainSettings:
     checkpoint_keep: int = 2
     checkpoint_drop_optimizer: bool = False
     log_interval: int = 1
+    bad_sample_policy: str = "skip"
     export: str = "original"
     export_dtype: str = "auto"
 
@@ -342,8 +343,11 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         emit("checkpoint", step=steps_done, path=path, reason=reason)
         return path
 
+    # The run's skip list (TypeScript keeps it in the work dir): these images are masked
+    # without being loaded, exactly as when they failed, so a resumed run is the unbroken one.
+    skip = frozenset((int(x["sample"]), str(x["path"])) for x in job.get("skip_samples") or [])
     loader = micro_batches(job["cache_dir"], job["plan_dir"], sp.dp_rank if sp else world.rank, start, tiling,
-                           s.num_workers, s.seed, shard=sp.shard if sp else None)
+                           s.num_workers, s.seed, shard=sp.shard if sp else None, skip=skip)
     batches = iter(loader)
     per_step = plan.micro_batches_per_step
     pack_len = plan.pack_max_length or 0
@@ -365,6 +369,12 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
             data_wait += time.perf_counter() - tw
             if item["global_step"] != g or item["slot"] != a:
                 raise RuntimeError(f"data loader out of step: got ({item['global_step']}, {item['slot']}), want ({g}, {a})")
+            for bad in item.get("bad") or []:
+                # Reported through the protocol; TypeScript records it in the skip list.
+                emit("bad_sample", step=g + 1, policy=s.bad_sample_policy, **bad)
+                if s.bad_sample_policy == "stop" or pref is not None:
+                    raise BadSampleError(f"a sample cannot be loaded: {describe_bad(bad)}"
+                                         + ("" if pref is None else " (preference training cannot skip one side of a pair)"))
             _set_grad_sync(root, a == per_step - 1)
             with torch.autocast(device.type, dtype=dtype, enabled=autocast):
                 loss = root(item, totals, device)
@@ -376,7 +386,8 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
                 local[1] += item["tokens"]
                 local[2] += item["pieces"]
                 local[3] += item["rows"]
-                local[4] += train_module.learned_seen
+                # Masked pieces (bad samples) learn nothing; the plan counted their tokens.
+                local[4] += train_module.learned_seen + item.get("masked_learned", 0)
         grad_norm = _clip(root, s.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
