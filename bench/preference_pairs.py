@@ -95,7 +95,7 @@ def step(model, batches, ref, beta: float = 0.1) -> float:
         logits = (lp[0::2] - lp[1::2]) - (rf[0::2] - rf[1::2])
         loss = -F.logsigmoid(beta * logits).sum() / (len(ref) / 2)
         loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 def as_packed(rows):

@@ -198,6 +198,10 @@ class PreferenceModule(nn.Module):
         if out.num_samples != len(samples) or len(samples) % 2:
             raise RuntimeError(f"micro-batch {item['index']}: {out.num_samples} sequences, the plan lists "
                                f"{len(samples)}; a micro-batch of pairs holds an even number")
+        # The planner writes pair k as samples 2k (chosen), 2k+1 (rejected), side by side.
+        if (samples[0::2] % 2).any() or (samples[1::2] != samples[0::2] + 1).any():
+            raise RuntimeError(f"micro-batch {item['index']}: its sequences are not whole pairs "
+                               f"(chosen 2k then rejected 2k+1): {samples.tolist()[:8]}")
         logps = sequence_logps(out.token_losses, out.sample_index, out.num_samples)
         ref = self.reference(item, samples, device) if self.reference is not None else None
         if ref is None:
