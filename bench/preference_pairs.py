@@ -1,8 +1,8 @@
 """Preference pairs: a packed pair step against the same pairs padded, and the memory of
 precomputed reference log-probabilities against a frozen copy of the model.
 
-    .venv/bin/python bench/preference_pairs.py [--pairs 24] [--pack 1024] [--batch 4] [--hidden 64]
-        [--layers 2] [--steps 2]
+    .venv/bin/python bench/preference_pairs.py [--pairs 24] [--pack 1024] [--batch 4] [--rows 4]
+        [--hidden 64] [--layers 2] [--steps 2]
 
 One step = forward + backward of the DPO (sigmoid) loss over all pairs, with the reference's
 log-probabilities given (precomputed). Packed: pairs back to back in rows of `--pack` tokens,
@@ -98,15 +98,25 @@ def step(model, batches, ref, beta: float = 0.1) -> float:
     return float(loss.detach())
 
 
-def as_packed(rows):
+def as_packed(rows, rows_per_forward: int = 1):
+    """Packed rows, `rows_per_forward` of them per forward (a micro-batch of packs, padded to
+    its longest row, as the engine's loader makes it)."""
     import torch
 
     out = []
-    for row in rows:
-        ids = torch.tensor([t for s in row for t in s[0]])
-        labels = torch.tensor([t for s in row for t in s[1]])
-        cu = torch.tensor([0] + list(torch.cumsum(torch.tensor([len(s[0]) for s in row]), 0)), dtype=torch.int32)
-        out.append((ids[None], labels[None], [cu]))
+    for k in range(0, len(rows), rows_per_forward):
+        group = rows[k:k + rows_per_forward]
+        width = max(sum(len(s[0]) for s in row) for row in group)
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        labels = torch.full((len(group), width), -100, dtype=torch.long)
+        cus = []
+        for b, row in enumerate(group):
+            flat = [t for s in row for t in s[0]]
+            ids[b, :len(flat)] = torch.tensor(flat)
+            labels[b, :len(flat)] = torch.tensor([t for s in row for t in s[1]])
+            cus.append(torch.tensor([0] + list(torch.cumsum(torch.tensor([len(s[0]) for s in row]), 0)),
+                                    dtype=torch.int32))
+        out.append((ids, labels, cus))
     return out
 
 
@@ -136,6 +146,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=4, help="packed rows per forward (micro_batch_size)")
     a = ap.parse_args()
     import torch
 
@@ -148,7 +159,9 @@ def main() -> None:
     real = sum(len(s[0]) for s in seqs)
     ref = torch.zeros(len(seqs))
     results = {}
-    for name, batches in (("packed", as_packed(packed_rows(seqs, a.pack))),
+    rows = packed_rows(seqs, a.pack)
+    for name, batches in (("packed", as_packed(rows)),
+                          (f"packed_{a.rows}_rows_per_forward", as_packed(rows, a.rows)),
                           ("padded", as_padded(seqs, a.batch))):
         slots = sum(b[0].numel() for b in batches)
         step(model, batches, ref)  # warm-up
@@ -171,7 +184,10 @@ def main() -> None:
            "mmpr_1m_pairs_precomputed_mib": 16 * 1e6 / 2**20}
     print(json.dumps(mem))
     ratio = results["packed"]["tokens_per_s"] / results["padded"]["tokens_per_s"]
+    multi = results[f"packed_{a.rows}_rows_per_forward"]
     print(f"summary: packed {results['packed']['tokens_per_s']:.0f} tokens/s (fill {results['packed']['fill']:.1%}), "
+          f"{a.rows} packed rows per forward {multi['tokens_per_s']:.0f} tokens/s (fill {multi['fill']:.1%}, "
+          f"{multi['tokens_per_s'] / results['padded']['tokens_per_s']:.2f}x padded), "
           f"padded {results['padded']['tokens_per_s']:.0f} tokens/s (fill {results['padded']['fill']:.1%}): "
           f"packed/padded = {ratio:.2f}x; reference log-probs: {8 * len(seqs)} B precomputed for {a.pairs} pairs "
           f"vs {frozen / 2**20:.1f} MiB for a frozen copy of this model (InternVL2-8B in bf16: "
