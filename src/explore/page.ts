@@ -133,7 +133,7 @@ async function show(dataset, index) {
   const segs = (ss) => ss.map((g) => g.image ? '<span class="image">' + esc(g.text) + "</span>" : g.learned ? '<span class="learned">' + esc(g.text) + "</span>" : esc(g.text)).join("");
   // A preference pair: both sequences, each with its learned span.
   $("text").innerHTML = p.rejected
-    ? "<b>chosen</b> (" + p.learned + " learned)\n" + segs(p.segments) + "\n\n<b>rejected</b> (" + p.rejected.learned + " learned)\n" + segs(p.rejected.segments)
+    ? "<b>chosen</b> (" + p.learned + " learned)\\n" + segs(p.segments) + "\\n\\n<b>rejected</b> (" + p.rejected.learned + " learned)\\n" + segs(p.rejected.segments)
     : segs(p.segments);
 }
 

@@ -75,3 +75,12 @@ describe("preference records in the data tools", () => {
     expect(d.tokens?.min).toBe(both);
   });
 });
+
+describe("the explorer page with a pair", () => {
+  it("its script parses and draws both sequences", async () => {
+    const { EXPLORER_HTML } = await import("../../src/explore/page.ts");
+    const script = /<script>([\s\S]*?)<\/script>/.exec(EXPLORER_HTML)![1];
+    expect(() => new Function(script)).not.toThrow();
+    expect(script).toContain("p.rejected.segments");
+  });
+});
