@@ -52,6 +52,52 @@ describe("data prepare / data plan", () => {
     expect(existsSync(join(root, ".tessera-cache", "manifest.json"))).toBe(true);
   });
 
+  it("data plan --sp-size 2 --ring-size 2 shows what each rank of a row holds", () => {
+    const r = tessera([
+      "data",
+      "plan",
+      meta,
+      "--model",
+      model,
+      "--pack-max-length",
+      "8192",
+      "--world-size",
+      "8",
+      "--sp-size",
+      "2",
+      "--ring-size",
+      "2",
+      "--workers",
+      "0",
+    ]);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/sequence parallel: sp 2 × ring 2 = 4 ranks per row · data parallel 2/);
+    expect(r.out).toMatch(/per rank and row: tokens mean [\d,]+, max [\d,]+/);
+    // row 0: four shards of tokens/learned/tiles that add up to the row's tokens
+    const m = r.out.match(/row 0: ([\d,]+) tokens → ranks (.*) \(tokens/);
+    expect(m).not.toBeNull();
+    const shards = m![2].split(" | ").map((x) => Number(x.split("t/")[0]));
+    expect(shards).toHaveLength(4);
+    expect(shards.reduce((a, b) => a + b, 0)).toBe(Number(m![1].replaceAll(",", "")));
+    const bad = tessera([
+      "data",
+      "plan",
+      meta,
+      "--model",
+      model,
+      "--pack-max-length",
+      "8192",
+      "--world-size",
+      "6",
+      "--sp-size",
+      "4",
+      "--workers",
+      "0",
+    ]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.err).toMatch(/sp size × ring size = 4 × 1 = 4 must divide the world size 6/);
+  });
+
   it("data prepare CONFIG writes the cache; data plan CONFIG keeps it and plans it", () => {
     const cfg = join(root, "train.yaml");
     writeFileSync(
