@@ -115,6 +115,52 @@ def worker(rank: int, world: int, sp: int, ring: int, args, model_dir: str, port
                        "activation_bytes_per_rank": gathered}, f)
 
 
+def vision_worker(rank: int, world: int, args, model_dir: str, port: int, out: str) -> None:
+    """Two ways to run a row's tiles over 2 ranks: each rank its own shard's tiles (rank 0 holds
+    --vision-cut of --vision-tiles), or the tiles split evenly and the features all-gathered
+    (differentiably) so each rank can take its share. Times forward + backward per rank."""
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dfn
+
+    from tessera_engine.model.load import load_internvl
+    from tessera_engine.model.packed import image_features
+    from tessera_engine.train import parallel
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    w = parallel.init_distributed("cpu")
+    model = load_internvl(model_dir).model
+    tile = model.config.vision_config.image_size
+    tile = tile[0] if isinstance(tile, (list, tuple)) else tile
+    n, cut = args.vision_tiles, args.vision_cut
+    pixels = torch.randn(n, 3, tile, tile, generator=torch.Generator().manual_seed(1))
+    mine = pixels[:cut] if rank == 0 else pixels[cut:]
+    half = pixels[: n // 2] if rank == 0 else pixels[n // 2:]
+    times = {}
+    for name in ("own_tiles", "even_split_all_gather"):
+        best = float("inf")
+        for _ in range(args.repeats):
+            dist.barrier()
+            t0 = time.perf_counter()
+            if name == "own_tiles":
+                feats = image_features(model, mine)
+            else:
+                f = image_features(model, half)
+                allf = torch.cat(dfn.all_gather(f.contiguous()))
+                feats = allf[:cut] if rank == 0 else allf[cut:]
+            feats.float().pow(2).mean().backward()
+            dist.barrier()  # the slower rank decides the step
+            best = min(best, time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+        times[name] = best
+    if rank == 0:
+        with open(out, "w") as fh:
+            json.dump({"tiles": n, "rank0_tiles": cut, "tile": tile, **times}, fh)
+    parallel.shutdown(w)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,6 +175,9 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--configs", default="1x1,2x1,1x2")
+    ap.add_argument("--vision-tiles", type=int, default=12, help="tiles of the row (vision comparison; 0: skip)")
+    ap.add_argument("--vision-cut", type=int, default=9, help="of which rank 0's shard holds the first N")
+    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     import torch.multiprocessing as mp
 
@@ -137,9 +186,10 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="tessera-bench-sp-")
     model_dir = os.path.join(tmp, "model")
     build_tiny(model_dir, llm="qwen2", llm_hidden=args.hidden, llm_layers=args.layers, llm_heads=args.heads,
-               llm_kv_heads=args.kv_heads, llm_intermediate=args.hidden * 3)
+               llm_kv_heads=args.kv_heads, llm_intermediate=args.hidden * 3, tile_size=112, vision_hidden=128,
+               vision_layers=4, vision_heads=4, vision_intermediate=512)
     results = []
-    for c in args.configs.split(","):
+    for c in filter(None, args.configs.split(",")):
         sp, ring = (int(x) for x in c.split("x"))
         out = os.path.join(tmp, f"{c}.json")
         port = free_port()
@@ -152,7 +202,16 @@ def main() -> None:
         r["activation_mib_max"] = max(r["activation_bytes_per_rank"]) / 2**20
         print(json.dumps(r), flush=True)
         results.append(r)
-    base = results[0]["activation_mib_max"]
+    if args.vision_tiles:
+        out = os.path.join(tmp, "vision.json")
+        mp.spawn(vision_worker, args=(2, args, model_dir, free_port(), out), nprocs=2, join=True)
+        with open(out) as f:
+            v = json.load(f)
+        print(json.dumps(v), flush=True)
+        print(f"vision, {v['tiles']} tiles of {v['tile']}px, rank 0's shard holding {v['rank0_tiles']}: "
+              f"own tiles {v['own_tiles']:.3f} s, even split + all-gather {v['even_split_all_gather']:.3f} s "
+              f"(forward + backward, slower rank)")
+    base = results[0]["activation_mib_max"] if results else 0
     for r in results[1:]:
         print(f"sp {r['sp']} × ring {r['ring']}: activation memory per rank {r['activation_mib_max']:.1f} MiB "
               f"vs {base:.1f} MiB on one rank: ratio {r['activation_mib_max'] / base:.3f}; "

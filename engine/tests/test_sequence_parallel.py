@@ -84,3 +84,15 @@ def test_training_with_sp_matches_one_process_and_resumes(data):
     r = next(e for e in rest if e["event"] == "result" and e["rank"] == 0)
     assert r["start_step"] == r0["steps_done"] and r["steps_done"] == steps
     assert r0["losses"] + r["losses"] == pytest.approx(sp, abs=1e-6)
+
+
+def test_refuses_heads_that_do_not_divide_by_sp(data):
+    from tessera_engine.model.load import load_internvl
+    from tessera_engine.train.sequence_parallel import SequenceParallel, prepare_model
+
+    _, model, _, _ = data
+    m = load_internvl(model).model  # 4 attention heads, 2 key/value heads
+    spc = SequenceParallel(sp=3, ring=1, dp=1, sp_rank=0, ring_rank=0, dp_rank=0)
+    with pytest.raises(RuntimeError, match=r"sp_size 3: the language model has 4 attention heads, which do not divide"):
+        prepare_model(m, spc)
+    assert m.config.text_config._attn_implementation != "tessera_sequence_parallel"

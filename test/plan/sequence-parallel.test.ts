@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { formatPlan, planJson } from "../../src/cli/data-plan.ts";
 import { buildPlan, type PlanOptions, type SampleTable } from "../../src/plan/plan.ts";
 import { accumulationSteps, resolveConfig } from "../../src/train/config.ts";
 
@@ -118,6 +119,25 @@ describe("sequence parallelism in the plan", () => {
     }
     expect(crossing).toBeGreaterThan(10); // samples do cross shard boundaries
     expect(p.stats.shard_tokens_max).toBeLessThanOrEqual(Math.ceil(61 / 4));
+  });
+
+  it("data plan shows what each rank of a row holds", () => {
+    const { t } = table(120);
+    const p = buildPlan(t, { ...base, spSize: 2, ringSize: 2 });
+    const text = formatPlan(p);
+    expect(text).toMatch(/sequence parallel: sp 2 × ring 2 = 4 ranks per row · data parallel 2/);
+    expect(text).toMatch(/per rank and row: tokens mean [\d.,]+, max \d+ · tiles run mean/);
+    const m = text.match(
+      /row 0: ([\d,]+) tokens → ranks (.*) \(tokens\/learned\/tiles, padded to (\d+)\)/,
+    );
+    expect(m).not.toBeNull();
+    const shards = m![2].split(" | ").map((x) => Number(x.split("t/")[0]));
+    expect(shards).toEqual(Array.from(p.shards!.tokens.subarray(0, 4)));
+    expect(shards.reduce((a, b) => a + b, 0)).toBe(Number(m![1].replaceAll(",", "")));
+    const j = planJson(p) as { first_rows_per_rank: { tokens: number[]; padded: number }[] };
+    expect(j.first_rows_per_rank[0].tokens).toEqual(shards);
+    expect(j.first_rows_per_rank[0].padded).toBe(Number(m![3]));
+    expect(formatPlan(buildPlan(t, { ...base, worldSize: 2 }))).not.toMatch(/sequence parallel/);
   });
 
   it("keeps plans without sequence parallelism unchanged and refuses what cannot be cut", () => {
