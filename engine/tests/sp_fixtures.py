@@ -44,7 +44,7 @@ def shard_plan(src: Path, out: Path, sp: int, ring: int) -> Path:
             tiles[r * n + k] = len(seen)
     out.mkdir(parents=True, exist_ok=True)
     for name, col in meta["columns"].items():
-        shutil.copy(src / col["file"], out / col["file"])
+        shutil.copy2(src / col["file"], out / col["file"])
     meta["columns"].update(
         row_padded=_col(out, "row_padded", padded, "i32"),
         shard_tokens=_col(out, "shard_tokens", tokens, "i32"),
