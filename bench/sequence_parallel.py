@@ -8,6 +8,10 @@ forward (parameters left out), counted once per storage, on each rank. It is mea
 activation checkpointing, so it is the memory sequence parallelism divides. Each configuration
 runs in its own processes (gloo on CPU, sp × ring ranks); prints one JSON line per
 configuration and the ratios against one rank.
+
+Then the vision tower on 2 ranks, two ways: each rank runs the tiles of its own shard (what
+the engine does), or the tiles are split evenly and the features all-gathered; forward +
+backward time of the slower rank (--vision-tiles 0 skips it).
 """
 
 from __future__ import annotations
