@@ -15,7 +15,7 @@ import { type DatasetSpec, loadMeta, maxDynamicPatchOf, videoFramesOf } from "..
 import { loadModelInfo, type ModelInfo } from "../text/model-info.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { namedWriteError, UserError } from "../util/errors.ts";
-import { lockFolder } from "../util/lock.ts";
+import { lockFolder, lockFolderWaiting } from "../util/lock.ts";
 import { type ColumnSpec, ColumnWriter, type Dtype, readColumn, readInt32At } from "./columns.ts";
 import { hashJson } from "./fingerprint.ts";
 import type { MixtureDataset } from "./mixture.ts";
@@ -76,6 +76,8 @@ export interface PrepareOptions {
   workers?: number;
   /** Records per batch sent to a worker (default PREPARE_BATCH_SIZE). */
   batchSize?: number;
+  /** Wait while another process prepares this cache instead of refusing (multi-node runs). */
+  waitForLock?: boolean;
   /** Module that builds the record → sample function (default: src/plan/sample-maker.ts). */
   makerModule?: string;
   onProgress?: (e: {
@@ -408,8 +410,11 @@ function readManifest(cacheDir: string): CacheManifest | null {
  * replaced last, atomically. Memory stays constant: records stream in, columns stream out.
  */
 export async function prepareCache(o: PrepareOptions): Promise<PrepareResult> {
-  // One writer per cache: a second prepare is refused, naming the holder.
-  const lock = lockFolder(resolve(o.cacheDir), "cache", "data prepare");
+  // One writer per cache: a second prepare is refused, naming the holder (or, for the nodes
+  // of one multi-node run, waits for it).
+  const lock = o.waitForLock
+    ? await lockFolderWaiting(resolve(o.cacheDir), "cache", "data prepare")
+    : lockFolder(resolve(o.cacheDir), "cache", "data prepare");
   try {
     return await prepareLocked(o);
   } finally {

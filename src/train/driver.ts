@@ -15,7 +15,7 @@ import { planDir, prepareAndPlan } from "../plan/from-config.ts";
 import { writePlan } from "../plan/plan.ts";
 import { writeFileAtomic, writeFileAtomicSync } from "../util/atomic.ts";
 import { namedWriteError, UserError } from "../util/errors.ts";
-import { lockFolder } from "../util/lock.ts";
+import { LOCK_FILE, lockFolder } from "../util/lock.ts";
 import type { TrainConfig } from "./config.ts";
 
 export interface TrainOptions {
@@ -182,7 +182,14 @@ const fmt = (x: unknown, digits = 4) =>
 /** Train a model as the config says; resolves when the engine has finished (or stopped on a signal). */
 export async function train(c: TrainConfig, opts: TrainOptions = {}): Promise<TrainResult> {
   // One run per work dir: a second one is refused before it reads or writes anything there.
-  const lock = lockFolder(c.work_dir, "work dir", "tessera train");
+  // Each node of a multi-node run (one `tessera train` per node) holds its own lock file.
+  const node = topologyOf(c).nodeRank;
+  const lock = lockFolder(
+    c.work_dir,
+    "work dir",
+    "tessera train",
+    node === 0 ? LOCK_FILE : `${LOCK_FILE}.node-${node}`,
+  );
   try {
     return await trainLocked(c, opts);
   } finally {
@@ -221,10 +228,11 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
       );
   }
   const initFrom = c.init_from && !opts.resume ? initCheckpoint(c.init_from) : undefined;
-  const { plan } = await prepareAndPlan(
-    c,
-    opts.prepareWorkers !== undefined ? { workers: opts.prepareWorkers } : {},
-  );
+  const { plan } = await prepareAndPlan(c, {
+    ...(opts.prepareWorkers !== undefined ? { workers: opts.prepareWorkers } : {}),
+    // the nodes of one run share the cache: one prepares it, the others wait for it
+    ...(topology.nnodes > 1 ? { waitForLock: true } : {}),
+  });
   if (opts.resume) {
     // A checkpoint continues only the plan it was written for: refused here, before the model
     // loads and before this run's config or plan replace the ones on disk.

@@ -29,6 +29,9 @@ interface LockInfo {
   token: string;
 }
 
+/** The folder is held by another live process (or one on another host). */
+export class FolderLockedError extends UserError {}
+
 export interface FolderLock {
   path: string;
   release(): void;
@@ -65,9 +68,14 @@ const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(
  * Hold `dir`'s lock until release() (or this process's exit). `what` says what holds it
  * ("tessera train", "data prepare"), `name` what the folder is ("work dir", "cache").
  */
-export function lockFolder(dir: string, name: string, what: string): FolderLock {
+export function lockFolder(
+  dir: string,
+  name: string,
+  what: string,
+  file: string = LOCK_FILE,
+): FolderLock {
   mkdirSync(dir, { recursive: true });
-  const path = join(dir, LOCK_FILE);
+  const path = join(dir, file);
   const info: LockInfo = {
     pid: process.pid,
     host: hostname(),
@@ -124,7 +132,7 @@ export function lockFolder(dir: string, name: string, what: string): FolderLock 
       }
       continue;
     }
-    throw new UserError(
+    throw new FolderLockedError(
       `${name} ${dir} is in use by ${h.what} (pid ${h.pid} on host ${h.host}, since ${h.since}): ` +
         `wait for it to finish or use another ${name}` +
         (h.host === info.host ? "" : `; if that process is gone, remove ${path}`),
@@ -146,4 +154,28 @@ export function lockFolder(dir: string, name: string, what: string): FolderLock 
   };
   process.on("exit", release);
   return { path, release };
+}
+
+/**
+ * lockFolder, waiting while another process holds the folder (the nodes of one multi-node
+ * run share a cache: one prepares it, the others wait, then find it ready).
+ */
+export async function lockFolderWaiting(
+  dir: string,
+  name: string,
+  what: string,
+  o: { timeoutMs?: number; onWait?: (message: string) => void } = {},
+): Promise<FolderLock> {
+  const until = Date.now() + (o.timeoutMs ?? 6 * 3600_000);
+  let told = false;
+  for (;;) {
+    try {
+      return lockFolder(dir, name, what);
+    } catch (e) {
+      if (!(e instanceof FolderLockedError) || Date.now() > until) throw e;
+      if (!told) o.onWait?.(`${e.message}: waiting`);
+      told = true;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
 }

@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { LOCK_FILE, lockFolder } from "../../src/util/lock.ts";
+import { LOCK_FILE, lockFolder, lockFolderWaiting } from "../../src/util/lock.ts";
 import { PACKAGE_ROOT } from "../../src/util/paths.ts";
 
 const LOCK_MODULE = join(PACKAGE_ROOT, "src", "util", "lock.ts");
@@ -71,5 +71,23 @@ describe("folder locks", () => {
     // a lock of another host cannot be checked: refused, with the file to remove
     writeFileSync(join(dir, LOCK_FILE), JSON.stringify({ ...stale, host: "elsewhere" }));
     expect(() => lockFolder(dir, "cache", "data prepare")).toThrow(/remove .*\.tessera\.lock/);
+  });
+
+  it("waits for a held cache when asked (the nodes of one multi-node run), then takes it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tessera-lock-"));
+    const first = lockFolder(dir, "cache", "data prepare");
+    const said: string[] = [];
+    setTimeout(() => first.release(), 300);
+    const second = await lockFolderWaiting(dir, "cache", "data prepare", {
+      onWait: (m) => said.push(m),
+    });
+    expect(said[0]).toMatch(/in use by data prepare .*: waiting/);
+    expect(JSON.parse(readFileSync(join(dir, LOCK_FILE), "utf8")).pid).toBe(process.pid);
+    second.release();
+    // a node's own lock file next to node 0's: both held at once
+    const a = lockFolder(dir, "work dir", "tessera train");
+    const b = lockFolder(dir, "work dir", "tessera train", `${LOCK_FILE}.node-1`);
+    a.release();
+    b.release();
   });
 });
