@@ -128,3 +128,21 @@ def test_resume_with_the_skip_list_is_exact(tmp_path, monkeypatch, model):
     # Without the skip list the fixed image is trained: the runs differ (the list is what keeps it exact).
     third = loop.train({**job(model, cache, plan, tmp_path / "broken", **cfg), "resume": True})
     assert third["losses"] != pytest.approx(whole["losses"][3:], abs=1e-6)
+
+
+def test_without_a_skip_list_a_bad_sample_raises_naming_it(tmp_path, model):
+    from tessera_engine.data.loader import BadSampleError
+
+    cache = write_cache(tmp_path / "data", model, n_samples=8, image_every=1)
+    plan = write_plan(tmp_path / "plan", cache, steps=2, slots_per_step=2, world_size=1)
+    sample, (path, _) = _break_image_seen_after(cache, plan, 0)
+    # Callers that do not mask (reference log-probabilities, sequence log-probs) stop on it.
+    with pytest.raises(BadSampleError, match=rf"dataset synthetic, line {sample + 1}, .*{path.name}"):
+        _all_items(cache, plan, max_num=4)
+    # The training loop's loader masks it and reports it in the item.
+    ds = _PlanSlice(str(cache), str(plan), rank=0, start_global_step=0, tiling=Tiling(tile=28, max_num=4),
+                    skip=frozenset())
+    items = [ds[k] for k in range(len(ds))]
+    reported = [b for x in items if not x["empty"] for b in x["bad"]]
+    assert {(b["sample"], b["path"]) for b in reported} == {(sample, str(path))}
+    assert sum(x.get("masked_learned", 0) for x in items) > 0

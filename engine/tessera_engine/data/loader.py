@@ -32,10 +32,12 @@ class _PlanSlice(Dataset):
     """Micro-batch k of this rank, counted from the resume position."""
 
     def __init__(self, cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling,
-                 shard: int | None = None, skip: frozenset[tuple[int, str]] = frozenset()):
+                 shard: int | None = None, skip: frozenset[tuple[int, str]] | None = None):
         self.cache_dir, self.plan_dir = cache_dir, plan_dir
-        #: (sample, media path) pairs of the run's skip list: not loaded, their pieces masked
-        self.skip = skip
+        #: (sample, media path) pairs of the run's skip list: not loaded, their pieces masked.
+        #: None: the caller does not mask (a bad sample raises BadSampleError).
+        self.masking = skip is not None
+        self.skip = skip or frozenset()
         self.rank, self.g0, self.tiling = rank, start_global_step, tiling
         plan = TrainingPlan(plan_dir)
         self.per_step = plan.micro_batches_per_step
@@ -121,6 +123,8 @@ class _PlanSlice(Dataset):
                         px = self._load(cache, pim.sample, im, videos)
                     except Exception as e:  # the file: missing, truncated, undecodable, another size
                         bad[key] = {**cache.origin(pim.sample), "path": im.path, "reason": _reason(e)}
+                        if not self.masking:
+                            raise BadSampleError(f"a sample cannot be loaded: {describe_bad(bad[key])}") from e
                 if px is None:
                     masked.add((b, pim.sample))
                 pixels.append(px)
@@ -220,10 +224,12 @@ def _worker_init(_worker_id: int) -> None:
 
 def micro_batches(
     cache_dir: str, plan_dir: str, rank: int, start_global_step: int, tiling: Tiling, num_workers: int = 2, seed: int = 0,
-    shard: int | None = None, skip: frozenset[tuple[int, str]] = frozenset(),
+    shard: int | None = None, skip: frozenset[tuple[int, str]] | None = None,
 ) -> DataLoader:
     """This rank's micro-batches from `start_global_step` on, in plan order. `rank` is the
-    data-parallel rank; with sequence parallelism, `shard` is this rank's shard of each row."""
+    data-parallel rank; with sequence parallelism, `shard` is this rank's shard of each row.
+    `skip` (the training loop's skip list, possibly empty) makes a sample whose media cannot be
+    loaded masked and reported in the item's `bad`; without it such a sample raises."""
     ds = _PlanSlice(cache_dir, plan_dir, rank, start_global_step, tiling, shard, skip)
     return DataLoader(
         ds,
