@@ -191,3 +191,25 @@ def test_a_garbage_weights_file_is_reported_by_path_without_a_traceback(tmp_path
     assert err["event"] == "error" and err.get("user") is True
     assert err["message"].startswith(f"{model / 'model.safetensors'}: not a readable safetensors file")
     assert "traceback" not in err and "Traceback" not in capsys.readouterr().err
+
+
+def test_a_model_folder_without_tokenizer_or_weights_names_the_folder(tmp_path):
+    import shutil
+    import sys
+
+    from tessera_engine.errors import FileProblem
+    from tessera_engine.model.load import load_internvl
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import train_fixtures as F
+
+    model = F.tiny_model(tmp_path / "model")
+    bare = tmp_path / "bare"
+    shutil.copytree(model, bare)
+    for f in ("tokenizer.json", "tokenizer_config.json", "added_tokens.json"):
+        (bare / f).unlink(missing_ok=True)
+    with pytest.raises(FileProblem, match=rf"{bare}: no <IMG_CONTEXT> token in the tokenizer files"):
+        load_internvl(str(bare), device="cpu")
+    (model / "model.safetensors").unlink()
+    with pytest.raises(FileProblem, match=rf"{model}: no model.safetensors"):
+        load_internvl(str(model), device="cpu")

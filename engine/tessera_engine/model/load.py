@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..errors import FileProblem
+
 from . import convert
 
 INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
@@ -69,11 +71,11 @@ def read_original_config(folder: str | os.PathLike) -> dict:
     with open(path, encoding="utf-8") as f:
         cfg = json.load(f)
     if cfg.get("model_type") != "internvl_chat":
-        raise ValueError(f"{path}: model_type {cfg.get('model_type')!r} is not an original InternVL2 folder "
+        raise FileProblem(f"{path}: model_type {cfg.get('model_type')!r} is not an original InternVL2 folder "
                          "(expected 'internvl_chat')")
     for k in ("vision_config", "llm_config"):
         if not isinstance(cfg.get(k), dict):
-            raise ValueError(f"{path}: missing {k}")
+            raise FileProblem(f"{path}: missing {k}")
     return cfg
 
 
@@ -81,8 +83,6 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a folder: model.safetensors, sharded safetensors, or .bin (single or sharded)."""
     folder = Path(folder)
     from safetensors.torch import load_file as _load_safetensors
-
-    from ..errors import FileProblem
 
     def load_file(p: Path) -> dict[str, torch.Tensor]:
         try:
@@ -118,7 +118,7 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(folder / "model.safetensors")
     if (folder / "pytorch_model.bin").exists():
         return load_bin(folder / "pytorch_model.bin")
-    raise FileNotFoundError(f"{folder}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json)")
+    raise FileProblem(f"{folder}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json)")
 
 
 def read_special_tokens(folder: str | os.PathLike) -> dict[str, int]:
@@ -286,7 +286,8 @@ def load_internvl(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
     special = read_special_tokens(folder)
     ctx = img_context_token_id if img_context_token_id is not None else special.get("<IMG_CONTEXT>")
     if ctx is None:
-        raise ValueError(f"{folder}: no <IMG_CONTEXT> token in the tokenizer files; pass img_context_token_id")
+        raise FileProblem(f"{folder}: no <IMG_CONTEXT> token in the tokenizer files (tokenizer.json, "
+                          "added_tokens.json or tokenizer_config.json); pass img_context_token_id")
     config = convert.native_config(orig, ctx)
     original = read_state_dict(folder)
     check_checkpoint(original, config, family, folder)
