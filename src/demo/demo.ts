@@ -61,6 +61,8 @@ export interface TrainSummary {
   packFill: number;
   firstLoss: number | null;
   lastLoss: number | null;
+  /** Held-out loss at each evaluation during training (step 0 is before the first step). */
+  heldOut: { step: number; loss: number }[];
   trainableParameters: number | null;
   checkpoint: string | null;
   export: string;
@@ -102,6 +104,7 @@ export function demoConfig(
   seed: number,
   steps: number | undefined,
   file?: string,
+  evalMeta?: string,
 ): TrainConfig {
   const fromFile = file ? readConfigFile(file) : {};
   const flags: Partial<TrainConfigInput> = {
@@ -115,6 +118,8 @@ export function demoConfig(
     epochs: fromFile.epochs ?? 50,
     work_dir: fromFile.work_dir ?? join(out, "run"),
     max_dynamic_patch: fromFile.max_dynamic_patch ?? DEMO_MODEL.max_dynamic_patch,
+    // The held-out split's loss, measured as it trains.
+    eval_meta: fromFile.eval_meta ?? evalMeta,
   };
   return resolveConfig(undefined, flags, out);
 }
@@ -141,7 +146,10 @@ async function trainDemo(
   let fillSum = 0;
   let fillN = 0;
   const t0 = Date.now();
+  const heldOut: { step: number; loss: number }[] = [];
   const onEvent = (e: EngineEvent) => {
+    if (e.event === "eval" && typeof e.eval_loss === "number")
+      heldOut.push({ step: Number(e.step), loss: e.eval_loss });
     if (e.event !== "metric") return;
     tokens += Number(e.tokens ?? 0);
     stepSeconds += Number(e.step_time ?? 0);
@@ -150,12 +158,8 @@ async function trainDemo(
       fillN++;
     }
   };
-  // Without a bar the driver logs every step; keep about ten of those lines.
-  const every = Math.max(1, Math.round((c.steps ?? 100) / 10));
-  const quiet = (l: string) => {
-    const m = /^step (\d+)\/(\d+)/.exec(l);
-    if (!m || Number(m[1]) % every === 0 || m[1] === m[2]) log(`      ${l}`);
-  };
+  // Without a bar the driver prints a line every print_interval seconds, and each evaluation.
+  const quiet = (l: string) => log(`      ${l}`);
   const res: TrainResult = await train(c, {
     python,
     progress: bar,
@@ -182,6 +186,7 @@ async function trainDemo(
     lastLoss: losses.length
       ? mean(losses.slice(-Math.max(1, Math.floor(losses.length / 10))))
       : null,
+    heldOut,
     trainableParameters: res.trainableParameters,
     checkpoint: res.checkpoint,
     export: res.export.dir,
@@ -284,7 +289,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoReport> {
   log(`      ${accuracyLine(before)}`);
   lap("eval_before");
 
-  const c = demoConfig(out, model, data.trainMeta, o.seed, steps, o.config);
+  const c = demoConfig(out, model, data.trainMeta, o.seed, steps, o.config, data.evalMeta);
   log(`[5/6] training ${c.steps} steps (packing ${c.packing}, sampler ${c.sampler})`);
   const trained = await trainDemo(c, out, python, log, bar, o.dashboard ?? bar);
   lap("train");

@@ -38,9 +38,16 @@ export function formatDemoReport(r: DemoReport, cwd = process.cwd()): string {
     t.firstLoss !== null && t.lastLoss !== null
       ? ` · loss ${t.firstLoss.toFixed(2)} → ${t.lastLoss.toFixed(2)}`
       : "";
+  const held = t.heldOut.length > 1 ? t.heldOut : [];
+  const heldLine = held.length
+    ? [
+        `held out    loss ${held[0].loss.toFixed(2)} → ${held[held.length - 1].loss.toFixed(2)} (evaluated during training at steps ${held.map((h) => h.step).join(", ")})`,
+      ]
+    : [];
   lines.push(
     "",
     `training    ${t.steps} steps in ${duration(t.seconds)} · ${Math.round(t.tokensPerS).toLocaleString("en-US")} tokens/s · pack fill ${pct(t.packFill)}${loss}`,
+    ...heldLine,
     `data        ${rel(r.data.trainMeta)} (train) · ${rel(r.data.evalMeta)} (held out)`,
     `model       ${rel(r.model)} (before) → ${rel(t.export)} (after, original InternVL2 format)`,
   );

@@ -68,6 +68,9 @@ export const DEMO_TRAIN = {
   checkpoint_interval: 0,
   checkpoint_keep: 1,
   log_interval: 1,
+  // the held-out loss every 40 steps (and before the first and after the last)
+  eval_interval: 40,
+  print_interval: 10,
   export: "original",
   steps: 250,
 } as const;

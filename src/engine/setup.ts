@@ -15,8 +15,16 @@ import { venvDir, venvExists, venvPython } from "./venv.ts";
  */
 export const DEFAULT_TORCH_SPEC = "torch==2.13.0";
 
+/** Optional engine dependencies `tessera setup --with NAME` installs: the import that proves one is there, and pip's requirement. */
+export const OPTIONAL_DEPENDENCIES: Record<string, { module: string; spec: string }> = {
+  tensorboard: { module: "tensorboard", spec: "tensorboard>=2.14" },
+  wandb: { module: "wandb", spec: "wandb>=0.17" },
+};
+
 export interface SetupOptions {
   venv?: string;
+  /** Optional dependencies to install too (keys of OPTIONAL_DEPENDENCIES). */
+  with?: string[];
   python?: string;
   torchSpec?: string;
   force?: boolean;
@@ -77,7 +85,7 @@ export async function setupEngine(opts: SetupOptions = {}): Promise<SetupResult>
     opts.log ?? ((l: string) => (opts.quiet ? undefined : process.stderr.write(`${l}\n`)));
   if (!opts.force && venvExists(venv) && existsSync(stampPath)) {
     if ((await readFile(stampPath, "utf8")).trim() === stamp)
-      return { venv, python: py, changed: false };
+      return { venv, python: py, changed: await installOptional(py, opts.with ?? [], say) };
   }
   const started = Date.now();
   const steps = [
@@ -109,7 +117,36 @@ export async function setupEngine(opts: SetupOptions = {}): Promise<SetupResult>
   }
   await writeFileAtomic(stampPath, `${stamp}\n`);
   say(`engine ready in ${venv} (${((Date.now() - started) / 1000).toFixed(0)}s)`);
+  await installOptional(py, opts.with ?? [], say);
   return { venv, python: py, changed: true };
+}
+
+/**
+ * Install the optional dependencies that the venv cannot import yet. They stay out of the
+ * engine's stamp: adding one never reinstalls the engine, and a later plain setup keeps it.
+ */
+export async function installOptional(
+  py: string,
+  names: string[],
+  say: (l: string) => void,
+): Promise<boolean> {
+  let changed = false;
+  for (const name of names) {
+    const dep = OPTIONAL_DEPENDENCIES[name];
+    if (!dep)
+      throw new UserError(
+        `--with ${name}: unknown; choose from ${Object.keys(OPTIONAL_DEPENDENCIES).join(", ")}`,
+      );
+    const ok = await run(py, ["-c", `import ${dep.module}`], () => {}).then(
+      () => true,
+      () => false,
+    );
+    if (ok) continue;
+    say(`installing ${dep.spec} (--with ${name})`);
+    await run(py, ["-m", "pip", "install", dep.spec], () => {});
+    changed = true;
+  }
+  return changed;
 }
 
 /** The engine's python, set up on first use. */

@@ -556,11 +556,23 @@ function validate(c: TrainConfig, where: string): void {
       `${where}: freeze_vit, freeze_llm and freeze_mlp are all on and no LoRA is set: nothing would learn`,
     );
   }
+  if (c.eval_meta && c.sp_size * c.ring_size > 1)
+    throw new UserError(
+      `${where}: eval_meta with sequence parallelism (sp_size × ring_size = ${c.sp_size * c.ring_size}) is not supported yet: evaluate after training with \`tessera eval\``,
+    );
+  if (c.eval_meta && c.method !== "sft")
+    throw new UserError(
+      `${where}: eval_meta measures held-out loss of supervised fine-tuning; method ${c.method} does not support it yet`,
+    );
   if (c.save_best && !c.eval_meta)
     throw new UserError(`${where}: save_best ${c.save_best} needs eval_meta (the held-out data)`);
   if (c.save_best === "eval_exact_match" && c.eval_generate === 0)
     throw new UserError(
       `${where}: save_best eval_exact_match needs eval_generate > 0 (questions answered at each evaluation)`,
+    );
+  if (c.eval_generate > 0 && world > 1 && c.shard_strategy !== "ddp")
+    throw new UserError(
+      `${where}: eval_generate answers questions on each rank's whole model: use shard_strategy ddp, or evaluate after training with \`tessera eval\``,
     );
   if (c.min_lr > c.lr) throw new UserError(`${where}: min_lr ${c.min_lr} is above lr ${c.lr}`);
 }

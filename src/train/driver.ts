@@ -11,7 +11,7 @@ import { type Dashboard, startDashboard } from "../dashboard/server.ts";
 import { isDistributed, launchEngine, slurmTopology, type Topology } from "../engine/launch.ts";
 import type { EngineEvent } from "../engine/protocol.ts";
 import { ensureEngine } from "../engine/setup.ts";
-import { planDir, prepareAndPlan } from "../plan/from-config.ts";
+import { planDir, prepareAndPlan, prepareAndPlanEval } from "../plan/from-config.ts";
 import { writePlan } from "../plan/plan.ts";
 import { writeFileAtomic, writeFileAtomicSync } from "../util/atomic.ts";
 import { namedWriteError, UserError } from "../util/errors.ts";
@@ -64,6 +64,10 @@ export interface TrainResult {
   /** Samples in the skip list (WORK_DIR/skipped.jsonl) at the end of the run. */
   skipped: number;
   skipListPath: string;
+  /** The last evaluation's figures (eval_loss, ...), when eval_meta is set. */
+  eval: Record<string, number> | null;
+  /** The best checkpoint by save_best. */
+  best: { metric: string; value: number; path: string } | null;
 }
 
 /** The fields of a metric event that go to metrics.jsonl. */
@@ -81,6 +85,7 @@ export const METRIC_FIELDS = [
   "data_wait",
   "peak_memory",
   "pack_fill",
+  "loss_by_dataset",
   "time",
   // preference runs (docs/preference.md)
   "rewards_chosen",
@@ -95,10 +100,74 @@ export const METRIC_FIELDS = [
   "bco_baseline",
 ] as const;
 
+/** The fields of an eval event that go to metrics.jsonl (its line is marked "event": "eval"). */
+export const EVAL_FIELDS = [
+  "step",
+  "total",
+  "eval_loss",
+  "eval_loss_by_dataset",
+  "eval_exact_match",
+  "eval_tokens",
+  "eval_time",
+  "time",
+] as const;
+
 export function metricLine(e: EngineEvent): string {
   const out: Record<string, unknown> = {};
-  for (const k of METRIC_FIELDS) if (e[k] !== undefined) out[k] = e[k];
+  if (e.event === "eval") {
+    out.event = "eval";
+    for (const k of EVAL_FIELDS) if (e[k] !== undefined) out[k] = e[k];
+  } else for (const k of METRIC_FIELDS) if (e[k] !== undefined) out[k] = e[k];
   return JSON.stringify(out);
+}
+
+/** A run's state for the dashboard and scripts: WORK_DIR/status.json, rewritten atomically. */
+export interface RunStatus {
+  status: "running" | "finished" | "stopped" | "failed";
+  started: number;
+  ended?: number;
+  step?: number;
+  total?: number;
+  loss?: number | null;
+  eval?: Record<string, unknown> | null;
+  best?: Record<string, unknown> | null;
+  checkpoint?: string | null;
+  export?: string | null;
+  error?: string;
+}
+
+/** "1:02:03" or "4:05". */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return "-";
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const ss = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
+}
+
+/**
+ * Progress lines for logs without a terminal (CI, nohup, Slurm): one every `intervalS` seconds
+ * of wall time, plus the first and the last step, with the ETA from this run's pace so far.
+ */
+export function progressLines(intervalS: number, now: () => number = Date.now) {
+  let first: { step: number; at: number } | undefined;
+  let lastPrint = -Infinity;
+  return (e: EngineEvent): string | undefined => {
+    const step = Number(e.step);
+    const total = Number(e.total);
+    const at = now();
+    first ??= { step, at };
+    if (step !== total && step !== first.step && at - lastPrint < intervalS * 1000)
+      return undefined;
+    lastPrint = at;
+    const done = step - first.step;
+    const eta = done > 0 ? ((at - first.at) / 1000 / done) * (total - step) : Number.NaN;
+    return (
+      `step ${step}/${total} · loss ${fmt(e.loss)} · ${Math.round(Number(e.tokens_per_s_per_gpu ?? 0))} tok/s/gpu` +
+      ` · lr ${fmt(e.lr, 3)} · eta ${step === total ? "0:00" : formatDuration(eta)}`
+    );
+  };
 }
 
 /** The processes and nodes of a run: the config's, or Slurm's when it describes several nodes. */
@@ -228,6 +297,31 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
       );
   }
   const initFrom = c.init_from && !opts.resume ? initCheckpoint(c.init_from) : undefined;
+  // status.json is written once the run is accepted (after the resume check); a failure
+  // from then on is recorded there.
+  const status: { write?: (s: Partial<RunStatus>) => Promise<void> } = {};
+  try {
+    return await trainRun(c, opts, log, topology, initFrom, status);
+  } catch (e) {
+    await status.write?.({
+      status: "failed",
+      ended: Date.now() / 1000,
+      error: (e as Error).message ?? String(e),
+    });
+    throw e;
+  }
+}
+
+async function trainRun(
+  c: TrainConfig,
+  opts: TrainOptions,
+  log: (line: string) => void,
+  topology: Topology,
+  initFrom: string | undefined,
+  statusOut: { write?: (s: Partial<RunStatus>) => Promise<void> },
+): Promise<TrainResult> {
+  const workDir = c.work_dir;
+  const loggers = c.report_to.filter((n) => n !== "none");
   const { plan } = await prepareAndPlan(c, {
     ...(opts.prepareWorkers !== undefined ? { workers: opts.prepareWorkers } : {}),
     // the nodes of one run share the cache: one prepares it, the others wait for it
@@ -249,10 +343,17 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
       );
     }
   }
+  let status: RunStatus = { status: "running", started: Date.now() / 1000 };
+  const writeStatus = (more: Partial<RunStatus>) => {
+    status = { ...status, ...more };
+    return writeFileAtomic(join(workDir, "status.json"), `${JSON.stringify(status)}\n`);
+  };
+  await writeStatus({});
+  statusOut.write = writeStatus;
   await writeFileAtomic(join(workDir, "config.yaml"), toYaml(c));
   const dir = planDir(c);
   await writePlan(plan, dir);
-  const python = opts.python ?? (await ensureEngine({ venv: opts.venv, log }));
+  const python = opts.python ?? (await ensureEngine({ venv: opts.venv, log, with: loggers }));
   const s = plan.stats;
   log(
     `plan ${plan.fingerprint.slice(0, 12)}: ${s.steps} steps · ${s.samples} samples · ` +
@@ -261,6 +362,19 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
         : `packs of ≤ ${c.pack_max_length} tokens, fill ${(s.fill_ratio * 100).toFixed(1)}%`) +
       ` · world ${topology.nprocPerNode * topology.nnodes}`,
   );
+
+  const evalPlan = await prepareAndPlanEval(c, {
+    ...(opts.prepareWorkers !== undefined ? { workers: opts.prepareWorkers } : {}),
+    ...(topology.nnodes > 1 ? { waitForLock: true } : {}),
+  });
+  if (evalPlan)
+    log(
+      `eval plan: ${evalPlan.plan.stats.samples} held-out samples in ${evalPlan.plan.totalSteps} step(s)` +
+        (evalPlan.questions.length
+          ? `, exact match on ${evalPlan.questions.length} question(s)`
+          : "") +
+        ` · every ${c.eval_interval || "-"} steps, at the start and the end`,
+    );
 
   const metricsPath = join(workDir, "metrics.jsonl");
   // The skip list: samples whose media could not be loaded. A resumed run passes it back to
@@ -293,15 +407,22 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
     : undefined;
   let barStarted = false;
   let metricsError: unknown;
+  const lines = progressLines(c.print_interval);
+  let last: EngineEvent | undefined;
+  let lastEval: Record<string, unknown> | null = null;
+  const append = (e: EngineEvent) => {
+    try {
+      appendFileSync(metricsPath, `${metricLine(e)}\n`);
+    } catch (err) {
+      // Reported when the run ends (this handler cannot throw into the event stream).
+      if (!metricsError) log(`tessera: ${(namedWriteError(err, metricsPath) as Error).message}`);
+      metricsError ??= namedWriteError(err, metricsPath);
+    }
+  };
   const onEvent = (e: EngineEvent) => {
     if (e.event === "metric" && (e.rank ?? 0) === 0) {
-      try {
-        appendFileSync(metricsPath, `${metricLine(e)}\n`);
-      } catch (err) {
-        // Reported when the run ends (this handler cannot throw into the event stream).
-        if (!metricsError) log(`tessera: ${(namedWriteError(err, metricsPath) as Error).message}`);
-        metricsError ??= namedWriteError(err, metricsPath);
-      }
+      append(e);
+      last = e;
       if (bar) {
         const values = {
           loss: fmt(e.loss),
@@ -313,9 +434,8 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
           barStarted = true;
         } else bar.update(Number(e.step), values);
       } else {
-        log(
-          `step ${e.step}/${e.total} · loss ${fmt(e.loss)} · lr ${fmt(e.lr, 3)} · ${Math.round(Number(e.tokens_per_s_per_gpu ?? 0))} tok/s/gpu`,
-        );
+        const line = lines(e);
+        if (line) log(line);
       }
     } else if (e.event === "bad_sample") {
       const where = `dataset ${e.dataset}, ${e.file ? `${e.file}:${e.line}` : `line ${e.line}`}, ${e.path}: ${e.reason}`;
@@ -326,6 +446,18 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
       }
     } else if (e.event === "resume" && (e.rank ?? 0) === 0) {
       cutMetrics(metricsPath, Number(e.step));
+    } else if (e.event === "eval" && (e.rank ?? 0) === 0) {
+      append(e);
+      lastEval = JSON.parse(metricLine(e));
+      if (bar && barStarted) {
+        bar.stop();
+        barStarted = false;
+      }
+      const em =
+        typeof e.eval_exact_match === "number"
+          ? ` · exact match ${(e.eval_exact_match * 100).toFixed(1)}%`
+          : "";
+      log(`eval at step ${e.step}/${e.total}: held-out loss ${fmt(e.eval_loss)}${em}`);
     } else if (e.event === "log" && (e.rank ?? 0) === 0) {
       if (bar && barStarted) bar.stop();
       log(String(e.message));
@@ -349,6 +481,7 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
       verify: Boolean(opts.verify),
       max_dynamic_patch: c.max_dynamic_patch,
       skip_samples: skips.entries(),
+      ...(evalPlan ? { eval_cache_dir: evalPlan.cacheDir, eval_plan_dir: evalPlan.planDir } : {}),
     },
     {
       python,
@@ -393,16 +526,41 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
   let res: Record<string, unknown>;
   try {
     res = await launch.done;
+  } catch (e) {
+    // The status first: the dashboard sends it to its pages as it closes.
+    await writeStatus({ status: "failed", ended: Date.now() / 1000, error: (e as Error).message });
+    await dashboard?.close();
+    throw e;
   } finally {
     if (bar && barStarted) bar.stop();
-    await dashboard?.close();
     opts.stopSignal?.removeEventListener("abort", onAbort);
     if (opts.handleSignals) {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
     }
   }
-  if (metricsError) throw metricsError;
+  if (metricsError) {
+    await writeStatus({
+      status: "failed",
+      ended: Date.now() / 1000,
+      error: (metricsError as Error).message,
+    });
+    await dashboard?.close();
+    throw metricsError;
+  }
+  const exported = (res.export as TrainResult["export"]) ?? null;
+  await writeStatus({
+    status: res.stopped ? "stopped" : "finished",
+    ended: Date.now() / 1000,
+    step: Number(res.steps_done),
+    total: Number(res.total_steps),
+    loss: typeof last?.loss === "number" ? last.loss : null,
+    eval: lastEval,
+    best: (res.best as Record<string, unknown>) ?? null,
+    checkpoint: typeof res.checkpoint === "string" ? res.checkpoint : null,
+    export: exported?.dir ?? null,
+  });
+  await dashboard?.close();
   return {
     workDir,
     startStep: Number(res.start_step ?? 0),
@@ -410,7 +568,9 @@ async function trainLocked(c: TrainConfig, opts: TrainOptions): Promise<TrainRes
     totalSteps: Number(res.total_steps),
     losses: (res.losses as number[]) ?? [],
     checkpoint: typeof res.checkpoint === "string" ? res.checkpoint : null,
-    export: (res.export as TrainResult["export"]) ?? null,
+    export: exported,
+    eval: (res.eval as Record<string, number> | null) ?? null,
+    best: (res.best as TrainResult["best"]) ?? null,
     stopped: Boolean(res.stopped),
     metricsPath,
     trainableParameters:

@@ -33,10 +33,16 @@ describe("tessera demo --fast", () => {
     expect(r.train.steps).toBeGreaterThan(0);
     expect(r.train.lastLoss!).toBeLessThan(r.train.firstLoss!);
     expect(r.train.packFill).toBeGreaterThan(0.5);
+    // The held-out loss, measured during training (before the first step, every 40, at the end), falls.
+    const held = r.train.heldOut;
+    expect(held.map((h) => h.step)).toEqual([0, 40, 80]);
+    expect(held[2].loss).toBeLessThan(held[0].loss * 0.8);
+    expect(lines.some((l) => /eval at step 80\/80: held-out loss/.test(l))).toBe(true);
     expect(r.check.errors).toBe(0);
     const text = formatDemoReport(r, out);
     expect(text).toMatch(/colour\s+\d+\.\d%\s+\d+\.\d%/);
     expect(text).toContain("tokens/s");
+    expect(text).toMatch(/held out {4}loss \d+\.\d+ → \d+\.\d+/);
     expect(lines.some((l) => l.startsWith("[5/6] training"))).toBe(true);
   });
 });

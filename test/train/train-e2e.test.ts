@@ -219,6 +219,132 @@ describe("tessera train", () => {
     expect(again.out).toContain("--resume");
   });
 
+  it("evaluates held-out data as it trains, logs to TensorBoard and W&B offline, and prints by the clock", async () => {
+    const work = join(root, "eval");
+    const held = join(root, "held.jsonl");
+    const colours = ["red", "green", "blue", "yellow"];
+    writeFileSync(
+      held,
+      `${Array.from({ length: 8 }, (_, i) =>
+        JSON.stringify({
+          id: 100 + i,
+          image: `${(i + 1) % 4}.png`,
+          conversations: [
+            { from: "human", value: "<image>\nWhat colour is the picture?" },
+            { from: "gpt", value: colours[(i + 1) % 4] },
+          ],
+          image_wh: [
+            [
+              [40, 30],
+              [28, 28],
+              [90, 30],
+              [30, 60],
+            ][(i + 1) % 4],
+          ],
+        }),
+      ).join("\n")}\n`,
+    );
+    const heldMeta = join(root, "held-meta.json");
+    writeFileSync(
+      heldMeta,
+      JSON.stringify({ held: { media_root: join(root, "media"), annotation: held } }),
+    );
+    const c = resolveConfig(undefined, {
+      model,
+      meta,
+      work_dir: work,
+      max_length: 128,
+      pack_max_length: 128,
+      global_batch_size: 2,
+      steps: 8,
+      lr: 0.01,
+      warmup_ratio: 0,
+      freeze_vit: false,
+      num_workers: 0,
+      gradient_checkpointing: false,
+      checkpoint_interval: 0,
+      device: "cpu",
+      export: "none",
+      eval_meta: heldMeta,
+      eval_interval: 4,
+      eval_generate: 2,
+      save_best: "eval_loss",
+      report_to: ["tensorboard", "wandb"],
+      print_interval: 3600,
+    });
+    const lines: string[] = [];
+    const r = await train(c, {
+      python,
+      progress: false,
+      log: (l) => lines.push(l),
+      prepareWorkers: 0,
+      env: { OMP_NUM_THREADS: "1", WANDB_MODE: "offline", WANDB_SILENT: "true" },
+    });
+    const rows = readFileSync(join(work, "metrics.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    const evals = rows.filter((m) => m.event === "eval");
+    const metrics = rows.filter((m) => m.event === undefined);
+    expect(evals.map((e) => e.step)).toEqual([0, 4, 8]);
+    expect(evals[2].eval_loss).toBeLessThan(evals[0].eval_loss * 0.8);
+    for (const e of evals) expect(e.eval_exact_match).toBeGreaterThanOrEqual(0);
+    expect(r.eval?.eval_loss).toBe(evals[2].eval_loss);
+    expect(r.best?.path).toBe(join(work, "checkpoints", "best"));
+    expect(
+      JSON.parse(readFileSync(join(work, "checkpoints", "best", "meta.json"), "utf8")).eval
+        .eval_loss,
+    ).toBe(Math.min(evals[1].eval_loss, evals[2].eval_loss));
+    // status.json: finished, with the final figures.
+    const status = JSON.parse(readFileSync(join(work, "status.json"), "utf8"));
+    expect(status).toMatchObject({ status: "finished", step: 8, total: 8, loss: metrics[7].loss });
+    expect(status.eval.eval_loss).toBe(evals[2].eval_loss);
+    // Without a terminal: the first and the last step (the interval is an hour), with an ETA.
+    const progress = lines.filter((l) => l.startsWith("step "));
+    expect(progress).toHaveLength(2);
+    expect(progress[0]).toMatch(/^step 1\/8 · loss [\d.]+ · \d+ tok\/s\/gpu · lr \S+ · eta -$/);
+    expect(progress[1]).toMatch(/^step 8\/8 .* eta 0:00$/);
+    expect(lines.filter((l) => l.startsWith("eval at step"))).toHaveLength(3);
+
+    // TensorBoard's own reader finds the values of metrics.jsonl at the same steps.
+    const tb = spawnSync(python, [
+      "-c",
+      `
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1]); acc.Reload()
+print(json.dumps({k: [[e.step, e.value] for e in acc.Scalars(k)] for k in acc.Tags()["scalars"]}))
+`,
+      join(work, "tensorboard"),
+    ]);
+    expect(tb.status, tb.stderr.toString()).toBe(0);
+    const scalars = JSON.parse(tb.stdout.toString()) as Record<string, [number, number][]>;
+    const near = (a: number, b: number) => Math.abs(a - b) <= 1e-6 * Math.max(1, Math.abs(b));
+    for (const [key, source] of [
+      ["loss", metrics],
+      ["lr", metrics],
+      ["tokens_per_s_per_gpu", metrics],
+      ["pack_fill", metrics],
+      ["loss_by_dataset/colours", metrics],
+      ["eval_loss", evals],
+    ] as const) {
+      const want = source
+        .map((m) => [m.step, key.includes("/") ? m.loss_by_dataset?.colours : m[key]])
+        .filter(([, v]) => typeof v === "number");
+      const got = scalars[key];
+      expect(
+        got?.map(([s]) => s),
+        key,
+      ).toEqual(want.map(([s]) => s));
+      for (let i = 0; i < want.length; i++) expect(near(got[i][1], want[i][1]), key).toBe(true);
+    }
+    // The W&B run, written offline.
+    const wandbDir = join(work, "wandb");
+    const runs = readdirSync(wandbDir).filter((n) => n.startsWith("offline-run-"));
+    expect(runs).toHaveLength(1);
+    expect(readdirSync(join(wandbDir, runs[0])).some((n) => n.endsWith(".wandb"))).toBe(true);
+  });
+
   it("stops on request with a checkpoint, and --resume finishes the run", async () => {
     const work = join(root, "stop");
     const c = resolveConfig(undefined, {

@@ -178,6 +178,10 @@ class PreparedCache:
         """Where sample i came from: its dataset, annotation file and 1-based line."""
         ds, k = self._locate(i)
         return {"sample": int(i), "dataset": ds.name, "file": ds.annotation, "line": int(ds.cols["line"][k])}
+    def dataset_index(self, i: int) -> int:
+        """Which of the manifest's datasets sample i comes from."""
+        self._locate(i)
+        return int(np.searchsorted(self._firsts, i, side="right")) - 1
 
     def _column(self, name: str) -> np.ndarray:
         parts = [d.cols[name] for d in self.datasets]

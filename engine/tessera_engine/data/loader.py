@@ -153,6 +153,10 @@ class _PlanSlice(Dataset):
             tokens=mb.tokens,
             learned=mb.learned_tokens,
             pieces=int(sum(len(r.samples) for r in mb.rows)),
+            # the dataset of each piece, in the packed forward's sample order (per-dataset loss)
+            piece_dataset=torch.tensor([cache.dataset_index(int(x)) for r in mb.rows for x in r.samples],
+                                       dtype=torch.int64),
+            datasets=len(cache.datasets),
             rows=n,
             bad=list(bad.values()),
             masked_learned=masked_learned,

@@ -216,11 +216,14 @@ def verify(path: str, full: bool = False) -> dict:
 
 def save(
     work_dir: str, world: World, model: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler,
-    meta: dict, keep: int,
+    meta: dict, keep: int, name: str | None = None,
 ) -> str:
-    """Save after `meta["steps_done"]` optimizer steps; keep the last `keep` checkpoints."""
+    """Save after `meta["steps_done"]` optimizer steps; keep the last `keep` checkpoints.
+
+    A `name` (e.g. "best") saves beside the step checkpoints, outside their rotation."""
     root = checkpoint_dir(work_dir)
-    name = f"step-{meta['steps_done']:08d}"
+    rotate = name is None
+    name = name or f"step-{meta['steps_done']:08d}"
     final = os.path.join(root, name)
     tmp = os.path.join(root, f".tmp-{name}")
     if world.is_main:
@@ -252,8 +255,9 @@ def save(
     if world.is_main:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in list_checkpoints(work_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        if rotate:
+            for old in list_checkpoints(work_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
     barrier(world)
     return final
 
@@ -269,6 +273,14 @@ def list_checkpoints(work_dir: str) -> list[str]:
         if m and os.path.exists(os.path.join(root, n, "meta.json")):
             found.append((int(m.group(1)), os.path.join(root, n)))
     return [p for _, p in sorted(found)]
+
+
+def read_meta(path: str) -> dict | None:
+    try:
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
 
 
 def latest(work_dir: str) -> str | None:

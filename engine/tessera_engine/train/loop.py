@@ -71,12 +71,15 @@ class TrainSettings:
     bad_sample_policy: str = "skip"
     export: str = "original"
     export_dtype: str = "auto"
+    eval_interval: int = 0
+    save_best: str | None = None
+    report_to: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainSettings":
         known = set(cls.__dataclass_fields__)
         kw = {k: v for k, v in cfg.items() if k in known and v is not None}
-        for k in ("llm_lora_targets", "vit_lora_targets"):
+        for k in ("llm_lora_targets", "vit_lora_targets", "report_to"):
             if k in kw:
                 kw[k] = tuple(kw[k])
         return cls(**kw)
@@ -132,12 +135,16 @@ class TrainModule(nn.Module):
         self.sp = sp  # sequence parallelism: this rank runs its shard of each row
         # learned tokens of the last micro-batch, checked against the plan's totals
         self.learned_seen = 0
+        # [2, datasets]: summed token losses and learned tokens per dataset of the last
+        # micro-batch (when the data has several datasets), for per-dataset loss curves
+        self.dataset_stats: torch.Tensor | None = None
 
     def forward(self, item: dict, totals: StepTotals, device: torch.device) -> torch.Tensor:
         from ..model.loss import reduce_loss
         from ..model.packed import image_features, packed_forward
 
         self.learned_seen = 0
+        self.dataset_stats = None
         pixels = None if item["empty"] else item["pixel_values"].to(device, non_blocking=True)
         touch = None
         if pixels is None or not pixels.shape[0]:
@@ -166,6 +173,13 @@ class TrainModule(nn.Module):
             )
             # What the engine learns from, counted here; the loop checks it against the plan.
             self.learned_seen = out.token_losses.numel()
+            n_ds = int(item.get("datasets", 1))
+            if n_ds > 1 and self.sp is None:
+                ds = item["piece_dataset"].to(device)[out.sample_index]
+                tl = out.token_losses.detach().double()
+                self.dataset_stats = torch.stack([
+                    torch.zeros(n_ds, dtype=torch.float64, device=device).index_add_(0, ds, tl),
+                    torch.bincount(ds, minlength=n_ds).double()])
             if out.token_losses.numel():
                 loss = reduce_loss(out.token_losses, out.sample_index, self.reduction, _global_norm(totals),
                                    num_samples=out.num_samples)
@@ -229,15 +243,21 @@ def train(job: dict) -> dict:
     device = world.device
     stop = _StopFlag()
     stop.install()
+    closers: list = []
     try:
-        return _run(job, s, world, device, work_dir, stop)
+        return _run(job, s, world, device, work_dir, stop, closers)
     finally:
+        for close in closers:
+            close()
         stop.restore()
         parallel.shutdown(world)
 
 
-def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.device, work_dir: str, stop: _StopFlag) -> dict:
+def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.device, work_dir: str, stop: _StopFlag,
+         closers: list) -> dict:
     from ..model.load import load_internvl
+    from .evaluate import Evaluator
+    from .report import Reporters
 
     # Data: the plan must be the same file on every rank and fit this world.
     cache = PreparedCache(job["cache_dir"], check="full" if job.get("verify") else "fast")
@@ -333,12 +353,17 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
          f"× {plan.micro_batches_per_step} micro-batches × {world.size} ranks"
          + (f"; LoRA on {len(lora_names)} layers" if lora_names else ""))
 
-    def save(steps_done: int, reason: str) -> str:
+    last_eval: dict = {}
+
+    def save(steps_done: int, reason: str, name: str | None = None) -> str:
         meta = {"steps_done": steps_done, "total_steps": total, "plan_fingerprint": plan.fingerprint, "reason": reason}
         if pref is not None:
             meta["preference"] = train_module.state()
-        opt = None if s.checkpoint_drop_optimizer else optimizer
-        path = checkpoint.save(work_dir, world, root, opt, scheduler, meta, s.checkpoint_keep)
+        if last_eval:
+            meta["eval"] = dict(last_eval)
+        # the best checkpoint keeps weights only: it is for using, not for resuming
+        opt = None if s.checkpoint_drop_optimizer or name else optimizer
+        path = checkpoint.save(work_dir, world, root, opt, scheduler, meta, s.checkpoint_keep, name=name)
         emit("log", level="info", message=f"checkpoint {path} ({reason})")
         emit("checkpoint", step=steps_done, path=path, reason=reason)
         return path
@@ -346,11 +371,41 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
     # The run's skip list (TypeScript keeps it in the work dir): these images are masked
     # without being loaded, exactly as when they failed, so a resumed run is the unbroken one.
     skip = frozenset((int(x["sample"]), str(x["path"])) for x in job.get("skip_samples") or [])
+    reporters = Reporters(list(s.report_to), work_dir, job["config"], world.is_main)
+    closers.append(reporters.close)
+    evaluator = None
+    if job.get("eval_plan_dir"):
+        if pref is not None or sp is not None:
+            raise RuntimeError("evaluation during training (eval_meta) is for supervised fine-tuning (method sft) "
+                               "without sequence parallelism")
+        evaluator = Evaluator(job, s.loss_reduction, world, device, tiling, s.num_workers, s.seed)
+    # The best value so far survives a resume in the best checkpoint's meta.
+    best_meta = checkpoint.read_meta(os.path.join(checkpoint.checkpoint_dir(work_dir), "best")) if s.save_best else None
+    best: dict = {"value": (best_meta or {}).get("eval", {}).get(s.save_best) if job.get("resume") else None}
+
+    def run_eval(steps_done: int) -> None:
+        r = evaluator.run(root, train_module, model, info, dtype, autocast)
+        last_eval.clear()
+        last_eval.update(r, step=steps_done)
+        if world.is_main:
+            emit("eval", step=steps_done, total=total, **r)
+            reporters.log(steps_done, r)
+        v = r.get(s.save_best) if s.save_best else None
+        if v is not None and steps_done > 0:
+            lower = s.save_best.endswith("loss")
+            if best["value"] is None or (v < best["value"] if lower else v > best["value"]):
+                best["value"] = v
+                save(steps_done, f"best {s.save_best} {v:.4g}", name="best")
+
     loader = micro_batches(job["cache_dir"], job["plan_dir"], sp.dp_rank if sp else world.rank, start, tiling,
                            s.num_workers, s.seed, shard=sp.shard if sp else None, skip=skip)
     batches = iter(loader)
     per_step = plan.micro_batches_per_step
     pack_len = plan.pack_max_length or 0
+    n_ds = len(cache.datasets)
+    ds_acc = torch.zeros(2, n_ds, dtype=torch.float64, device=device)  # since the last metric line
+    if evaluator is not None and start == 0:
+        run_eval(0)  # the starting point of the held-out curve
     losses: list[float] = []
     last_ckpt: str | None = None
     steps_done = start
@@ -388,6 +443,9 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
                 local[3] += item["rows"]
                 # Masked pieces (bad samples) learn nothing; the plan counted their tokens.
                 local[4] += train_module.learned_seen + item.get("masked_learned", 0)
+                stats = getattr(train_module, "dataset_stats", None)
+                if stats is not None:
+                    ds_acc += stats
         grad_norm = _clip(root, s.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -409,15 +467,25 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
         losses.append(step_loss)
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"loss is {step_loss} at step {steps_done}")
-        if world.is_main and (steps_done % s.log_interval == 0 or steps_done == total or steps_done == start + 1):
-            tokens = float(summed[1])
-            epoch, step_in_epoch = plan.position(g)
-            emit("metric", step=steps_done, total=total, epoch=epoch, loss=step_loss, lr=lr, grad_norm=grad_norm,
-                 tokens=int(tokens), tokens_per_s_per_gpu=tokens / step_time / world.size,
-                 samples_per_s=float(summed[2]) / step_time, step_time=step_time, data_wait=data_wait,
-                 peak_memory=peak_memory(device),
-                 pack_fill=tokens / (pack_len * float(summed[3])) if pack_len and float(summed[3]) else None,
-                 **pref_metrics)
+        if steps_done % s.log_interval == 0 or steps_done == total or steps_done == start + 1:
+            by_ds = None
+            if n_ds > 1:
+                d = parallel.all_reduce_sum(ds_acc.cpu().clone(), world)  # then reset: never a view of it
+                ds_acc.zero_()
+                by_ds = {c.name: float(d[0, k] / d[1, k]) for k, c in enumerate(cache.datasets) if d[1, k] > 0}
+            if world.is_main:
+                tokens = float(summed[1])
+                epoch, step_in_epoch = plan.position(g)
+                fields = dict(step=steps_done, total=total, epoch=epoch, loss=step_loss, lr=lr, grad_norm=grad_norm,
+                              tokens=int(tokens), tokens_per_s_per_gpu=tokens / step_time / world.size,
+                              samples_per_s=float(summed[2]) / step_time, step_time=step_time, data_wait=data_wait,
+                              peak_memory=peak_memory(device),
+                              pack_fill=tokens / (pack_len * float(summed[3])) if pack_len and float(summed[3])
+                              else None, **pref_metrics)
+                if by_ds:
+                    fields["loss_by_dataset"] = by_ds
+                emit("metric", **fields)
+                reporters.log(steps_done, fields)
 
         # A signal on any rank stops every rank at the same step.
         flag = parallel.all_reduce_max(torch.tensor([stop.signal or 0]), world)
@@ -425,12 +493,17 @@ def _run(job: dict, s: TrainSettings, world: parallel.World, device: torch.devic
             stopped_by = int(flag[0])
             last_ckpt = save(steps_done, f"signal {signal.Signals(stopped_by).name}")
             break
+        if evaluator is not None and ((s.eval_interval and steps_done % s.eval_interval == 0) or steps_done == total):
+            run_eval(steps_done)
         if s.checkpoint_interval and steps_done % s.checkpoint_interval == 0 and steps_done < total:
             last_ckpt = save(steps_done, "interval")
 
     del batches, loader
     result = {"steps_done": steps_done, "total_steps": total, "losses": losses, "start_step": start,
-              "trainable_parameters": trainable}
+              "trainable_parameters": trainable, "eval": dict(last_eval) or None}
+    if s.save_best and best["value"] is not None:
+        result["best"] = {"metric": s.save_best, "value": best["value"],
+                          "path": os.path.join(checkpoint.checkpoint_dir(work_dir), "best")}
     if stopped_by is not None:
         result.update(stopped=True, checkpoint=last_ckpt)
         return result
