@@ -164,6 +164,13 @@ def test_stored_reference_equals_the_frozen_model(data):
     again = preference.precompute_reference(m, job, cache, plan, world, torch.device("cpu"), None, spec)
     assert stored[0].stat().st_mtime_ns == before
     assert np.array_equal(again.values, ref.values, equal_nan=True)
+    # a flipped byte in the stored file: its checksum differs, it is not used but computed again
+    raw = bytearray(stored[0].read_bytes())
+    raw[8 * int(np.flatnonzero(np.isfinite(ref.values))[0]) + 3] ^= 0x01
+    stored[0].write_bytes(bytes(raw))
+    redone = preference.precompute_reference(m, job, cache, plan, world, torch.device("cpu"), factory, spec)
+    assert np.array_equal(redone.values, ref.values, equal_nan=True)
+    assert np.array_equal(np.fromfile(stored[0], dtype="<f8"), ref.values, equal_nan=True)
 
 
 def _mpo_cfg(**kw):

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import integrity
 from ..data.cache import PreparedCache, StepTotals, TrainingPlan
 from ..protocol import emit
 from . import parallel
@@ -324,7 +325,12 @@ def precompute_reference(model: nn.Module, job: dict, cache: PreparedCache, plan
     n = len(cache)
     values = np.full(n, np.nan)
     if os.path.exists(path) and os.path.getsize(path) == 8 * n:
-        values = np.fromfile(path, dtype="<f8").astype(np.float64)
+        try:  # checked against the checksum written with it; a changed file is recomputed
+            with open(os.path.join(folder, "reference.json"), encoding="utf-8") as f:
+                integrity.check(path, json.load(f)["file"])
+            values = np.fromfile(path, dtype="<f8").astype(np.float64)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            emit("log", level="warning", message=f"{path}: not used, computed again ({e})")
     needed = np.unique(np.asarray(plan.cols["piece_sample"], dtype=np.int64))
     missing = int(np.isnan(values[needed]).sum())
     flag = parallel.all_reduce_max(torch.tensor([missing]), world)
@@ -355,6 +361,7 @@ def precompute_reference(model: nn.Module, job: dict, cache: PreparedCache, plan
         values.astype("<f8").tofile(tmp)
         os.replace(tmp, path)
         meta = {"cache_fingerprint": cache.fingerprint, "model": os.path.abspath(job["model"]),
+                "file": integrity.record(path),
                 "sequences": int(np.isfinite(values).sum()), "dtype": str(autocast[1] if autocast[2] else torch.float32)}
         with open(os.path.join(folder, "reference.json.tmp"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
