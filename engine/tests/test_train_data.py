@@ -146,3 +146,27 @@ def test_without_a_skip_list_a_bad_sample_raises_naming_it(tmp_path, model):
     reported = [b for x in items if not x["empty"] for b in x["bad"]]
     assert {(b["sample"], b["path"]) for b in reported} == {(sample, str(path))}
     assert sum(x.get("masked_learned", 0) for x in items) > 0
+
+
+def test_decode_problem_is_what_training_would_trip_on(tmp_path):
+    from PIL import Image
+
+    from tessera_engine.data.pixels import decode_problem
+    from tessera_engine.jobs import decode_images
+
+    ok = tmp_path / "ok.png"
+    Image.new("RGB", (60, 40), "red").save(ok)
+    whole = ok.read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole[: len(whole) // 2])
+    svg = tmp_path / "logo.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>')
+    assert decode_problem(str(ok)) is None
+    assert "truncated" in decode_problem(str(cut))
+    assert decode_problem(str(tmp_path / "nope.png")) == "image not found"
+    assert decode_problem(str(svg)).startswith("UnidentifiedImageError")
+    r = decode_images.run({"paths": [str(ok), str(cut), str(svg)]})
+    assert r["decoded"] == 3 and [f["index"] for f in r["failures"]] == [1, 2]
+    # Many images go to a process pool; the answers stay in path order.
+    many = decode_images.run({"paths": [str(ok)] * 300 + [str(cut)], "workers": 2})
+    assert [f["index"] for f in many["failures"]] == [300]
