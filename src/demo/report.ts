@@ -4,9 +4,10 @@ import type { DemoReport } from "./demo.ts";
 
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 
-function duration(s: number): string {
-  const m = Math.floor(s / 60);
-  return m ? `${m}m${String(Math.round(s - 60 * m)).padStart(2, "0")}s` : `${s.toFixed(1)}s`;
+export function duration(s: number): string {
+  if (s < 59.95) return `${s.toFixed(1)}s`;
+  const whole = Math.round(s); // rounded once, so 299.6 s reads 5m00s, not 4m60s
+  return `${Math.floor(whole / 60)}m${String(whole % 60).padStart(2, "0")}s`;
 }
 
 export function formatDemoReport(r: DemoReport, cwd = process.cwd()): string {

@@ -25,7 +25,9 @@ describe("progress lines", () => {
     expect(at).toEqual([1, 16, 31, 46, 61, 76, 91, 100]);
     expect(printed[0]).toBe("step 1/100 · loss 1.000 · 1234 tok/s/gpu · lr 0.000100 · eta -");
     // 15 steps in 30 s: 2 s a step, 84 steps left
-    expect(printed[15]).toBe("step 16/100 · loss 0.06250 · 1234 tok/s/gpu · lr 0.000100 · eta 2:48");
+    expect(printed[15]).toBe(
+      "step 16/100 · loss 0.06250 · 1234 tok/s/gpu · lr 0.000100 · eta 2:48",
+    );
     expect(printed[99]).toMatch(/^step 100\/100 .* eta 0:00$/);
   });
 
