@@ -32,6 +32,7 @@ from ..data.loader import BadSampleError, Tiling, describe_bad, micro_batches
 from ..protocol import emit
 from . import checkpoint, lora, parallel, preference
 from . import sequence_parallel as seqpar
+from .slots import empty_slot_loss, pixels_or_touch, zero_loss
 from .optim import build_optimizer, build_scheduler
 
 
@@ -141,23 +142,13 @@ class TrainModule(nn.Module):
 
     def forward(self, item: dict, totals: StepTotals, device: torch.device) -> torch.Tensor:
         from ..model.loss import reduce_loss
-        from ..model.packed import image_features, packed_forward
+        from ..model.packed import packed_forward
 
         self.learned_seen = 0
         self.dataset_stats = None
-        pixels = None if item["empty"] else item["pixel_values"].to(device, non_blocking=True)
-        touch = None
-        if pixels is None or not pixels.shape[0]:
-            # Before the language model, as a real image would be: every rank then runs its
-            # layers in the same order, so their collectives pair up.
-            touch = image_features(self.model, torch.zeros(1, 3, self.tile, self.tile, device=device)).sum() * 0.0
-            pixels = None
+        pixels, touch = pixels_or_touch(self.model, self.tile, item, device)
         if item["empty"]:
-            # A slot the plan left empty: a one-token row with zero weight keeps the ranks in step.
-            ids = torch.zeros(1, dtype=torch.long, device=device)
-            cu = torch.tensor([0, 1], dtype=torch.int32, device=device)
-            out = packed_forward(self.model, ids, ids.clone(), cu, None, torch.zeros(1, dtype=torch.long, device=device))
-            loss = _touch(out.token_losses) * 0.0
+            loss = empty_slot_loss(self.model, device)
         elif self.sp is not None:
             loss, self.learned_seen = seqpar.shard_loss(self.model, self.sp, item, pixels, _global_norm(totals),
                                                         self.reduction, device)
@@ -184,13 +175,8 @@ class TrainModule(nn.Module):
                 loss = reduce_loss(out.token_losses, out.sample_index, self.reduction, _global_norm(totals),
                                    num_samples=out.num_samples)
             else:
-                loss = _touch(out.token_losses) * 0.0
+                loss = zero_loss(out.token_losses)
         return loss if touch is None else loss + touch
-
-
-def _touch(x: torch.Tensor) -> torch.Tensor:
-    # The sum of an empty tensor is 0 and keeps the graph (the head's weight is in it).
-    return x.sum()
 
 
 def _global_norm(t: StepTotals):

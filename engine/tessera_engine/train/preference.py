@@ -43,6 +43,7 @@ from .. import integrity
 from ..data.cache import PreparedCache, StepTotals, TrainingPlan
 from ..protocol import emit
 from . import parallel
+from .slots import empty_slot_loss, pixels_or_touch
 
 TERMS = ("sigmoid", "bco_pair", "ipo", "hinge")
 
@@ -170,20 +171,13 @@ class PreferenceModule(nn.Module):
         self.stats = torch.zeros(5 + len(self.s.loss_type), dtype=torch.float64)
 
     def forward(self, item: dict, totals: StepTotals, device: torch.device) -> torch.Tensor:
-        from ..model.packed import image_features, packed_forward
+        from ..model.packed import packed_forward
 
         self.learned_seen = 0
-        pixels = None if item["empty"] else item["pixel_values"].to(device, non_blocking=True)
-        touch = None
-        if pixels is None or not pixels.shape[0]:
-            # As TrainModule: every rank runs the vision tower in the same order.
-            touch = image_features(self.model, torch.zeros(1, 3, self.tile, self.tile, device=device)).sum() * 0.0
-            pixels = None
+        # As TrainModule: every rank runs the vision tower in the same order.
+        pixels, touch = pixels_or_touch(self.model, self.tile, item, device)
         if item["empty"]:
-            ids = torch.zeros(1, dtype=torch.long, device=device)
-            cu = torch.tensor([0, 1], dtype=torch.int32, device=device)
-            out = packed_forward(self.model, ids, ids.clone(), cu, None, torch.zeros(1, dtype=torch.long, device=device))
-            loss = out.token_losses.sum() * 0.0
+            loss = empty_slot_loss(self.model, device)
             return loss if touch is None else loss + touch
         out = packed_forward(
             self.model,
