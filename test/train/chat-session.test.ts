@@ -6,10 +6,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ChatSession } from "../../src/cli/chat.ts";
-import { type EngineEvent, runEngine } from "../../src/engine/protocol.ts";
+import type { EngineEvent } from "../../src/engine/protocol.ts";
 import { ensureEngine } from "../../src/engine/setup.ts";
 import { PACKAGE_ROOT } from "../../src/util/paths.ts";
 import { png } from "../data/fixtures.ts";
+import { buildTinyModel } from "../helpers/tiny-model.ts";
 
 let python: string;
 let root: string;
@@ -22,19 +23,7 @@ beforeAll(async () => {
   model = join(root, "model");
   image = join(root, "a.png");
   writeFileSync(image, png(40, 30));
-  await runEngine(
-    {
-      kind: "build-tiny",
-      out: model,
-      tile_size: 28,
-      vision_hidden: 16,
-      vision_layers: 1,
-      llm_hidden: 32,
-      llm_layers: 1,
-      max_dynamic_patch: 2,
-    },
-    { python },
-  );
+  await buildTinyModel(python, model, { maxDynamicPatch: 2 });
 }, 600_000);
 
 describe("tessera chat session", () => {

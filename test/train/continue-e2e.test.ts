@@ -8,10 +8,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import type { EngineEvent } from "../../src/engine/protocol.ts";
-import { runEngine } from "../../src/engine/protocol.ts";
 import { ensureEngine } from "../../src/engine/setup.ts";
 import { type ConfigFlags, resolveConfig } from "../../src/train/config.ts";
 import { latestCheckpoint, train } from "../../src/train/driver.ts";
+import { buildTinyModel } from "../helpers/tiny-model.ts";
 
 let python: string;
 let root: string;
@@ -22,19 +22,7 @@ beforeAll(async () => {
   python = await ensureEngine({ quiet: true });
   root = mkdtempSync(join(tmpdir(), "tessera-continue-"));
   model = join(root, "model");
-  await runEngine(
-    {
-      kind: "build-tiny",
-      out: model,
-      tile_size: 28,
-      vision_hidden: 16,
-      vision_layers: 1,
-      llm_hidden: 32,
-      llm_layers: 1,
-      max_dynamic_patch: 2,
-    },
-    { python },
-  );
+  await buildTinyModel(python, model, { maxDynamicPatch: 2 });
   const lines = Array.from({ length: 16 }, (_, i) =>
     JSON.stringify({
       id: i,

@@ -5,9 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { exportModel, resolveExportSource } from "../../src/cli/export.ts";
-import { runEngine } from "../../src/engine/protocol.ts";
 import { ensureEngine } from "../../src/engine/setup.ts";
 import { UserError } from "../../src/util/errors.ts";
+import { buildTinyModel } from "../helpers/tiny-model.ts";
 
 let python: string;
 let root: string;
@@ -17,18 +17,7 @@ beforeAll(async () => {
   python = await ensureEngine({ quiet: true });
   root = mkdtempSync(join(tmpdir(), "tessera-export-"));
   model = join(root, "model");
-  await runEngine(
-    {
-      kind: "build-tiny",
-      out: model,
-      tile_size: 28,
-      vision_hidden: 16,
-      vision_layers: 1,
-      llm_hidden: 32,
-      llm_layers: 1,
-    },
-    { python },
-  );
+  await buildTinyModel(python, model);
 }, 240_000);
 
 describe("tessera export", () => {

@@ -18,11 +18,11 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { chat } from "../../src/cli/chat.ts";
-import { runEngine } from "../../src/engine/protocol.ts";
 import { ensureEngine } from "../../src/engine/setup.ts";
 import { resolveConfig } from "../../src/train/config.ts";
 import { train } from "../../src/train/driver.ts";
 import { PACKAGE_ROOT } from "../../src/util/paths.ts";
+import { buildTinyModel } from "../helpers/tiny-model.ts";
 
 let python: string;
 let root: string;
@@ -33,19 +33,7 @@ beforeAll(async () => {
   python = await ensureEngine({ quiet: true });
   root = mkdtempSync(join(tmpdir(), "tessera-train-e2e-"));
   model = join(root, "model");
-  await runEngine(
-    {
-      kind: "build-tiny",
-      out: model,
-      tile_size: 28,
-      vision_hidden: 16,
-      vision_layers: 1,
-      llm_hidden: 32,
-      llm_layers: 1,
-      max_dynamic_patch: 4,
-    },
-    { python },
-  );
+  await buildTinyModel(python, model, { maxDynamicPatch: 4 });
   // Images of a few sizes (so grids and thumbnails vary), and a text-only dataset.
   const media = join(root, "media");
   const py = spawnSync(python, [
