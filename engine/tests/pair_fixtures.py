@@ -14,7 +14,7 @@ from PIL import Image
 
 from tessera_engine.data.pixels import find_grid
 
-from train_fixtures import IGNORE, _col, _special
+from train_fixtures import IGNORE, _col, _special, write_columns
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 40, 210), (230, 220, 40)]
 
@@ -75,28 +75,7 @@ def write_pair_cache(root: Path, model: Path, n_pairs: int = 16, seed: int = 0, 
             img_off.append(len(img["w"]))
             lines.append(k + 1)
     n = 2 * n_pairs
-    path_off = np.zeros(len(paths) + 1, dtype="<i8")
-    path_off[1:] = np.cumsum([len(p) for p in paths])
-    cols = {
-        "tok_offset": _col(ds, "tok_offset", np.array(tok_off, "<i8"), "i64"),
-        "length": _col(ds, "length", np.array(lengths, "<i4"), "i32"),
-        "learned": _col(ds, "learned", np.array(learned, "<i4"), "i32"),
-        "line": _col(ds, "line", np.array(lines, "<i4"), "i32"),
-        "flags": _col(ds, "flags", np.array(flags, "|u1"), "u8"),
-        "img_offset": _col(ds, "img_offset", np.array(img_off, "<i8"), "i64"),
-        "input_ids": _col(ds, "input_ids", np.array(ids_all, "<i4"), "i32"),
-        "labels": _col(ds, "labels", np.array(labels_all, "<i4"), "i32"),
-        "img_w": _col(ds, "img_w", np.array(img["w"], "<i4"), "i32"),
-        "img_h": _col(ds, "img_h", np.array(img["h"], "<i4"), "i32"),
-        "img_cols": _col(ds, "img_cols", np.array(img["cols"], "<i4"), "i32"),
-        "img_rows": _col(ds, "img_rows", np.array(img["rows"], "<i4"), "i32"),
-        "img_tiles": _col(ds, "img_tiles", np.array(img["tiles"], "<i4"), "i32"),
-        "img_thumbnail": _col(ds, "img_thumbnail", np.array(img["thumb"], "|u1"), "u8"),
-        "img_frame": _col(ds, "img_frame", np.array(img["frame"], "<i4"), "i32"),
-        "img_context_start": _col(ds, "img_context_start", np.array(img["ctx"], "<i4"), "i32"),
-        "img_path_offset": _col(ds, "img_path_offset", path_off, "i64"),
-        "img_paths": _col(ds, "img_paths", np.frombuffer(b"".join(paths), dtype="|u1"), "utf8"),
-    }
+    cols = write_columns(ds, tok_off, lengths, learned, lines, flags, img_off, ids_all, labels_all, img, paths)
     fp = hashlib.sha256(json.dumps(["pairs", n_pairs, seed, image_every]).encode()).hexdigest()
     (ds / "dataset.json").write_text(json.dumps({"name": "pairs", "fingerprint": fp, "inputs": {}, "samples": n,
                                                  "preference": True, "columns": cols}))

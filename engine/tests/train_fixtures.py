@@ -58,6 +58,33 @@ def _col(folder: Path, name: str, arr: np.ndarray, ext: str) -> dict:
             **rec, "mtime_ns": str(rec["mtime_ns"])}
 
 
+def write_columns(ds: Path, tok_off, lengths, learned, lines, flags, img_off, ids_all, labels_all,
+                  img: dict, paths: list[bytes]) -> dict:
+    """Write a dataset's cache columns (docs/cache-format.md) and return the manifest's column entries."""
+    path_off = np.zeros(len(paths) + 1, dtype="<i8")
+    path_off[1:] = np.cumsum([len(p) for p in paths])
+    return {
+        "tok_offset": _col(ds, "tok_offset", np.array(tok_off, "<i8"), "i64"),
+        "length": _col(ds, "length", np.array(lengths, "<i4"), "i32"),
+        "learned": _col(ds, "learned", np.array(learned, "<i4"), "i32"),
+        "line": _col(ds, "line", np.array(lines, "<i4"), "i32"),
+        "flags": _col(ds, "flags", np.array(flags, "|u1"), "u8"),
+        "img_offset": _col(ds, "img_offset", np.array(img_off, "<i8"), "i64"),
+        "input_ids": _col(ds, "input_ids", np.array(ids_all, "<i4"), "i32"),
+        "labels": _col(ds, "labels", np.array(labels_all, "<i4"), "i32"),
+        "img_w": _col(ds, "img_w", np.array(img["w"], "<i4"), "i32"),
+        "img_h": _col(ds, "img_h", np.array(img["h"], "<i4"), "i32"),
+        "img_cols": _col(ds, "img_cols", np.array(img["cols"], "<i4"), "i32"),
+        "img_rows": _col(ds, "img_rows", np.array(img["rows"], "<i4"), "i32"),
+        "img_tiles": _col(ds, "img_tiles", np.array(img["tiles"], "<i4"), "i32"),
+        "img_thumbnail": _col(ds, "img_thumbnail", np.array(img["thumb"], "|u1"), "u8"),
+        "img_frame": _col(ds, "img_frame", np.array(img["frame"], "<i4"), "i32"),
+        "img_context_start": _col(ds, "img_context_start", np.array(img["ctx"], "<i4"), "i32"),
+        "img_path_offset": _col(ds, "img_path_offset", path_off, "i64"),
+        "img_paths": _col(ds, "img_paths", np.frombuffer(b"".join(paths), dtype="|u1"), "utf8"),
+    }
+
+
 def write_video(path: Path, colours: list[tuple[int, int, int]], size: tuple[int, int] = (40, 30)) -> Path:
     """A lossless video (FFV1 in Matroska, which records no frame count): one colour per frame."""
     import av
@@ -143,28 +170,8 @@ def write_cache(root: Path, model: Path, n_samples: int = 32, seed: int = 0, ima
         learned.append(len(answer))
         flags.append(1 if runs else 0)
         img_off.append(len(img["w"]))
-    path_off = np.zeros(len(paths) + 1, dtype="<i8")
-    path_off[1:] = np.cumsum([len(p) for p in paths])
-    cols = {
-        "tok_offset": _col(ds, "tok_offset", np.array(tok_off, "<i8"), "i64"),
-        "length": _col(ds, "length", np.array(lengths, "<i4"), "i32"),
-        "learned": _col(ds, "learned", np.array(learned, "<i4"), "i32"),
-        "line": _col(ds, "line", np.arange(1, n_samples + 1, dtype="<i4"), "i32"),
-        "flags": _col(ds, "flags", np.array(flags, "|u1"), "u8"),
-        "img_offset": _col(ds, "img_offset", np.array(img_off, "<i8"), "i64"),
-        "input_ids": _col(ds, "input_ids", np.array(ids_all, "<i4"), "i32"),
-        "labels": _col(ds, "labels", np.array(labels_all, "<i4"), "i32"),
-        "img_w": _col(ds, "img_w", np.array(img["w"], "<i4"), "i32"),
-        "img_h": _col(ds, "img_h", np.array(img["h"], "<i4"), "i32"),
-        "img_cols": _col(ds, "img_cols", np.array(img["cols"], "<i4"), "i32"),
-        "img_rows": _col(ds, "img_rows", np.array(img["rows"], "<i4"), "i32"),
-        "img_tiles": _col(ds, "img_tiles", np.array(img["tiles"], "<i4"), "i32"),
-        "img_thumbnail": _col(ds, "img_thumbnail", np.array(img["thumb"], "|u1"), "u8"),
-        "img_frame": _col(ds, "img_frame", np.array(img["frame"], "<i4"), "i32"),
-        "img_context_start": _col(ds, "img_context_start", np.array(img["ctx"], "<i4"), "i32"),
-        "img_path_offset": _col(ds, "img_path_offset", path_off, "i64"),
-        "img_paths": _col(ds, "img_paths", np.frombuffer(b"".join(paths), dtype="|u1"), "utf8"),
-    }
+    cols = write_columns(ds, tok_off, lengths, learned, np.arange(1, n_samples + 1), flags, img_off, ids_all,
+                         labels_all, img, paths)
     fp = hashlib.sha256(json.dumps([n_samples, seed, image_every, video_every, video_frames]).encode()).hexdigest()
     (ds / "dataset.json").write_text(json.dumps({"name": "synthetic", "fingerprint": fp,
                                                  "inputs": {"tiling": {"max_dynamic_patch": budget}} if budget else {},
